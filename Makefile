@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine (python3, pip and make only):
+#   make quickstart   - install into .venv, run notebooks/00_quickstart.ipynb, render its report
+#   make test         - install into .venv, run the test suite
+# Re-running is fast: the install step re-runs only when pyproject.toml or constraints.txt change.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install quickstart test bench notebooks clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name rst-workbook --display-name "Python (rst-workbook)" >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/rst-workbook run notebooks/00_quickstart.ipynb -p params/quickstart.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+notebooks: $(STAMP)
+	$(BIN)/python tools/make_notebooks.py
+
+clean-venv:
+	rm -rf $(VENV)

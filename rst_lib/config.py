@@ -1,0 +1,267 @@
+"""One flat parameter schema for every entry point, loadable from YAML with overrides.
+
+Flat on purpose: a papermill ``parameters`` cell, a YAML file in ``params/`` and a
+``key=value`` override all name the same fields. :meth:`RunConfig.validate` checks every
+field before any data is loaded or any compute starts and raises :class:`ConfigError`
+naming the parameter, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A parameter has a bad name, type or value. Raised before any compute."""
+
+
+def check_choice(param: str, value, allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{param}={value!r} is invalid: valid choices are {', '.join(allowed)}")
+
+
+def parse_number(param: str, value) -> float:
+    """Accept 0.03, 8, or a fraction string such as '8/255' (how papers write eps)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{param}={value!r} is invalid: expected a number")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise ConfigError(f"{param}={value!r} is invalid: expected a number or a fraction like '8/255'")
+
+
+DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100", "svhn", "imagefolder")
+TRAIN_ATTACKS = ("pgd", "fgsm_rs", "none")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass
+class RunConfig:
+    """Parameters of a search run. Units: eps/alpha in [0, 1] pixel scale ('8/255' works)."""
+
+    # run
+    name: str = "search"
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str = "outputs"
+    # data
+    dataset: str = "mnist5k"
+    data_dir: str | None = None
+    download: bool = False
+    train_examples: int | None = None  # None: the whole training split
+    eval_examples: int | None = None   # None: the whole test split (per-epoch evaluation)
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    augment: bool = True               # random crop + flip for 32x32 color data only
+    # model (see rst_lib.models.ModelConfig)
+    model: str = "conv4"
+    width: float = 1.0
+    keep_ratio: float = 0.05
+    weight_init: str = "signed_constant"
+    scale_fan: bool = True
+    score_init: str = "kaiming_uniform"
+    score_init_scale: float = 0.01
+    score_fan_scaled: bool = False
+    norm: str = "bn"
+    bn_affine: bool = False
+    end_with_bn: bool = False
+    dense_first: bool = False
+    dense_last: bool = False
+    # optimization (of the scores)
+    epochs: int = 10
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "cosine"
+    lr_milestones: list[int] = field(default_factory=list)  # epochs, for lr_schedule='step'
+    lr_gamma: float = 0.1
+    # inner attack (training) and evaluation attack
+    train_attack: str = "pgd"
+    eps: Any = "8/255"
+    alpha: Any = "2/255"
+    steps: int = 7
+    attack_train_mode: bool = True     # inner attack with BN in train mode, as both seeds do
+    eval_eps: Any = None               # None: eps
+    eval_alpha: Any = None             # None: alpha
+    eval_steps: int = 20
+    eval_restarts: int = 1
+    # monitoring
+    collapse_patience: int = 2         # epochs at chance-level loss before warning
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, params: dict, strict: bool = True) -> "RunConfig":
+        """Build from a dict; unknown keys are an error (``strict``) listing the valid ones."""
+        names = set(cls.field_names())
+        unknown = sorted(set(params) - names)
+        if unknown and strict:
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; valid parameters: "
+                              f"{', '.join(cls.field_names())}")
+        cfg = cls(**{k: v for k, v in params.items() if k in names})
+        return cfg.validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes).validate()
+
+    # ----------------------------------------------------------------- validation
+
+    def validate(self) -> "RunConfig":
+        """Check types and ranges; normalize eps-like fields to floats. Returns self."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), hints[f.name])
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("train_attack", self.train_attack, TRAIN_ATTACKS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not 0.0 < self.keep_ratio <= 1.0:
+            raise ConfigError(f"keep_ratio={self.keep_ratio!r} is invalid: it must be in (0, 1] "
+                              "(the fraction of weights KEPT; RBRN's --prune-rate 0.01 is 0.01)")
+        for name in ("eps", "alpha", "eval_eps", "eval_alpha"):
+            value = getattr(self, name)
+            if value is None and name.startswith("eval_"):
+                continue
+            v = parse_number(name, value)
+            if v < 0:
+                raise ConfigError(f"{name}={value!r} is invalid: it must be >= 0")
+            setattr(self, name, v)
+        for name in ("epochs", "batch_size", "eval_batch_size", "steps", "eval_steps",
+                     "eval_restarts", "collapse_patience"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: it must be >= 1")
+        for name in ("train_examples", "eval_examples"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{name}={v!r} is invalid: it must be >= 1 or null (all)")
+        for name in ("lr", "width"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: it must be > 0")
+        if self.weight_decay < 0 or self.momentum < 0 or self.lr_gamma <= 0:
+            raise ConfigError("weight_decay and momentum must be >= 0 and lr_gamma > 0, got "
+                              f"{self.weight_decay!r}, {self.momentum!r}, {self.lr_gamma!r}")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device={self.device!r} is invalid: use auto, cpu, cuda or cuda:N")
+        if self.dataset == "imagefolder" and not self.data_dir:
+            raise ConfigError("dataset='imagefolder' needs data_dir: a folder with train/ and "
+                              "test/ (or val/) class subfolders")
+        if self.data_dir is not None and not Path(self.data_dir).expanduser().exists() \
+                and not self.download:
+            raise ConfigError(f"data_dir={self.data_dir!r} does not exist; create it, point it "
+                              "at your data, or set download: true where downloading is possible")
+        from .models import validate_model_config
+        validate_model_config(self.model_config(num_classes=10, in_channels=1, image_size=28))
+        return self
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def eval_eps_value(self) -> float:
+        return self.eps if self.eval_eps is None else self.eval_eps
+
+    @property
+    def eval_alpha_value(self) -> float:
+        return self.alpha if self.eval_alpha is None else self.eval_alpha
+
+    def model_config(self, num_classes: int, in_channels: int, image_size: int,
+                     mean=(0.0,), std=(1.0,), keep_ratio: float | None | str = "config"):
+        from .models import ModelConfig
+        return ModelConfig(
+            name=self.model, num_classes=num_classes, in_channels=in_channels,
+            image_size=image_size, width=self.width,
+            keep_ratio=self.keep_ratio if keep_ratio == "config" else keep_ratio,
+            weight_init=self.weight_init, scale_fan=self.scale_fan, score_init=self.score_init,
+            score_init_scale=self.score_init_scale, score_fan_scaled=self.score_fan_scaled,
+            norm=self.norm, bn_affine=self.bn_affine, end_with_bn=self.end_with_bn,
+            dense_first=self.dense_first, dense_last=self.dense_last,
+            mean=list(mean), std=list(std), seed=self.seed)
+
+
+def _check_type(name: str, value, hint) -> None:
+    """Small runtime type check for the annotation shapes RunConfig uses."""
+    if hint is Any:
+        return
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        errors = []
+        for opt in options:
+            try:
+                _check_type(name, value, opt)
+                return
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{name}={value!r} is invalid: expected "
+                          f"{' or '.join(_type_name(o) for o in options)}")
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{name}={value!r} is invalid: expected null")
+        return
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}={value!r} is invalid: expected a list")
+        (item,) = typing.get_args(hint) or (Any,)
+        for v in value:
+            _check_type(name, v, item)
+        return
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is invalid: expected {_type_name(hint)}, "
+                          f"got {type(value).__name__}")
+
+
+def _type_name(t) -> str:
+    return "null" if t is type(None) else getattr(t, "__name__", str(t))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'key=value' with the value parsed as YAML ('keep_ratio=0.1', 'eps=8/255')."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_params(path: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> dict:
+    """Read a YAML parameter file (flat mapping) and apply overrides; no validation."""
+    params: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"parameter file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of parameter: value")
+        params.update(loaded)
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+    for k, v in items:
+        params[k] = v
+    return params
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> RunConfig:
+    return RunConfig.from_dict(load_params(path, overrides))

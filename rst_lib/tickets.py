@@ -1,0 +1,157 @@
+"""Tickets: a found subnetwork in a few bytes per kept weight.
+
+A ticket stores what cannot be regenerated: the model config (which includes the seed of
+the random weights), the mask bits packed 8 per byte, and every state entry that differs
+from the freshly initialized network (BatchNorm running statistics after a search; the
+weights too after a finetune). Scores are not stored: the mask is the result.
+
+Loading rebuilds the network from its config, regenerates the random weights from the
+seed, applies the masks and the stored state, and therefore reproduces the saved model's
+outputs exactly. Files are read with ``torch.load(weights_only=True)``: only tensors and
+plain containers are accepted, never arbitrary pickled objects.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import masking
+from .models import ModelConfig, RandomNetwork, build_model
+
+FORMAT = "rst-ticket"
+VERSION = 1
+
+
+class TicketError(ValueError):
+    """A ticket file is not a valid ticket (wrong format, corrupted, or unsafe)."""
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Boolean tensor -> uint8 tensor with 8 mask bits per byte (big-endian bit order)."""
+    flat = mask.detach().flatten().to(torch.uint8).cpu()
+    pad = (-flat.numel()) % 8
+    flat = torch.cat([flat, flat.new_zeros(pad)]).view(-1, 8)
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+    return (flat * weights).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
+    n = int(torch.Size(shape).numel())
+    shifts = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
+    bits = (packed.view(-1, 1) >> shifts) & 1
+    return bits.flatten()[:n].bool().view(shape)
+
+
+def _is_score_key(key: str) -> bool:
+    return key.endswith(".scores")
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, then rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ticket_payload(model: RandomNetwork, meta: dict | None = None) -> dict:
+    cfg: ModelConfig = model.config
+    reference = build_model(cfg).state_dict()
+    state = {}
+    for key, value in model.state_dict().items():
+        if _is_score_key(key):
+            continue
+        value = value.detach().cpu()
+        ref = reference.get(key)
+        if ref is not None and ref.shape == value.shape and torch.equal(ref, value):
+            continue  # regenerated from the seed on load
+        state[key] = value.clone()
+    masks = masking.get_masks(model)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_config": json.dumps(cfg.to_dict()),
+        "masks": {name: pack_bits(m) for name, m in masks.items()},
+        "mask_shapes": {name: list(m.shape) for name, m in masks.items()},
+        "state": state,
+        "meta": json.dumps(meta or {}),
+    }
+
+
+def save_ticket(model: RandomNetwork, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Save ``model`` as a ticket at ``path`` (atomically). ``meta``: JSON-able extras."""
+    atomic_torch_save(ticket_payload(model, meta), path)
+    return Path(path)
+
+
+def read_ticket(path: str | os.PathLike) -> dict:
+    """Load and check a ticket file's payload without building the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise TicketError(f"no ticket file at {str(path)!r}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise TicketError(
+            f"{str(path)!r} was refused: it contains objects other than tensors and plain "
+            f"containers, which could run code when loaded. Only load tickets you trust to "
+            f"have been written by rst_lib. ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise TicketError(f"{str(path)!r} is not a readable ticket (truncated or corrupted?): "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise TicketError(f"{str(path)!r} is not an rst-workbook ticket (format field missing)")
+    if payload.get("version") != VERSION:
+        raise TicketError(f"{str(path)!r} has ticket version {payload.get('version')!r}; "
+                          f"this rst_lib reads version {VERSION}")
+    return payload
+
+
+def load_ticket(path: str | os.PathLike, device: str | torch.device = "cpu",
+                expect: ModelConfig | None = None) -> RandomNetwork:
+    """Rebuild the ticket's network (in eval mode). ``expect``: refuse other architectures."""
+    payload = read_ticket(path)
+    cfg = ModelConfig.from_dict(json.loads(payload["model_config"]))
+    if expect is not None:
+        keys = ("name", "num_classes", "in_channels", "image_size", "width")
+        diff = {k: (getattr(cfg, k), getattr(expect, k)) for k in keys
+                if getattr(cfg, k) != getattr(expect, k)}
+        if diff:
+            raise TicketError(f"ticket {str(path)!r} does not match the model: "
+                              + ", ".join(f"{k} is {a!r} in the ticket but {b!r} expected"
+                                          for k, (a, b) in diff.items()))
+    model = build_model(cfg)
+    masks = {name: unpack_bits(bits, payload["mask_shapes"][name])
+             for name, bits in payload["masks"].items()}
+    try:
+        masking.set_masks(model, masks)
+    except ValueError as e:
+        raise TicketError(f"ticket {str(path)!r}: {e}") from None
+    result = model.load_state_dict(payload["state"], strict=False)
+    unexpected = list(result.unexpected_keys)
+    if unexpected:
+        raise TicketError(f"ticket {str(path)!r} has state for unknown entries {unexpected[:5]}")
+    return model.to(device).eval()
+
+
+def ticket_meta(path: str | os.PathLike) -> dict:
+    payload = read_ticket(path)
+    return {"model_config": json.loads(payload["model_config"]), **json.loads(payload["meta"])}
+
+
+def checkpoint_size_bytes(model: nn.Module) -> int:
+    """Bytes of a plain fp32 checkpoint of the whole state (weights + scores + buffers)."""
+    return sum(v.numel() * v.element_size() for v in model.state_dict().values())
