@@ -297,7 +297,10 @@ def build_model(cfg: ModelConfig) -> RandomNetwork:
               bn_affine=cfg.bn_affine)
     if cfg.name.startswith("conv"):
         kw.update(image_size=cfg.image_size, norm=cfg.norm)
-    body = MODELS[cfg.name](**kw)
+    # nn.Conv2d/nn.Linear draw a default init from the global RNG; building a model (e.g.
+    # the reference inside save_ticket) must not shift a running search's random stream.
+    with torch.random.fork_rng(devices=[]):
+        body = MODELS[cfg.name](**kw)
     model = RandomNetwork(cfg, body)
     layers = _prunable(body)
     # Two generators: the weights depend only on the seed (and the shapes), never on the

@@ -34,6 +34,12 @@ class CollapseWarning(UserWarning):
     """The search predicts (almost) one class: loss stuck near ln(num_classes)."""
 
 
+def is_collapsed(train_loss: float, top_class_fraction: float, num_classes: int) -> bool:
+    """Constant-prediction collapse: loss within 5 % of ln(C) and >90 % of inputs in one class."""
+    chance = math.log(num_classes)
+    return abs(train_loss - chance) < 0.05 * chance and top_class_fraction > 0.9
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -178,7 +184,7 @@ def recalibrate_bn(model: nn.Module, loader, device: torch.device, max_batches: 
 
 @dataclass
 class SearchResult:
-    model: RandomNetwork              # the best ticket (by robust accuracy), in eval mode
+    model: RandomNetwork              # the best ticket (robust acc.; clean for natural), eval mode
     history: list[dict]
     best: dict
     run_dir: Path | None
@@ -223,7 +229,9 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
     history: list[dict] = []
-    best: dict = {"pgd_acc": -1.0}
+    # Adversarial search keeps the most robust epoch; natural search the most accurate one.
+    select = "clean_acc" if cfg.train_attack == "none" else "pgd_acc"
+    best: dict = {select: -1.0}
     notes: list[str] = []
     start_epoch = 0
     best_state = None
@@ -248,7 +256,7 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
         row["epoch_seconds"] = time.time() - t_epoch
         history.append(row)
         # Collapse: training loss at ln(C) and one class predicted for (almost) everything.
-        if abs(row["train_loss"] - chance) < 0.05 * chance and row["top_class_fraction"] > 0.9:
+        if is_collapsed(row["train_loss"], row["top_class_fraction"], data.num_classes):
             stuck += 1
         else:
             stuck = 0
@@ -259,7 +267,7 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
                    "keep_ratio, end_with_bn=True, a smaller lr, or a smaller eps.")
             notes.append(msg)
             warnings.warn(msg, CollapseWarning, stacklevel=2)
-        if row["pgd_acc"] > best["pgd_acc"]:
+        if row[select] > best[select]:
             best = {k: row[k] for k in ("epoch", "clean_acc", "pgd_acc")}
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             if run_dir is not None:

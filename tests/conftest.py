@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+from rst_lib import create_model
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_model():
+    """A small masked conv net on 1x12x12 inputs (BN, last BN): fast on CPU."""
+    def make(keep_ratio=0.2, seed=0, name="conv2", **kw):
+        kw.setdefault("end_with_bn", True)
+        return create_model(name, 10, 1, image_size=12, width=0.125, keep_ratio=keep_ratio,
+                            seed=seed, **kw)
+    return make
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(16, 1, 12, 12, generator=g), torch.randint(0, 10, (16,), generator=g)

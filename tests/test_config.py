@@ -1,0 +1,55 @@
+import pytest
+
+from rst_lib.config import ConfigError, RunConfig, load_config, parse_override
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"keep_ratio": 0.0}, r"keep_ratio=0.0 is invalid: it must be in \(0, 1\]"),
+    ({"keep_ratio": 1.5}, r"keep_ratio=1.5"),
+    ({"model": "resnet9000"}, r"model='resnet9000' is invalid: valid choices are .*conv4"),
+    ({"dataset": "imagenet1k"}, r"dataset='imagenet1k' is invalid: valid choices are .*mnist5k"),
+    ({"train_attack": "cw"}, r"train_attack='cw' is invalid: valid choices are pgd, fgsm_rs, none"),
+    ({"weight_init": "zeros"}, r"weight_init='zeros' is invalid: valid choices are binary"),
+    ({"score_init": "normal"}, r"score_init='normal' is invalid"),
+    ({"eps": -0.1}, r"eps=-0.1 is invalid: it must be >= 0"),
+    ({"eps": "eight"}, r"eps='eight' is invalid: expected a number or a fraction"),
+    ({"steps": 0}, r"steps=0 is invalid: it must be >= 1"),
+    ({"batch_size": 0}, r"batch_size=0 is invalid: it must be >= 1"),
+    ({"epochs": "10"}, r"epochs='10' is invalid: expected int, got str"),
+    ({"keepratio": 0.1}, r"unknown parameter\(s\) keepratio; valid parameters: .*keep_ratio"),
+    ({"data_dir": "/no/such/dir", "dataset": "cifar10"}, r"data_dir='/no/such/dir' does not exist"),
+    ({"dataset": "imagefolder"}, r"imagefolder.*needs data_dir"),
+    ({"device": "tpu"}, r"device='tpu' is invalid"),
+])
+def test_bad_parameters_give_one_clear_message(params, match):
+    with pytest.raises(ConfigError, match=match):
+        RunConfig.from_dict(params)
+
+
+def test_eps_fractions_and_defaults():
+    cfg = RunConfig.from_dict({"eps": "8/255", "alpha": "2/255"})
+    assert cfg.eps == pytest.approx(8 / 255) and cfg.alpha == pytest.approx(2 / 255)
+    assert cfg.eval_eps_value == cfg.eps and cfg.eval_alpha_value == cfg.alpha
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("keep_ratio: 0.1\nepochs: 3\neps: 8/255\n")
+    cfg = load_config(f, ["epochs=5", "lr_milestones=[2, 4]"])
+    assert (cfg.keep_ratio, cfg.epochs, cfg.lr_milestones) == (0.1, 5, [2, 4])
+    assert parse_override("eps=0.3") == ("eps", 0.3)
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("eps")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_every_params_file_is_valid():
+    from pathlib import Path
+    from rst_lib.runner import validate_notebook_params
+    from rst_lib.config import load_params
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "params").glob("quickstart*.yaml"))
+    assert files
+    for f in files:
+        validate_notebook_params(root / "notebooks" / "00_quickstart.ipynb", load_params(f))

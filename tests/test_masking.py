@@ -1,0 +1,160 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rst_lib import masking
+from rst_lib.attacks import PGD
+from rst_lib.masking import (TopKMask, add_mask, frozen_masks, get_mask_param, init_scores_,
+                             init_weight_, keep_count, masked_layers)
+
+
+def full_sort_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
+    """Reference: the seeds' rule, a full sort of |scores| and the top k set to 1."""
+    flat = scores.abs().flatten()
+    order = torch.sort(flat, descending=True, stable=True).indices
+    k = int(round(keep_ratio * flat.numel()))
+    out = torch.zeros_like(flat)
+    out[order[:k]] = 1
+    return out.view_as(scores)
+
+
+@pytest.mark.parametrize("make_layer", [lambda: nn.Conv2d(8, 16, 3, bias=False),
+                                        lambda: nn.Linear(50, 30, bias=False)], ids=["conv", "linear"])
+@pytest.mark.parametrize("keep_ratio", [0.01, 0.05, 0.1, 0.37, 0.5, 1.0])
+def test_exact_k_and_equal_to_full_sort(make_layer, keep_ratio):
+    layer = make_layer()
+    add_mask(layer, keep_ratio)
+    p = get_mask_param(layer)
+    nn.init.normal_(p.scores)
+    mask = p.mask()
+    n = p.scores.numel()
+    assert int(mask.sum()) == max(1, round(keep_ratio * n)) == p.k
+    assert torch.equal(mask, full_sort_mask(p.scores.detach(), keep_ratio))
+    assert torch.equal(layer.weight, layer.parametrizations.weight.original * mask)
+
+
+def test_keep_count_rounding_and_minimum():
+    assert keep_count(0.05, 100) == 5
+    assert keep_count(0.001, 100) == 1  # never an empty layer
+    assert keep_count(1.0, 7) == 7
+    assert keep_count(0.5, 3) == 2  # round half to even: round(1.5) == 2
+
+
+def test_ties_still_keep_exactly_k():
+    layer = nn.Linear(10, 10, bias=False)
+    add_mask(layer, 0.25)
+    with torch.no_grad():
+        get_mask_param(layer).scores.fill_(1.0)  # every score tied
+    assert int(get_mask_param(layer).mask().sum()) == 25
+
+
+def test_gradients_reach_scores_not_weights(tiny_model, batch):
+    model = tiny_model()
+    x, y = batch
+    F.cross_entropy(model(x), y).backward()
+    for _, layer in masked_layers(model):
+        w = layer.parametrizations.weight.original
+        s = get_mask_param(layer).scores
+        assert not w.requires_grad and w.grad is None
+        assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+def test_straight_through_gradient_matches_formula():
+    layer = nn.Linear(6, 4, bias=False)
+    add_mask(layer, 0.5)
+    p = get_mask_param(layer)
+    with torch.no_grad():
+        p.scores.copy_(torch.randn(4, 6))
+    x = torch.randn(3, 6)
+    out = layer(x)
+    upstream = torch.randn_like(out)
+    out.backward(upstream)
+    grad_w = upstream.t() @ x  # d loss / d (masked weight)
+    expected = grad_w * layer.parametrizations.weight.original * torch.sign(p.scores.detach())
+    assert torch.allclose(p.scores.grad, expected, atol=1e-6)
+
+
+def test_mask_computed_once_per_optimizer_step(tiny_model, batch):
+    model = tiny_model(keep_ratio=0.3)
+    x, y = batch
+    opt = torch.optim.SGD(masking.score_parameters(model), lr=50.0)
+    params = [get_mask_param(m) for _, m in masked_layers(model)]
+    before = [p.mask_computations for p in params]
+    old_masks = {k: v.clone() for k, v in masking.get_masks(model).items()}
+    counts_after_get = [p.mask_computations for p in params]
+    assert [a - b for a, b in zip(counts_after_get, before)] == [1] * len(params)
+
+    x_adv = PGD(model, eps=0.1, alpha=0.02, steps=7, eval_mode=False)(x, y)  # 7 forward passes
+    loss = F.cross_entropy(model(x_adv), y)
+    # attack steps and the training forward reused the same masks: no new top-k
+    assert [p.mask_computations for p in params] == counts_after_get
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    model(x)  # the first forward after the step recomputes each mask exactly once
+    model(x)
+    assert [p.mask_computations - c for p, c in zip(params, counts_after_get)] == [1] * len(params)
+    new_masks = masking.get_masks(model)
+    assert any(not torch.equal(old_masks[k], new_masks[k]) for k in old_masks), \
+        "a large step on the scores should change some mask"
+
+
+def test_frozen_masks_reuses_one_weight_tensor_without_score_graph(tiny_model):
+    model = tiny_model()
+    _, layer = next(iter(masked_layers(model)))
+    with frozen_masks(model), torch.enable_grad():
+        w1, w2 = layer.weight, layer.weight
+        assert w1 is w2
+        assert not w1.requires_grad  # no autograd graph to the scores during attacks
+    assert layer.weight.requires_grad  # outside: the training forward has the STE graph
+
+
+def test_mask_follows_device_and_load_state_dict(tiny_model):
+    a, b = tiny_model(seed=0), tiny_model(seed=1)
+    b.load_state_dict(a.state_dict())
+    for (_, la), (_, lb) in zip(masked_layers(a), masked_layers(b)):
+        assert torch.equal(get_mask_param(la).mask(), get_mask_param(lb).mask())
+
+
+def test_set_mask_round_trip():
+    layer = nn.Conv2d(4, 5, 3, bias=False)
+    add_mask(layer, 0.1)
+    target = torch.rand(5, 4, 3, 3) < 0.23
+    get_mask_param(layer).set_mask(target)
+    assert torch.equal(get_mask_param(layer).mask().bool(), target)
+
+
+def test_weight_inits():
+    g = torch.Generator().manual_seed(0)
+    w = torch.empty(64, 32, 3, 3)
+    fan = 32 * 9
+    init_weight_(w, "binary", g)
+    assert set(w.unique().tolist()) == {-1.0, 1.0}
+    init_weight_(w, "signed_constant", g)
+    assert torch.allclose(w.abs(), torch.full_like(w, math.sqrt(2 / fan)))
+    init_weight_(w, "signed_constant", g, keep_ratio=0.1, scale_fan=True)
+    assert torch.allclose(w.abs(), torch.full_like(w, math.sqrt(2 / (fan * 0.1))))
+    init_weight_(w, "kaiming_normal", g)
+    assert abs(w.std().item() - math.sqrt(2 / fan)) < 0.05 * math.sqrt(2 / fan)
+    with pytest.raises(ValueError, match="valid: binary"):
+        init_weight_(w, "ones", g)
+
+
+def test_score_inits():
+    g = torch.Generator().manual_seed(0)
+    s = torch.empty(64, 32, 3, 3)
+    fan = 32 * 9
+    init_scores_(s, "kaiming_uniform", g)
+    assert s.abs().max() <= 1 / math.sqrt(fan) and s.abs().max() > 0.9 / math.sqrt(fan)
+    init_scores_(s, "uniform", g, scale=0.01)
+    assert s.abs().max() <= 0.01 and s.abs().max() > 0.009
+    init_scores_(s, "uniform", g, scale=0.01, fan_scaled=True)
+    assert s.abs().max() <= 0.01 / math.sqrt(fan)
+
+
+def test_topkmask_rejects_bad_keep_ratio():
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        TopKMask(torch.empty(3, 3), 0.0)

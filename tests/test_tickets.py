@@ -1,0 +1,89 @@
+import os
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rst_lib import masking
+from rst_lib.models import ModelConfig
+from rst_lib.tickets import (TicketError, checkpoint_size_bytes, load_ticket, pack_bits,
+                             save_ticket, unpack_bits)
+
+
+def _searched(tiny_model, batch, steps=5):
+    model = tiny_model(keep_ratio=0.1)
+    x, y = batch
+    opt = torch.optim.SGD(masking.score_parameters(model), lr=0.5)
+    model.train()
+    for _ in range(steps):  # moves scores and BN running statistics
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def test_pack_unpack_bits():
+    m = torch.rand(3, 5, 7) < 0.3
+    packed = pack_bits(m)
+    assert packed.dtype == torch.uint8 and packed.numel() == (3 * 5 * 7 + 7) // 8
+    assert torch.equal(unpack_bits(packed, m.shape), m)
+
+
+def test_round_trip_gives_identical_outputs(tmp_path, tiny_model, batch):
+    model = _searched(tiny_model, batch)
+    path = save_ticket(model, tmp_path / "t.pt", meta={"note": "test"})
+    loaded = load_ticket(path)
+    x, _ = batch
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    for (n1, l1), (n2, l2) in zip(masking.masked_layers(model), masking.masked_layers(loaded)):
+        assert n1 == n2 and torch.equal(l1.weight, l2.weight)
+
+
+def test_ticket_stores_bits_not_weights(tmp_path):
+    from rst_lib import create_model
+    model = create_model("conv4", 10, 3, image_size=32, width=0.5, keep_ratio=0.05)
+    path = save_ticket(model, tmp_path / "t.pt")
+    total = masking.mask_summary(model)["total"]
+    payload = torch.load(path, weights_only=True)
+    assert sum(v.numel() for v in payload["masks"].values()) <= total / 8 + 8 * len(payload["masks"])
+    assert not any(k.endswith("original") or k.endswith("scores") for k in payload["state"])
+    assert os.path.getsize(path) * 20 < checkpoint_size_bytes(model)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "rst-ticket", "x": Evil()}, path)
+    with pytest.raises(TicketError, match="refused"):
+        load_ticket(path)
+    assert not marker.exists()
+
+
+def test_corrupted_and_foreign_files(tmp_path, tiny_model, batch):
+    model = _searched(tiny_model, batch)
+    path = save_ticket(model, tmp_path / "t.pt")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TicketError, match="truncated or corrupted"):
+        load_ticket(cut)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(TicketError, match="not an rst-workbook ticket"):
+        load_ticket(other)
+    with pytest.raises(TicketError, match="no ticket file"):
+        load_ticket(tmp_path / "missing.pt")
+
+
+def test_architecture_mismatch_is_refused(tmp_path, tiny_model, batch):
+    path = save_ticket(_searched(tiny_model, batch), tmp_path / "t.pt")
+    with pytest.raises(TicketError, match="name is 'conv2' in the ticket but 'resnet18'"):
+        load_ticket(path, expect=ModelConfig(name="resnet18", in_channels=1, image_size=12,
+                                             width=0.125))
