@@ -1,4 +1,4 @@
-"""L-infinity attacks in [0, 1] pixel space, one small class per attack.
+"""L-infinity and L2 attacks in [0, 1] pixel space, one small class per attack.
 
 Every attack is built on a model and called as ``attack(x, y) -> x_adv`` (torchattacks
 style). Perturbations stay inside the eps-ball and inside [0, 1]. By default the model
@@ -15,14 +15,40 @@ from torch import nn
 
 from .masking import frozen_masks
 
-ATTACKS = ("fgsm", "pgd")
+ATTACKS = ("fgsm", "fgsm_rs", "pgd")
+NORMS = ("linf", "l2")
+
+
+def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (t.dim() - 1))
+
+
+def lp_step(grad: torch.Tensor, alpha: float, norm: str) -> torch.Tensor:
+    """Steepest-ascent step of size ``alpha``: sign step (L-inf) or normalized gradient (L2)."""
+    if norm == "linf":
+        return alpha * grad.sign()
+    return alpha * grad / _per_example_norm(grad)
+
+
+def project(x: torch.Tensor, delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project ``delta`` onto the eps-ball of ``norm`` and keep ``x + delta`` in [0, 1]."""
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        delta = delta * (eps / _per_example_norm(delta)).clamp(max=1.0)
+    return (x + delta).clamp(0.0, 1.0) - x
 
 
 class Attack:
-    def __init__(self, model: nn.Module, eps: float, eval_mode: bool = True):
+    """Base class. ``norm``: ``linf`` (sign steps, box projection) or ``l2`` (normalized
+    gradient steps, projection onto the L2 ball of radius eps)."""
+
+    def __init__(self, model: nn.Module, eps: float, eval_mode: bool = True, norm: str = "linf"):
         if eps < 0:
             raise ValueError(f"eps={eps!r} is invalid: it must be >= 0")
-        self.model, self.eps, self.eval_mode = model, float(eps), eval_mode
+        if norm not in NORMS:
+            raise ValueError(f"norm={norm!r} is invalid: valid: {', '.join(NORMS)}")
+        self.model, self.eps, self.eval_mode, self.norm = model, float(eps), eval_mode, norm
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         was_training = self.model.training
@@ -48,11 +74,20 @@ class Attack:
         return grad, logits.detach()
 
     def _project(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        delta = delta.clamp(-self.eps, self.eps)
-        return (x + delta).clamp(0.0, 1.0) - x
+        return project(x, delta, self.eps, self.norm)
+
+    def _step(self, grad: torch.Tensor, alpha: float) -> torch.Tensor:
+        return lp_step(grad, alpha, self.norm)
 
     def _random_delta(self, x: torch.Tensor) -> torch.Tensor:
-        return self._project(x, torch.empty_like(x).uniform_(-self.eps, self.eps))
+        if self.norm == "linf":
+            return self._project(x, torch.empty_like(x).uniform_(-self.eps, self.eps))
+        # uniform in the L2 ball: random direction, radius eps * u^(1/d)
+        d = x[0].numel()
+        direction = torch.randn_like(x)
+        radius = self.eps * torch.rand(len(x), device=x.device).pow(1.0 / d)
+        return self._project(x, direction / _per_example_norm(direction)
+                             * radius.view(-1, *[1] * (x.dim() - 1)))
 
 
 class FGSM(Attack):
@@ -63,19 +98,19 @@ class FGSM(Attack):
     """
 
     def __init__(self, model, eps: float, random_start: bool = False, alpha: float | None = None,
-                 eval_mode: bool = True):
-        super().__init__(model, eps, eval_mode)
+                 eval_mode: bool = True, norm: str = "linf"):
+        super().__init__(model, eps, eval_mode, norm)
         self.random_start = random_start
         self.alpha = float(alpha) if alpha is not None else (1.25 * eps if random_start else eps)
 
     def perturb(self, x, y):
         delta = self._random_delta(x) if self.random_start else torch.zeros_like(x)
         grad, _ = self._input_grad(x, delta, y)
-        return x + self._project(x, delta + self.alpha * grad.sign())
+        return x + self._project(x, delta + self._step(grad, self.alpha))
 
 
 class PGD(Attack):
-    """L-infinity projected gradient descent (Madry et al., 2018).
+    """Projected gradient descent (Madry et al., 2018), L-infinity or L2.
 
     Args:
         alpha: step size. steps: iterations per restart (>= 1).
@@ -85,8 +120,8 @@ class PGD(Attack):
     """
 
     def __init__(self, model, eps: float, alpha: float, steps: int = 10, restarts: int = 1,
-                 random_start: bool = True, eval_mode: bool = True):
-        super().__init__(model, eps, eval_mode)
+                 random_start: bool = True, eval_mode: bool = True, norm: str = "linf"):
+        super().__init__(model, eps, eval_mode, norm)
         if steps < 1 or restarts < 1:
             raise ValueError(f"steps and restarts must be >= 1, got {steps}, {restarts}")
         self.alpha, self.steps, self.restarts = float(alpha), int(steps), int(restarts)
@@ -98,7 +133,7 @@ class PGD(Attack):
             delta = self._random_delta(x) if self.random_start else torch.zeros_like(x)
             for _ in range(self.steps):
                 grad, _ = self._input_grad(x, delta, y)
-                delta = self._project(x, delta + self.alpha * grad.sign())
+                delta = self._project(x, delta + self._step(grad, self.alpha))
             if self.restarts == 1:
                 return x + delta
             with torch.no_grad():
@@ -115,14 +150,42 @@ class PGD(Attack):
         return x + best
 
 
+class TradesPGD(Attack):
+    """TRADES inner maximization (Zhang et al., 2019): maximize KL(f(x') || f(x)).
+
+    Starts at x + 0.001 * N(0, 1) as the reference code does. ``y`` is unused (the attack
+    needs no labels) but kept for the common call signature.
+    """
+
+    def __init__(self, model, eps: float, alpha: float, steps: int = 10, eval_mode: bool = True,
+                 norm: str = "linf"):
+        super().__init__(model, eps, eval_mode, norm)
+        self.alpha, self.steps = float(alpha), int(steps)
+
+    def perturb(self, x, y):
+        with torch.no_grad():
+            p_clean = F.softmax(self.model(x), dim=1)
+        delta = self._project(x, 0.001 * torch.randn_like(x))
+        for _ in range(self.steps):
+            delta.requires_grad_(True)
+            loss = F.kl_div(F.log_softmax(self.model(x + delta), dim=1), p_clean, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta = self._project(x, delta.detach() + self._step(grad, self.alpha))
+        return x + delta
+
+
 def make_attack(name: str, model: nn.Module, eps: float, alpha: float | None = None,
-                steps: int = 10, restarts: int = 1, eval_mode: bool = True) -> Attack:
-    """Build an attack by name: ``fgsm``, ``fgsm_rs`` or ``pgd``."""
+                steps: int = 10, restarts: int = 1, eval_mode: bool = True,
+                norm: str = "linf") -> Attack:
+    """Build an attack by name: ``fgsm``, ``fgsm_rs``, ``pgd`` or ``trades``."""
     if name == "fgsm":
-        return FGSM(model, eps, eval_mode=eval_mode)
+        return FGSM(model, eps, eval_mode=eval_mode, norm=norm)
     if name == "fgsm_rs":
-        return FGSM(model, eps, random_start=True, alpha=alpha, eval_mode=eval_mode)
+        return FGSM(model, eps, random_start=True, alpha=alpha, eval_mode=eval_mode, norm=norm)
     if name == "pgd":
         return PGD(model, eps, alpha if alpha is not None else eps / 4, steps, restarts,
-                   eval_mode=eval_mode)
-    raise ValueError(f"unknown attack {name!r}; valid: fgsm, fgsm_rs, pgd")
+                   eval_mode=eval_mode, norm=norm)
+    if name == "trades":
+        return TradesPGD(model, eps, alpha if alpha is not None else eps / 4, steps,
+                         eval_mode=eval_mode, norm=norm)
+    raise ValueError(f"unknown attack {name!r}; valid: fgsm, fgsm_rs, pgd, trades")

@@ -43,9 +43,12 @@ def parse_number(param: str, value) -> float:
 
 
 DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100", "svhn", "imagefolder")
-TRAIN_ATTACKS = ("pgd", "fgsm_rs", "none")
+TRAIN_ATTACKS = ("pgd", "fgsm_rs", "free", "trades", "none")
+THREAT_MODELS = ("linf", "l2")
+TASKS = ("search", "finetune", "finetune_reinit", "finetune_full", "dense", "bnn")
 OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("cosine", "step", "constant")
+LR_SCHEDULES = ("cosine", "step", "multistep", "cifar_piecewise", "constant")
+AUTOATTACK = ("none", "fast", "standard")
 
 
 @dataclass
@@ -54,6 +57,9 @@ class RunConfig:
 
     # run
     name: str = "search"
+    task: str = "search"               # search | finetune | finetune_reinit | finetune_full | dense | bnn
+    ticket: str | None = None          # the ticket to finetune (finetune* tasks)
+    pretrained: str | None = None      # trained dense checkpoint to search in (robust trained tickets)
     seed: int = 0
     device: str = "auto"
     output_dir: str = "outputs"
@@ -68,13 +74,19 @@ class RunConfig:
     augment: bool = True               # random crop + flip for 32x32 color data only
     # model (see rst_lib.models.ModelConfig)
     model: str = "conv4"
+    model_kwargs: dict = field(default_factory=dict)  # e.g. {depth: 34, widen_factor: 10}
     width: float = 1.0
     keep_ratio: float = 0.05
+    adaptive_p: float = 1.0            # RBRN's p: layer keep ratio ~ n_l^(p-1); 1 = uniform
+    granularity: str = "weight"        # weight | kernel | filter | row
+    keep_ratio_warmup: int = 0         # epochs dense before the keep-ratio schedule (RBRN)
+    keep_ratio_steps: int = 0          # epochs to shrink geometrically to keep_ratio; 0 = off
+    discard: bool = False              # entries dropped by the schedule never come back (RST)
     weight_init: str = "signed_constant"
     scale_fan: bool = True
     score_init: str = "kaiming_uniform"
     score_init_scale: float = 0.01
-    score_fan_scaled: bool = False
+    score_fan_mode: str = "none"       # none | all | except_last | only_last (RBRN)
     norm: str = "bn"
     bn_affine: bool = False
     end_with_bn: bool = False
@@ -87,10 +99,14 @@ class RunConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_schedule: str = "cosine"
-    lr_milestones: list[int] = field(default_factory=list)  # epochs, for lr_schedule='step'
+    lr_milestones: list[int] = field(default_factory=list)  # epochs, for step/multistep
     lr_gamma: float = 0.1
+    warmup_epochs: float = 0           # linear LR warm-up
     # inner attack (training) and evaluation attack
-    train_attack: str = "pgd"
+    train_attack: str = "pgd"          # pgd | fgsm_rs | free | trades | none
+    threat_model: str = "linf"         # linf | l2
+    free_repeats: int = 4              # Free AT: replays of each minibatch
+    trades_beta: float = 6.0           # TRADES: weight of the KL term
     eps: Any = "8/255"
     alpha: Any = "2/255"
     steps: int = 7
@@ -99,6 +115,8 @@ class RunConfig:
     eval_alpha: Any = None             # None: alpha
     eval_steps: int = 20
     eval_restarts: int = 1
+    autoattack: str = "none"           # after the search: none | fast (APGD-CE + APGD-T) | standard
+    autoattack_examples: int = 1000
     # monitoring
     collapse_patience: int = 2         # epochs at chance-level loss before warning
 
@@ -134,6 +152,20 @@ class RunConfig:
         check_choice("train_attack", self.train_attack, TRAIN_ATTACKS)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("task", self.task, TASKS)
+        check_choice("threat_model", self.threat_model, THREAT_MODELS)
+        check_choice("autoattack", self.autoattack, AUTOATTACK)
+        if self.task.startswith("finetune") and not self.ticket:
+            raise ConfigError(f"task={self.task!r} needs ticket: the path of a ticket.pt to finetune")
+        for name in ("ticket", "pretrained"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).expanduser().is_file():
+                raise ConfigError(f"{name}={path!r} does not exist (expected a file)")
+        if not 0.0 <= self.adaptive_p <= 1.0:
+            raise ConfigError(f"adaptive_p={self.adaptive_p!r} is invalid: it must be in [0, 1]")
+        for name in ("keep_ratio_warmup", "keep_ratio_steps", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: it must be >= 0")
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ConfigError(f"keep_ratio={self.keep_ratio!r} is invalid: it must be in (0, 1] "
                               "(the fraction of weights KEPT; RBRN's --prune-rate 0.01 is 0.01)")
@@ -146,7 +178,7 @@ class RunConfig:
                 raise ConfigError(f"{name}={value!r} is invalid: it must be >= 0")
             setattr(self, name, v)
         for name in ("epochs", "batch_size", "eval_batch_size", "steps", "eval_steps",
-                     "eval_restarts", "collapse_patience"):
+                     "eval_restarts", "collapse_patience", "free_repeats", "autoattack_examples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: it must be >= 1")
         for name in ("train_examples", "eval_examples"):
@@ -189,8 +221,10 @@ class RunConfig:
             name=self.model, num_classes=num_classes, in_channels=in_channels,
             image_size=image_size, width=self.width,
             keep_ratio=self.keep_ratio if keep_ratio == "config" else keep_ratio,
+            adaptive_p=self.adaptive_p, granularity=self.granularity,
             weight_init=self.weight_init, scale_fan=self.scale_fan, score_init=self.score_init,
-            score_init_scale=self.score_init_scale, score_fan_scaled=self.score_fan_scaled,
+            score_init_scale=self.score_init_scale, score_fan_mode=self.score_fan_mode,
+            model_kwargs=dict(self.model_kwargs),
             norm=self.norm, bn_affine=self.bn_affine, end_with_bn=self.end_with_bn,
             dense_first=self.dense_first, dense_last=self.dense_last,
             mean=list(mean), std=list(std), seed=self.seed)

@@ -33,8 +33,32 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-WEIGHT_INITS = ("binary", "signed_constant", "kaiming_normal")
+WEIGHT_INITS = ("signed_constant", "unsigned_constant", "kaiming_normal", "kaiming_uniform",
+                "xavier_normal", "xavier_constant", "binary", "uniform")
 SCORE_INITS = ("kaiming_uniform", "uniform")
+SCORE_FAN_MODES = ("none", "all", "except_last", "only_last")
+GRANULARITIES = ("weight", "kernel", "filter", "row")
+
+
+def score_shape(weight_shape: torch.Size, granularity: str) -> tuple[int, ...]:
+    """Shape of the scores of one layer; each score gates an equal block of weights.
+
+    * ``weight``: one score per weight (edge-popup, RST, RBRN).
+    * ``kernel``: one score per k x k kernel, shape (out, in, 1, 1).
+    * ``filter``: one score per output filter / neuron, shape (out, 1, ...).
+    * ``row``: one score per kernel row, shape (out, in, kh, 1).
+    For linear layers a kernel and a row are single weights (``kernel``/``row`` act per weight).
+    """
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+    shape = tuple(weight_shape)
+    if granularity == "weight" or len(shape) < 3 and granularity in ("kernel", "row"):
+        return shape
+    if granularity == "filter":
+        return (shape[0],) + (1,) * (len(shape) - 1)
+    if granularity == "kernel":
+        return shape[:2] + (1,) * (len(shape) - 2)
+    return shape[:3] + (1,) * (len(shape) - 3)  # row
 
 
 def keep_count(keep_ratio: float, n: int) -> int:
@@ -64,7 +88,7 @@ class _MaskedWeight(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # |s| ranks the scores; d|s|/ds taken as +1 at s == 0 so zero scores can move.
             sign = torch.where(scores >= 0, 1.0, -1.0).to(grad.dtype)
-            grad_scores = grad * weight * sign
+            grad_scores = (grad * weight).sum_to_size(scores.shape) * sign
         return grad_weight, grad_scores, None
 
 
@@ -73,15 +97,22 @@ class TopKMask(nn.Module):
 
     Args:
         weight: the layer's weight (only its shape, dtype and device are used).
-        keep_ratio: fraction of weights kept in this layer, in (0, 1].
+        keep_ratio: fraction of the scores (so of the weights) kept in this layer, in (0, 1].
+        granularity: what one score gates, see :func:`score_shape`.
     """
 
-    def __init__(self, weight: torch.Tensor, keep_ratio: float):
+    def __init__(self, weight: torch.Tensor, keep_ratio: float, granularity: str = "weight"):
         super().__init__()
         if not 0.0 < keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
         self.keep_ratio = float(keep_ratio)
-        self.scores = nn.Parameter(torch.empty_like(weight))
+        self.granularity = granularity
+        self.scores = nn.Parameter(torch.empty(score_shape(weight.shape, granularity),
+                                               dtype=weight.dtype, device=weight.device))
+        # Entries discarded for good by a shrinking keep-ratio schedule (RST-style discard):
+        # they rank below every other score and never come back.
+        self.register_buffer("discarded", torch.zeros(self.scores.shape, dtype=torch.bool,
+                                                      device=weight.device), persistent=True)
         self._mask: torch.Tensor | None = None
         self._mask_key: tuple | None = None
         self.mask_computations = 0  # how often top-k ran (tests and benchmarks read it)
@@ -92,11 +123,13 @@ class TopKMask(nn.Module):
 
     def mask(self) -> torch.Tensor:
         """The 0/1 mask (same dtype as the scores), recomputed only when the scores change."""
-        s = self.scores
-        key = (s._version, s.data_ptr(), s.device, s.dtype, self.keep_ratio)
+        s, d = self.scores, self.discarded
+        key = (s._version, s.data_ptr(), s.device, s.dtype, self.keep_ratio, d._version)
         if self._mask is None or self._mask_key != key:
             with torch.no_grad():
                 flat = s.detach().abs().flatten()
+                if d.any():
+                    flat = flat.masked_fill(d.flatten(), -1.0)  # |s| >= 0 > -1: ranked last
                 idx = torch.topk(flat, self.k, sorted=False).indices
                 m = torch.zeros_like(flat)
                 m[idx] = 1.0
@@ -107,7 +140,7 @@ class TopKMask(nn.Module):
 
     def set_mask(self, mask: torch.Tensor) -> None:
         """Make this layer keep exactly ``mask`` (bool/0-1 tensor of the weight's shape)."""
-        mask = mask.to(dtype=self.scores.dtype, device=self.scores.device).view_as(self.scores)
+        mask = mask.to(dtype=self.scores.dtype, device=self.scores.device).reshape(self.scores.shape)
         kept = int(mask.sum().item())
         if kept < 1:
             raise ValueError("a mask must keep at least one weight")
@@ -116,6 +149,11 @@ class TopKMask(nn.Module):
             self.scores.copy_(mask)
         self.keep_ratio = kept / mask.numel()  # round(kept / n * n) == kept: k round-trips
 
+    def discard_dropped(self) -> None:
+        """Permanently drop every entry outside the current mask (RST-style discard)."""
+        with torch.no_grad():
+            self.discarded |= ~self.mask().bool()
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         mask = self.mask()
         if torch.is_grad_enabled() and (weight.requires_grad or self.scores.requires_grad):
@@ -123,34 +161,72 @@ class TopKMask(nn.Module):
         return weight * mask
 
 
+class _SignSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w):
+        ctx.save_for_backward(w)
+        return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (w,) = ctx.saved_tensors
+        return grad * (w.abs() <= 1).to(grad.dtype)  # hard-tanh straight-through (BinaryConnect)
+
+
+class BinarizeSTE(nn.Module):
+    """Parametrization ``w -> sign(w)`` (+-1) with a clipped straight-through gradient.
+
+    For the binary-weight adversarial-training baseline (RBRN's BNN baseline): latent real
+    weights are trained, the forward pass sees +-1, BatchNorm supplies the scale.
+    """
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return _SignSTE.apply(w)
+
+
 # --------------------------------------------------------------------------- inits
 
 
 def init_weight_(weight: torch.Tensor, kind: str, generator: torch.Generator,
                  keep_ratio: float = 1.0, scale_fan: bool = False) -> None:
-    """Draw frozen random weights in place.
+    """Draw frozen random weights in place (fan mode: fan_in; ReLU gain for kaiming/constant).
 
-    * ``binary``: exactly +1/-1 (RBRN). The scale is left to the BatchNorm layers.
-    * ``signed_constant``: +-gain/sqrt(fan) with the ReLU gain (RST / edge-popup).
-    * ``kaiming_normal``: N(0, gain^2 / fan).
+    * ``signed_constant``: +-gain/sqrt(fan) (edge-popup / RST).
+    * ``unsigned_constant``: +gain/sqrt(fan) everywhere.
+    * ``kaiming_normal``: N(0, gain^2/fan); ``kaiming_uniform``: U(-b, b), b = gain*sqrt(3/fan).
+    * ``xavier_normal``: N(0, 2/(fan_in+fan_out)); ``xavier_constant``: +-sqrt(2/(fan_in+fan_out)).
+    * ``binary``: exactly +1/-1 (RBRN); the scale is left to the BatchNorm layers.
+    * ``uniform``: U(-1, 1).
 
-    ``scale_fan`` multiplies the fan by the layer's keep ratio (RBRN's "correct" rule), so
+    ``scale_fan`` multiplies the fan(s) by the layer's keep ratio (RBRN's "correct" rule), so
     that the kept weights, not all of them, keep activations at unit scale. The older
     edge-popup code multiplied by (1 - kept fraction), which only agrees at 50 %.
     Weights are drawn on the CPU from ``generator`` so a seed gives the same network on
-    every device.
+    every device, and the draw depends only on the shape (never on ``keep_ratio``).
     """
     if kind not in WEIGHT_INITS:
         raise ValueError(f"unknown weight_init {kind!r}; valid: {', '.join(WEIGHT_INITS)}")
-    fan = fan_in(weight) * (keep_ratio if scale_fan else 1.0)
-    gain = math.sqrt(2.0)  # ReLU
-    std = gain / math.sqrt(fan)
     shape = weight.shape
-    if kind == "kaiming_normal":
+    scale = keep_ratio if scale_fan else 1.0
+    fan = fan_in(weight) * scale
+    fan_avg2 = (fan_in(weight) + shape[0] * (weight[0, 0].numel() if weight.dim() > 1 else 1)) * scale
+    gain = math.sqrt(2.0)  # ReLU
+    if kind in ("kaiming_normal", "xavier_normal"):
+        std = gain / math.sqrt(fan) if kind == "kaiming_normal" else math.sqrt(2.0 / fan_avg2)
         w = torch.randn(shape, generator=generator) * std
+    elif kind in ("kaiming_uniform", "uniform"):
+        bound = gain * math.sqrt(3.0 / fan) if kind == "kaiming_uniform" else 1.0
+        w = (torch.rand(shape, generator=generator) * 2 - 1) * bound
     else:
         sign = torch.randint(0, 2, shape, generator=generator).float() * 2 - 1
-        w = sign if kind == "binary" else sign * std
+        if kind == "binary":
+            w = sign
+        elif kind == "unsigned_constant":
+            w = torch.ones(shape) * (gain / math.sqrt(fan))
+        elif kind == "xavier_constant":
+            w = sign * math.sqrt(2.0 / fan_avg2)
+        else:  # signed_constant
+            w = sign * (gain / math.sqrt(fan))
     with torch.no_grad():
         weight.copy_(w)
 
@@ -198,9 +274,9 @@ def masked_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, m
 
 
-def add_mask(layer: nn.Module, keep_ratio: float) -> TopKMask:
+def add_mask(layer: nn.Module, keep_ratio: float, granularity: str = "weight") -> TopKMask:
     """Register a top-k mask on ``layer.weight`` and freeze the weight."""
-    mask = TopKMask(layer.weight, keep_ratio)
+    mask = TopKMask(layer.weight, keep_ratio, granularity)
     parametrize.register_parametrization(layer, "weight", mask, unsafe=True)
     layer.parametrizations.weight.original.requires_grad_(False)
     return mask
@@ -228,6 +304,46 @@ def set_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"mask layers differ: model has {sorted(layers)}, got {sorted(masks)}")
     for name, m in layers.items():
         get_mask_param(m).set_mask(masks[name])
+
+
+def set_keep_ratios(model: nn.Module, ratios: dict[str, float]) -> None:
+    """Change the keep ratio of masked layers (by layer name); masks follow on next use."""
+    layers = dict(masked_layers(model))
+    for name, r in ratios.items():
+        if not 0.0 < r <= 1.0:
+            raise ValueError(f"keep ratio of {name} must be in (0, 1], got {r}")
+        get_mask_param(layers[name]).keep_ratio = float(r)
+
+
+def allocate_keep_ratios(sizes: list[int], keep_ratio: float, p: float = 1.0) -> list[float]:
+    """Per-layer keep ratios with RBRN's adaptive rule.
+
+    Layer l keeps ratio ``r_l = c * n_l ** (p - 1)`` (``n_l`` = its number of weights), capped
+    at 1, with ``c`` chosen so that ``sum(r_l * n_l) = keep_ratio * sum(n_l)``. Layers that
+    hit the cap keep everything and the remaining budget is re-solved over the others
+    (smaller layers are capped first, since ``p - 1 <= 0``). ``p = 1`` is the uniform rule;
+    ``p = 0`` gives every layer the same number of kept weights.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p={p!r} is invalid: it must be in [0, 1]")
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio={keep_ratio!r} is invalid: it must be in (0, 1]")
+    budget = keep_ratio * sum(sizes)
+    ratios: list[float | None] = [None] * len(sizes)
+    while True:
+        free = [i for i, r in enumerate(ratios) if r is None]
+        if not free:
+            break
+        capped_total = sum(sizes[i] for i, r in enumerate(ratios) if r == 1.0)
+        c = (budget - capped_total) / sum(sizes[i] ** p for i in free)
+        over = [i for i in free if c * sizes[i] ** (p - 1) > 1.0]
+        if not over:
+            for i in free:
+                ratios[i] = c * sizes[i] ** (p - 1)
+            break
+        for i in over:
+            ratios[i] = 1.0
+    return [float(r) for r in ratios]
 
 
 def keep_ratios(model: nn.Module) -> dict[str, float]:

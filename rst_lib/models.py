@@ -17,15 +17,26 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import masking
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+NORM_OPTIONAL: set[str] = set()  # models that can be built without BatchNorm (norm="none")
 
 
-def register_model(name: str):
+def register_model(name: str, norm_optional: bool = False):
+    """Register ``fn(*, num_classes, in_channels, image_size, width, bn_affine, norm, **_)``.
+
+    The factory returns a plain ``nn.Module`` built from ``nn.Conv2d`` / ``nn.Linear``
+    (``bias=False``) whose modules are registered in forward order: the first conv/linear
+    registered is the input layer and the last one the classifier (``dense_first`` and
+    ``dense_last`` rely on that). Weights are initialized and masked by :func:`build_model`.
+    """
     def deco(fn):
         MODELS[name] = fn
+        if norm_optional:
+            NORM_OPTIONAL.add(name)
         return fn
     return deco
 
@@ -42,18 +53,27 @@ class ModelConfig:
         name: registry name (see :func:`list_models`).
         num_classes, in_channels, image_size: data shape.
         width: channel multiplier (1.0 = the published widths).
-        keep_ratio: fraction of the weights of every masked layer that is kept; ``None``
-            builds a dense network with trainable weights (no masks).
-        weight_init: ``binary`` (+-1, RBRN), ``signed_constant`` (RST), ``kaiming_normal``.
-        scale_fan: fan multiplied by the keep ratio in the weight scale (RBRN).
+        model_kwargs: extra architecture arguments (``wide_resnet``: depth, widen_factor;
+            ``mlp``: depth, hidden).
+        keep_ratio: fraction of the masked weights that is kept (over all masked layers);
+            ``None`` builds a dense network with trainable weights (no masks).
+        adaptive_p: RBRN's per-layer rule ``r_l ~ n_l^(p-1)`` (see
+            :func:`masking.allocate_keep_ratios`); 1.0 keeps the same ratio in every layer.
+        granularity: what one score gates: ``weight``, ``kernel``, ``filter`` or ``row``.
+        weight_init: see :data:`masking.WEIGHT_INITS` (``signed_constant`` = RST,
+            ``binary`` = RBRN).
+        scale_fan: fan multiplied by the layer's keep ratio in the weight scale (RBRN).
         score_init: ``kaiming_uniform`` (RST) or ``uniform`` (U(-a, a), RBRN ``a``).
         score_init_scale: ``a`` for ``uniform`` score init.
-        score_fan_scaled: divide the ``uniform`` bound by sqrt(fan).
+        score_fan_mode: which layers divide the ``uniform`` bound by sqrt(fan): ``none``,
+            ``all``, ``except_last``, ``only_last`` (RBRN's fan-scaled score modes).
         norm: ``bn`` (BatchNorm after every conv) or ``none`` (edge-popup conv nets only).
         bn_affine: learn BatchNorm scale/shift (the papers use non-affine BN: False).
         end_with_bn: non-affine BatchNorm1d on the logits (RBRN's last BN).
         dense_first / dense_last: leave the first conv / the classifier unmasked (their
             random weights stay frozen, as in edge-popup).
+        bnn: binary-weight network with trained latent weights (sign + straight-through);
+            only with ``keep_ratio=None`` (the RBRN BNN adversarial-training baseline).
         mean, std: per-channel input normalization applied inside the model.
         seed: seed of the random weights (and of the initial scores).
     """
@@ -63,17 +83,21 @@ class ModelConfig:
     in_channels: int = 3
     image_size: int = 32
     width: float = 1.0
+    model_kwargs: dict = field(default_factory=dict)
     keep_ratio: float | None = 0.05
+    adaptive_p: float = 1.0
+    granularity: str = "weight"
     weight_init: str = "signed_constant"
     scale_fan: bool = True
     score_init: str = "kaiming_uniform"
     score_init_scale: float = 0.01
-    score_fan_scaled: bool = False
+    score_fan_mode: str = "none"
     norm: str = "bn"
     bn_affine: bool = False
     end_with_bn: bool = False
     dense_first: bool = False
     dense_last: bool = False
+    bnn: bool = False
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
     seed: int = 0
@@ -119,7 +143,7 @@ class ConvNet(nn.Module):
     """The edge-popup ConvN family: pairs of 3x3 convs + 2x2 max-pool, then fc 256-256-C."""
 
     def __init__(self, channels: list[int], num_classes: int, in_channels: int, image_size: int,
-                 width: float, norm: str, bn_affine: bool):
+                 width: float, norm: str, bn_affine: bool, **_):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_channels
@@ -149,17 +173,17 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("conv2")
+@register_model("conv2", norm_optional=True)
 def conv2(**kw):
     return ConvNet([64, 64], **kw)
 
 
-@register_model("conv4")
+@register_model("conv4", norm_optional=True)
 def conv4(**kw):
     return ConvNet([64, 64, 128, 128], **kw)
 
 
-@register_model("conv6")
+@register_model("conv6", norm_optional=True)
 def conv6(**kw):
     return ConvNet([64, 64, 128, 128, 256, 256], **kw)
 
@@ -277,6 +301,11 @@ def validate_model_config(cfg: ModelConfig) -> None:
     check_choice("model", cfg.name, list_models())
     check_choice("weight_init", cfg.weight_init, masking.WEIGHT_INITS)
     check_choice("score_init", cfg.score_init, masking.SCORE_INITS)
+    check_choice("score_fan_mode", cfg.score_fan_mode, masking.SCORE_FAN_MODES)
+    check_choice("granularity", cfg.granularity, masking.GRANULARITIES)
+    if not 0.0 <= cfg.adaptive_p <= 1.0:
+        raise ConfigError(f"adaptive_p={cfg.adaptive_p!r} is invalid: it must be in [0, 1] "
+                          "(1 = the same keep ratio in every layer)")
     check_choice("norm", cfg.norm, ("bn", "none"))
     if cfg.keep_ratio is not None and not (0.0 < cfg.keep_ratio <= 1.0):
         raise ConfigError(f"keep_ratio={cfg.keep_ratio!r} is invalid: it must be in (0, 1] "
@@ -284,43 +313,61 @@ def validate_model_config(cfg: ModelConfig) -> None:
     for key in ("num_classes", "in_channels", "image_size"):
         if int(getattr(cfg, key)) < 1:
             raise ConfigError(f"{key}={getattr(cfg, key)!r} is invalid: it must be >= 1")
+    if cfg.bnn and cfg.keep_ratio is not None:
+        raise ConfigError("bnn=True trains binary weights densely: it needs keep_ratio=None")
     if cfg.width <= 0:
         raise ConfigError(f"width={cfg.width!r} is invalid: it must be > 0")
-    if cfg.norm == "none" and not cfg.name.startswith("conv"):
-        raise ConfigError(f"norm='none' is only available for the conv nets, not {cfg.name!r}")
+    if cfg.norm == "none" and cfg.name not in NORM_OPTIONAL:
+        raise ConfigError(f"norm='none' is only available for {', '.join(sorted(NORM_OPTIONAL))}, "
+                          f"not {cfg.name!r}")
 
 
 def build_model(cfg: ModelConfig) -> RandomNetwork:
     """Build, initialize and mask the network described by ``cfg`` (on the CPU)."""
+    from .config import ConfigError
     validate_model_config(cfg)
-    kw = dict(num_classes=cfg.num_classes, in_channels=cfg.in_channels, width=cfg.width,
-              bn_affine=cfg.bn_affine)
-    if cfg.name.startswith("conv"):
-        kw.update(image_size=cfg.image_size, norm=cfg.norm)
+    # Every registered factory gets the same keyword arguments and ignores what it does not use.
+    kw = dict(num_classes=cfg.num_classes, in_channels=cfg.in_channels, image_size=cfg.image_size,
+              width=cfg.width, bn_affine=cfg.bn_affine, norm=cfg.norm)
+    reserved = set(kw) & set(cfg.model_kwargs)
+    if reserved:
+        raise ConfigError(f"model_kwargs may not set {sorted(reserved)}: they are ModelConfig fields")
+    kw.update(cfg.model_kwargs)
     # nn.Conv2d/nn.Linear draw a default init from the global RNG; building a model (e.g.
     # the reference inside save_ticket) must not shift a running search's random stream.
     with torch.random.fork_rng(devices=[]):
-        body = MODELS[cfg.name](**kw)
+        try:
+            body = MODELS[cfg.name](**kw)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model {cfg.name!r} cannot be built with {cfg.model_kwargs or 'these settings'}: {e}") from None
     model = RandomNetwork(cfg, body)
     layers = _prunable(body)
+    dense = [cfg.keep_ratio is None or (cfg.dense_first and i == 0)
+             or (cfg.dense_last and i == len(layers) - 1) for i in range(len(layers))]
+    masked_idx = [i for i, d in enumerate(dense) if not d]
+    ratios = dict(zip(masked_idx, masking.allocate_keep_ratios(
+        [layers[i][1].weight.numel() for i in masked_idx], cfg.keep_ratio, cfg.adaptive_p)
+        if masked_idx else []))
     # Two generators: the weights depend only on the seed (and the shapes), never on the
     # score init, so tickets of different keep ratios can share one random network.
     g_weight = torch.Generator().manual_seed(cfg.seed)
     g_score = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    last_masked = masked_idx[-1] if masked_idx else None
     for i, (name, layer) in enumerate(layers):
-        first, last = i == 0, i == len(layers) - 1
-        dense = (cfg.keep_ratio is None or (cfg.dense_first and first)
-                 or (cfg.dense_last and last))
-        kr = 1.0 if dense else cfg.keep_ratio
+        kr = ratios.get(i, 1.0)
         masking.init_weight_(layer.weight, cfg.weight_init, g_weight, kr, cfg.scale_fan)
         if cfg.keep_ratio is None:
+            if cfg.bnn:
+                parametrize.register_parametrization(layer, "weight", masking.BinarizeSTE())
             continue  # dense network: weights stay trainable
-        if dense:
+        if dense[i]:
             layer.weight.requires_grad_(False)  # random, frozen, unpruned (edge-popup)
             continue
-        mask = masking.add_mask(layer, kr)
-        masking.init_scores_(mask.scores, cfg.score_init, g_score, cfg.score_init_scale,
-                             cfg.score_fan_scaled)
+        mask = masking.add_mask(layer, kr, cfg.granularity)
+        is_last = i == last_masked
+        fan_scaled = (cfg.score_fan_mode == "all" or (cfg.score_fan_mode == "except_last" and not is_last)
+                      or (cfg.score_fan_mode == "only_last" and is_last))
+        masking.init_scores_(mask.scores, cfg.score_init, g_score, cfg.score_init_scale, fan_scaled)
     return model
 
 
@@ -335,3 +382,6 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"masked_weights": masked, "kept_weights": kept,
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
+
+
+from . import zoo  # noqa: E402,F401  - registers the larger architectures

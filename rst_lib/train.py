@@ -7,6 +7,7 @@ for each epoch trains the scores (:func:`train_epoch`), evaluates clean and PGD 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,11 +24,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import masking
-from .attacks import PGD, make_attack
-from .config import RunConfig
+from .attacks import PGD, lp_step, make_attack, project
+from .config import ConfigError, RunConfig
 from .data import DataBundle, fixed_subset, load_dataset, make_loader
 from .models import RandomNetwork, build_model
-from .tickets import atomic_torch_save, save_ticket
+from .tickets import atomic_torch_save, load_ticket, save_ticket
 
 
 class CollapseWarning(UserWarning):
@@ -80,12 +81,38 @@ def make_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
 
 
 def lr_factor(cfg: RunConfig, epoch_progress: float) -> float:
-    """Multiplier of the base LR at a (fractional) epoch."""
+    """Multiplier of the base LR at a (fractional) epoch.
+
+    * ``cosine``: half a cosine from 1 to 0 over the run.
+    * ``step`` / ``multistep``: times ``lr_gamma`` at each epoch in ``lr_milestones``.
+    * ``cifar_piecewise``: times 0.1 at 50 % and again at 75 % of the epochs (the piecewise
+      schedule of Madry et al. / Rice et al. used for CIFAR adversarial training).
+    * ``constant``.
+    ``warmup_epochs`` > 0 ramps linearly from 0 first (the schedule is not shifted).
+    """
+    e = epoch_progress
     if cfg.lr_schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * epoch_progress / cfg.epochs))
-    if cfg.lr_schedule == "step":
-        return cfg.lr_gamma ** sum(epoch_progress >= m for m in cfg.lr_milestones)
-    return 1.0
+        f = 0.5 * (1 + math.cos(math.pi * e / cfg.epochs))
+    elif cfg.lr_schedule in ("step", "multistep"):
+        f = cfg.lr_gamma ** sum(e >= m for m in cfg.lr_milestones)
+    elif cfg.lr_schedule == "cifar_piecewise":
+        f = 0.1 ** ((e >= 0.5 * cfg.epochs) + (e >= 0.75 * cfg.epochs))
+    else:
+        f = 1.0
+    if cfg.warmup_epochs and e < cfg.warmup_epochs:
+        f *= e / cfg.warmup_epochs
+    return f
+
+
+def scheduled_keep_ratios(final: dict[str, float], epoch: int, warmup: int, steps: int) -> dict:
+    """RBRN's keep-ratio schedule: dense for ``warmup`` epochs, then each layer's ratio
+    shrinks geometrically from 1 to its final value over ``steps`` epochs."""
+    if steps <= 0:
+        return dict(final)
+    if epoch < warmup:
+        return {k: 1.0 for k in final}
+    t = min(1.0, (epoch - warmup + 1) / steps)
+    return {k: r ** t for k, r in final.items()}
 
 
 # ----------------------------------------------------------------------- the loops
@@ -93,36 +120,65 @@ def lr_factor(cfg: RunConfig, epoch_progress: float) -> float:
 
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg: RunConfig,
                 epoch: int, device: torch.device, progress: bool = True) -> dict:
-    """One epoch of (adversarial) edge-popup on the scores; returns loss/accuracy."""
+    """One epoch on the trainable tensors (scores for a search, weights for finetuning).
+
+    Inner attacks: ``pgd``, ``fgsm_rs`` (adversarial examples, then a step on them),
+    ``trades`` (CE on clean + beta * KL(adv || clean)), ``free`` (each minibatch replayed
+    ``free_repeats`` times; one backward gives both the step and the perturbation update,
+    Shafahi et al., 2019), ``none`` (natural edge-popup / training).
+    """
     model.train()
     attack = None
-    if cfg.train_attack != "none":
+    if cfg.train_attack in ("pgd", "fgsm_rs", "trades"):
         attack = make_attack(cfg.train_attack, model, cfg.eps, cfg.alpha, cfg.steps,
-                             eval_mode=not cfg.attack_train_mode)
+                             eval_mode=not cfg.attack_train_mode, norm=cfg.threat_model)
     total = correct = 0
     loss_sum = 0.0
     n_batches = len(loader)
+    free_delta = None
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs} train", leave=False,
                disable=not progress)
     for i, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch + i / n_batches)
-        if attack is not None:
-            x = attack(x, y)  # masks computed once here, reused by every attack step
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()  # scores change -> masks are recomputed on the next forward
+        if cfg.train_attack == "free":
+            if free_delta is None or free_delta.shape != x.shape:
+                free_delta = torch.zeros_like(x)
+            for _ in range(cfg.free_repeats):
+                free_delta.requires_grad_(True)
+                logits = model(x + free_delta)
+                loss = F.cross_entropy(logits, y)
+                _check_finite(loss, epoch, i)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step = lp_step(free_delta.grad, cfg.eps, cfg.threat_model)
+                free_delta = project(x, free_delta.detach() + step, cfg.eps, cfg.threat_model)
+        else:
+            x_in = attack(x, y) if attack is not None else x  # masks computed once, reused
+            logits = model(x_in)
+            loss = F.cross_entropy(logits, y)
+            if cfg.train_attack == "trades":
+                logits = model(x)  # TRADES reports and fits clean predictions
+                loss = F.cross_entropy(logits, y) + cfg.trades_beta * F.kl_div(
+                    F.log_softmax(model(x_in), 1), F.softmax(logits, 1), reduction="batchmean")
+            _check_finite(loss, epoch, i)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()  # scores change -> masks are recomputed on the next forward
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         total += len(y)
         bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
     return {"train_loss": loss_sum / total, "train_acc": correct / total,
             "lr": optimizer.param_groups[0]["lr"]}
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, batch: int) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch}; "
+                                 "lower lr or check the data")
 
 
 @torch.no_grad()
@@ -184,7 +240,7 @@ def recalibrate_bn(model: nn.Module, loader, device: torch.device, max_batches: 
 
 @dataclass
 class SearchResult:
-    model: RandomNetwork              # the best ticket (robust acc.; clean for natural), eval mode
+    model: RandomNetwork              # the best model (robust acc.; clean if no attack), eval mode
     history: list[dict]
     best: dict
     run_dir: Path | None
@@ -194,23 +250,110 @@ class SearchResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def load_dense_weights(model: nn.Module, path: str | os.PathLike) -> int:
+    """Copy trained conv/linear weights (a ticket of a dense run, or a plain state_dict
+    saved with torch.save) into ``model``'s frozen weights: robust *trained* tickets are then
+    searched inside a trained network (RST's RTT). Returns the number of layers loaded."""
+    from .tickets import TicketError, read_ticket
+    try:
+        state = read_ticket(path)["state"]
+    except TicketError:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
+            raise TicketError(f"pretrained={str(path)!r} is neither a ticket nor a plain "
+                              f"state_dict of tensors ({type(e).__name__})") from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise TicketError(f"pretrained={str(path)!r} holds no state_dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    loaded = 0
+    for name, layer in model.named_modules():
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            continue
+        tensor = state.get(f"{name}.weight", state.get(f"{name}.parametrizations.weight.original"))
+        if tensor is None:
+            continue
+        target = masking.raw_weight(layer)
+        if tensor.shape != target.shape:
+            raise TicketError(f"pretrained weight {name} has shape {tuple(tensor.shape)}, the "
+                              f"model needs {tuple(target.shape)}: different architecture?")
+        with torch.no_grad():
+            target.copy_(tensor)
+        loaded += 1
+    if loaded == 0:
+        raise TicketError(f"pretrained={str(path)!r}: no conv/linear weight matches the model")
+    return loaded
+
+
 def build_search(cfg: RunConfig, data: DataBundle | None = None, device=None):
-    """Data, model and evaluation loader for ``cfg`` (shared by search and the controls)."""
+    """Data and the model ``cfg.task`` trains (shared by the trainers and the controls).
+
+    * ``search``: masked random network (weights from ``pretrained`` if given); scores train.
+    * ``finetune``: the ticket's mask fixed, its inherited weights train.
+    * ``finetune_reinit``: the ticket's mask fixed, weights re-drawn with the same init
+      scheme from seed ``cfg.seed + 1`` (a different random network), then trained.
+    * ``finetune_full``: the ticket's masked weights as a dense network, all weights train.
+    * ``dense``: the dense network, all weights train (adversarial training baseline).
+    * ``bnn``: dense binary weights (sign of trained latent weights; RBRN's BNN baseline).
+    """
     data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.augment)
+    device = device or resolve_device(cfg.device)
     mcfg = cfg.model_config(data.num_classes, data.in_channels, data.image_size,
                             data.mean, data.std)
-    model = build_model(mcfg).to(device or resolve_device(cfg.device))
-    return data, model
+    if cfg.task in ("dense", "bnn"):
+        mcfg = dataclasses.replace(mcfg, keep_ratio=None, bnn=cfg.task == "bnn")
+        return data, build_model(mcfg).to(device)
+    if cfg.task == "search":
+        model = build_model(mcfg)
+        if cfg.pretrained:
+            load_dense_weights(model, cfg.pretrained)
+        return data, model.to(device)
+    ticket = load_ticket(cfg.ticket)
+    t = ticket.config
+    if (t.num_classes, t.in_channels) != (data.num_classes, data.in_channels):
+        raise ConfigError(f"ticket {cfg.ticket!r} was found for {t.num_classes} classes and "
+                          f"{t.in_channels} channels; {cfg.dataset} has {data.num_classes} and "
+                          f"{data.in_channels}")
+    if cfg.task == "finetune_full":
+        model = build_model(dataclasses.replace(t, keep_ratio=None))
+        with torch.no_grad():
+            for (_, src), (_, dst) in zip(_conv_linear(ticket), _conv_linear(model)):
+                masking.raw_weight(dst).copy_(src.weight)  # masked weights, now all trainable
+        model.load_state_dict({k: v for k, v in ticket.state_dict().items()
+                               if "running_" in k or "num_batches" in k}, strict=False)
+        return data, model.to(device)
+    if cfg.task == "finetune_reinit":
+        masks = masking.get_masks(ticket)
+        ticket = build_model(dataclasses.replace(t, seed=t.seed + 1))
+        masking.set_masks(ticket, masks)
+    for _, layer in masking.masked_layers(ticket):
+        masking.get_mask_param(layer).scores.requires_grad_(False)  # the mask stays fixed
+        masking.raw_weight(layer).requires_grad_(True)
+    return data, ticket.train().to(device)
+
+
+def _conv_linear(model: nn.Module):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def eval_attacks(model: nn.Module, cfg: RunConfig) -> dict:
     return {"pgd": PGD(model, cfg.eval_eps_value, cfg.eval_alpha_value, cfg.eval_steps,
-                       cfg.eval_restarts)}
+                       cfg.eval_restarts, norm=cfg.threat_model)}
 
 
 def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: bool = True,
            data: DataBundle | None = None, resume: bool = False) -> SearchResult:
-    """Search a ticket (adversarial edge-popup unless ``train_attack='none'``).
+    """Run ``cfg.task`` (a ticket search by default; see :func:`build_search`).
+
+    Each epoch: train, evaluate clean and PGD accuracy on the test split, keep the best
+    model (robust accuracy; clean accuracy when ``train_attack='none'``) as ``ticket.pt``,
+    write ``metrics.json`` and a resumable ``last.pt``. After the last epoch, AutoAttack
+    (``cfg.autoattack``) evaluates the best model.
 
     Args:
         run_dir: where metrics.json, ticket.pt (best) and last.pt go; None writes nothing.
@@ -222,14 +365,13 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
     data, model = build_search(cfg, data, device)
     train_set = fixed_subset(data.train, cfg.train_examples)
     test_loader = make_loader(fixed_subset(data.test, cfg.eval_examples), cfg.eval_batch_size)
-    scores = masking.score_parameters(model)
-    trainable = scores if scores else [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, cfg)
+    optimizer = make_optimizer(trainable_parameters(model), cfg)
+    final_ratios = masking.keep_ratios(model)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
     history: list[dict] = []
-    # Adversarial search keeps the most robust epoch; natural search the most accurate one.
+    # Adversarial training keeps the most robust epoch; natural training the most accurate.
     select = "clean_acc" if cfg.train_attack == "none" else "pgd_acc"
     best: dict = {select: -1.0}
     notes: list[str] = []
@@ -240,34 +382,41 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["rng"])
-        history, best, start_epoch = ck["history"], ck["best"], ck["epoch"]
+        history, best, start_epoch, notes = ck["history"], ck["best"], ck["epoch"], ck["notes"]
         best_state = ck["best_model"]
-    chance = math.log(data.num_classes)
     t0 = time.time()
     stuck = 0
-    epochs = tqdm(range(start_epoch, cfg.epochs), desc=f"search {cfg.name}", disable=not progress,
-                  initial=start_epoch, total=cfg.epochs)
+    epochs = tqdm(range(start_epoch, cfg.epochs), desc=f"{cfg.task} {cfg.name}",
+                  disable=not progress, initial=start_epoch, total=cfg.epochs)
     for epoch in epochs:
+        if cfg.keep_ratio_steps:
+            masking.set_keep_ratios(model, scheduled_keep_ratios(
+                final_ratios, epoch, cfg.keep_ratio_warmup, cfg.keep_ratio_steps))
         loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch)
         t_epoch = time.time()
         row = {"epoch": epoch + 1}
         row.update(train_epoch(model, loader, optimizer, cfg, epoch, device, progress))
+        if cfg.discard:
+            for _, layer in masking.masked_layers(model):
+                masking.get_mask_param(layer).discard_dropped()
         row.update(evaluate(model, test_loader, device, eval_attacks(model, cfg), progress))
+        row["keep_ratio"] = masking.mask_summary(model)["keep_ratio"]
         row["epoch_seconds"] = time.time() - t_epoch
         history.append(row)
         # Collapse: training loss at ln(C) and one class predicted for (almost) everything.
-        if is_collapsed(row["train_loss"], row["top_class_fraction"], data.num_classes):
-            stuck += 1
-        else:
-            stuck = 0
+        stuck = stuck + 1 if is_collapsed(row["train_loss"], row["top_class_fraction"],
+                                          data.num_classes) else 0
         if stuck == cfg.collapse_patience:
             msg = (f"search collapsed at epoch {epoch + 1}: training loss {row['train_loss']:.3f} "
-                   f"~ ln({data.num_classes}) = {chance:.3f} and "
+                   f"~ ln({data.num_classes}) = {math.log(data.num_classes):.3f} and "
                    f"{row['top_class_fraction']:.0%} of test inputs get one class. Try a larger "
                    "keep_ratio, end_with_bn=True, a smaller lr, or a smaller eps.")
             notes.append(msg)
             warnings.warn(msg, CollapseWarning, stacklevel=2)
-        if row[select] > best[select]:
+        # During a keep-ratio schedule only the final sparsity competes for "best".
+        at_target = (not cfg.keep_ratio_steps
+                     or epoch + 1 >= cfg.keep_ratio_warmup + cfg.keep_ratio_steps)
+        if at_target and row[select] > best[select]:
             best = {k: row[k] for k in ("epoch", "clean_acc", "pgd_acc")}
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             if run_dir is not None:
@@ -276,18 +425,27 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
         if run_dir is not None:
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "rng": torch.get_rng_state(), "history": history, "best": best,
-                               "epoch": epoch + 1, "best_model": best_state},
+                               "epoch": epoch + 1, "best_model": best_state, "notes": notes},
                               run_dir / "last.pt")
             write_json(run_dir / "metrics.json", _metrics(cfg, model, history, best, notes,
                                                          time.time() - t0, "running"))
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    if cfg.autoattack != "none" and "autoattack_acc" not in best:
+        from .evaluation import autoattack_accuracy
+        best["autoattack_acc"] = autoattack_accuracy(
+            model, data.test, cfg.eval_eps_value, cfg.threat_model, cfg.autoattack,
+            cfg.autoattack_examples, device, seed=cfg.seed)
+        best["autoattack"] = {"version": cfg.autoattack, "examples": cfg.autoattack_examples}
     if run_dir is not None:
         write_json(run_dir / "metrics.json",
                    _metrics(cfg, model, history, best, notes, time.time() - t0, "finished"))
     return SearchResult(model, history, best, run_dir,
                         run_dir / "ticket.pt" if run_dir is not None else None, cfg, data, notes)
+
+
+train = search  # the same loop trains scores or weights, by cfg.task
 
 
 def _metrics(cfg, model, history, best, notes, seconds, status) -> dict:

@@ -4,6 +4,16 @@ import torch
 from rst_lib import create_model
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # Tiny test models are dominated by threading overhead; one thread is faster and keeps
+    # timings stable when the machine is busy.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

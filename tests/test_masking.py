@@ -139,7 +139,7 @@ def test_weight_inits():
     assert torch.allclose(w.abs(), torch.full_like(w, math.sqrt(2 / (fan * 0.1))))
     init_weight_(w, "kaiming_normal", g)
     assert abs(w.std().item() - math.sqrt(2 / fan)) < 0.05 * math.sqrt(2 / fan)
-    with pytest.raises(ValueError, match="valid: binary"):
+    with pytest.raises(ValueError, match="valid: signed_constant"):
         init_weight_(w, "ones", g)
 
 
