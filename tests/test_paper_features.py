@@ -1,0 +1,319 @@
+"""Issue 3: every knob of the two papers, each on tiny models and data."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rst_lib import RunConfig, create_model, load_ticket, masking, save_ticket, search
+from rst_lib.attacks import FGSM, PGD, TradesPGD
+from rst_lib.config import ConfigError, load_config
+from rst_lib.data import load_dataset
+from rst_lib.masking import allocate_keep_ratios, add_mask, get_mask_param, score_shape
+from rst_lib.train import build_search, lr_factor, scheduled_keep_ratios
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
+            train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("mnist5k")
+
+
+# ------------------------------------------------------------------------ masking options
+
+@pytest.mark.parametrize("granularity, scores, block", [
+    ("weight", (8, 4, 3, 3), 1), ("kernel", (8, 4, 1, 1), 9), ("filter", (8, 1, 1, 1), 36),
+    ("row", (8, 4, 3, 1), 3)])
+def test_granularity_mask_shapes(granularity, scores, block):
+    layer = nn.Conv2d(4, 8, 3, bias=False)
+    add_mask(layer, 0.25, granularity)
+    p = get_mask_param(layer)
+    nn.init.normal_(p.scores)
+    assert tuple(p.scores.shape) == scores
+    w = layer.weight
+    kept_weights = int((w != 0).sum())
+    assert kept_weights == p.k * block  # whole blocks are kept or dropped
+    assert p.k == round(0.25 * math.prod(scores))
+    if granularity == "filter":
+        kept_filters = (w.flatten(1) != 0).any(1)
+        assert int(kept_filters.sum()) == 2 and ((w.flatten(1) != 0).all(1) == kept_filters).all()
+
+
+def test_granularity_gradients_reach_block_scores():
+    layer = nn.Conv2d(4, 8, 3, bias=False)
+    add_mask(layer, 0.5, "kernel")
+    layer(torch.randn(2, 4, 6, 6)).sum().backward()
+    assert get_mask_param(layer).scores.grad.shape == (8, 4, 1, 1)
+    assert score_shape((10, 20), "row") == (10, 20) and score_shape((10, 20), "filter") == (10, 1)
+
+
+def test_granularity_in_models_and_tickets(tmp_path):
+    model = create_model("conv2", 10, 1, image_size=12, width=0.125, keep_ratio=0.3,
+                         granularity="filter")
+    loaded = load_ticket(save_ticket(model.eval(), tmp_path / "t.pt"))
+    x = torch.rand(4, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize("kind", masking.WEIGHT_INITS)
+def test_every_weight_init_builds_and_is_seeded(kind):
+    a = create_model("conv2", 10, 1, image_size=12, width=0.125, weight_init=kind, seed=5)
+    b = create_model("conv2", 10, 1, image_size=12, width=0.125, weight_init=kind, seed=5)
+    wa = [masking.raw_weight(m) for _, m in masking.masked_layers(a)]
+    assert all(torch.equal(x, masking.raw_weight(m)) for x, (_, m) in zip(wa, masking.masked_layers(b)))
+    w = wa[1]
+    if kind == "unsigned_constant":
+        assert (w > 0).all() and len(w.unique()) == 1
+    if kind in ("binary", "signed_constant", "xavier_constant"):
+        assert len(w.abs().unique()) == 1 and (w < 0).any()
+    if kind == "uniform":
+        assert w.abs().max() <= 1
+
+
+def test_scale_fan_multiplies_the_fan_by_the_keep_ratio():
+    g = torch.Generator().manual_seed(0)
+    w = torch.empty(16, 8, 3, 3)
+    masking.init_weight_(w, "kaiming_normal", g, keep_ratio=0.04, scale_fan=True)
+    assert abs(w.std().item() - math.sqrt(2 / (72 * 0.04))) < 0.1 * math.sqrt(2 / (72 * 0.04))
+
+
+@pytest.mark.parametrize("mode, scaled", [("none", [False, False, False, False, False]),
+                                          ("all", [True] * 5),
+                                          ("except_last", [True, True, True, True, False]),
+                                          ("only_last", [False, False, False, False, True])])
+def test_score_fan_modes(mode, scaled):
+    a = 0.01
+    model = create_model("conv2", 10, 1, image_size=12, width=0.125, score_init="uniform",
+                         score_init_scale=a, score_fan_mode=mode)
+    for (_, layer), s in zip(masking.masked_layers(model), scaled):
+        scores = get_mask_param(layer).scores
+        bound = a / math.sqrt(scores[0].numel()) if s else a
+        assert scores.abs().max() <= bound and scores.abs().max() > 0.8 * bound
+
+
+def test_adaptive_allocation_hand_example():
+    # sizes 100 and 10,000, keep 10 %, p = 0.5: c (10 + 100) = 1010 -> c = 9.1818...
+    r = allocate_keep_ratios([100, 10_000], 0.1, 0.5)
+    assert r[0] == pytest.approx(1010 / 110 / 10) and r[1] == pytest.approx(1010 / 110 / 100)
+    # p = 0 would give the small layer 505 % -> capped at 1, the rest re-solved: 910 / 10,000
+    assert allocate_keep_ratios([100, 10_000], 0.1, 0.0) == pytest.approx([1.0, 0.091])
+    assert allocate_keep_ratios([100, 10_000], 0.1, 1.0) == pytest.approx([0.1, 0.1])
+    with pytest.raises(ValueError, match="p=1.5"):
+        allocate_keep_ratios([10], 0.1, 1.5)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 1.0])
+def test_adaptive_allocation_hits_the_total_in_a_real_model(p):
+    model = create_model("resnet18", 10, 3, width=0.25, keep_ratio=0.01, adaptive_p=p)
+    summary = masking.mask_summary(model)
+    layers = summary["layers"]
+    assert abs(summary["kept"] - 0.01 * summary["total"]) <= len(layers)  # within 1 per layer
+    ratios = {n: v["keep_ratio"] for n, v in layers.items()}
+    sizes = {n: v["total"] for n, v in layers.items()}
+    small, big = min(sizes, key=sizes.get), max(sizes, key=sizes.get)
+    if p < 1:
+        assert ratios[small] > ratios[big]  # smaller layers keep a larger fraction
+    else:
+        assert abs(ratios[small] - ratios[big]) < 0.01
+
+
+def test_keep_ratio_schedule_and_discard(data):
+    final = {"a": 0.01, "b": 0.1}
+    assert scheduled_keep_ratios(final, 0, warmup=1, steps=2) == {"a": 1.0, "b": 1.0}
+    assert scheduled_keep_ratios(final, 1, 1, 2) == pytest.approx({"a": 0.1, "b": 0.1 ** 0.5})
+    assert scheduled_keep_ratios(final, 5, 1, 2) == pytest.approx(final)
+    cfg = RunConfig(**{**TINY, "epochs": 3, "keep_ratio_steps": 2, "discard": True}).validate()
+    result = search(cfg, None, progress=False, data=data)
+    kept = [h["keep_ratio"] for h in result.history]
+    assert kept[0] > kept[1] > 0 and abs(kept[2] - 0.2) < 0.01 and abs(kept[1] - 0.2) < 0.01
+    assert kept[0] == pytest.approx(0.2 ** 0.5, abs=0.01)
+    # discarded entries can never be selected again
+    layer = next(m for _, m in masking.masked_layers(result.model))
+    p = get_mask_param(layer)
+    assert p.discarded.any() and not (p.mask().bool() & p.discarded).any()
+    assert result.best["epoch"] >= 2  # only the final sparsity competes for "best"
+
+
+# ------------------------------------------------------------------ attacks and schedules
+
+def test_l2_attacks_stay_in_the_ball(tiny_model, batch):
+    model = tiny_model().eval()
+    x, y = batch
+    for attack in (PGD(model, 0.5, 0.1, 5, norm="l2"), FGSM(model, 0.5, True, norm="l2"),
+                   TradesPGD(model, 0.5, 0.1, 3, norm="l2")):
+        d = attack(x, y) - x
+        assert d.flatten(1).norm(dim=1).max() <= 0.5 + 1e-5
+        assert (x + d).min() >= 0 and (x + d).max() <= 1
+    x_adv = PGD(model, 0.5, 0.1, 10, norm="l2")(x, y)
+    assert F.cross_entropy(model(x_adv), y) > F.cross_entropy(model(x), y)
+
+
+def test_trades_attack_increases_the_kl(tiny_model, batch):
+    model = tiny_model().eval()
+    x, y = batch
+    x_adv = TradesPGD(model, 0.1, 0.03, 5)(x, y)
+    with torch.no_grad():
+        kl = F.kl_div(F.log_softmax(model(x_adv), 1), F.softmax(model(x), 1), reduction="sum")
+    assert kl > 1e-3 and (x_adv - x).abs().max() <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize("attack", ["pgd", "fgsm_rs", "free", "trades", "none"])
+@pytest.mark.parametrize("threat_model", ["linf", "l2"])
+def test_every_inner_attack_trains(data, attack, threat_model):
+    eps = 0.1 if threat_model == "linf" else 1.0
+    cfg = RunConfig(**{**TINY, "train_attack": attack, "threat_model": threat_model, "eps": eps,
+                       "alpha": eps / 4, "steps": 2, "free_repeats": 2, "epochs": 2,
+                       "train_examples": 512}).validate()
+    result = search(cfg, None, progress=False, data=data)
+    first, last = result.history
+    assert math.isfinite(last["train_loss"]) and last["train_loss"] < first["train_loss"]
+    assert last["clean_acc"] > 0.2
+
+
+def test_lr_policies():
+    base = dict(epochs=8)
+    piece = RunConfig(**base, lr_schedule="cifar_piecewise").validate()
+    assert [lr_factor(piece, e) for e in (0, 3.9, 4, 6)] == pytest.approx([1, 1, 0.1, 0.01])
+    multi = RunConfig(**base, lr_schedule="multistep", lr_milestones=[2, 5], lr_gamma=0.5).validate()
+    assert [lr_factor(multi, e) for e in (1, 2, 5)] == pytest.approx([1, 0.5, 0.25])
+    warm = RunConfig(**base, lr_schedule="constant", warmup_epochs=2).validate()
+    assert [lr_factor(warm, e) for e in (0, 1, 2, 7)] == pytest.approx([0, 0.5, 1, 1])
+
+
+# ------------------------------------------------------------------------------ trainers
+
+def _raw(model):
+    return {n: masking.raw_weight(m).detach().clone() for n, m in masking.masked_layers(model)}
+
+
+@pytest.fixture(scope="module")
+def ticket(tmp_path_factory, data):
+    run_dir = tmp_path_factory.mktemp("search")
+    search(RunConfig(**TINY).validate(), run_dir, progress=False, data=data)
+    return run_dir / "ticket.pt"
+
+
+def test_finetune_inherited_changes_weights_only(ticket, data):
+    before = load_ticket(ticket)
+    cfg = RunConfig(**{**TINY, "task": "finetune", "ticket": str(ticket), "lr": 0.01}).validate()
+    after = search(cfg, None, progress=False, data=data).model
+    masks_before, masks_after = masking.get_masks(before), masking.get_masks(after)
+    assert all(torch.equal(masks_before[k], masks_after[k]) for k in masks_before)  # mask fixed
+    w0, w1 = _raw(before), _raw(after)
+    for name, mask in masks_before.items():
+        assert (w0[name] != w1[name])[mask].any()  # kept weights trained
+    assert all(not get_mask_param(m).scores.requires_grad for _, m in masking.masked_layers(after))
+    x = data.test.tensors[0][:8]
+    with torch.no_grad():
+        assert not torch.equal(before(x), after.eval()(x))
+
+
+def test_finetune_reinit_redraws_weights(ticket, data):
+    original = load_ticket(ticket)
+    cfg = RunConfig(**{**TINY, "task": "finetune_reinit", "ticket": str(ticket)}).validate()
+    _, reinit = build_search(cfg, data)
+    assert all(torch.equal(a, b) for a, b in zip(masking.get_masks(original).values(),
+                                                  masking.get_masks(reinit).values()))
+    w0, w1 = _raw(original), _raw(reinit)
+    assert all(not torch.equal(w0[k], w1[k]) for k in w0)  # weights re-drawn
+    assert all(masking.raw_weight(m).requires_grad and
+               not get_mask_param(m).scores.requires_grad for _, m in masking.masked_layers(reinit))
+
+
+def test_finetune_full_starts_from_the_ticket(ticket, data):
+    original = load_ticket(ticket)
+    cfg = RunConfig(**{**TINY, "task": "finetune_full", "ticket": str(ticket)}).validate()
+    _, full = build_search(cfg, data)
+    assert not list(masking.masked_layers(full))
+    x = data.test.tensors[0][:16]
+    with torch.no_grad():
+        assert torch.allclose(original(x), full.eval()(x), atol=1e-5)  # same function at start
+    assert all(p.requires_grad for p in full.parameters())
+
+
+def test_dense_and_bnn_baselines(data):
+    for task in ("dense", "bnn"):
+        cfg = RunConfig(**{**TINY, "task": task, "lr": 0.01, "epochs": 2,
+                           "train_examples": 512}).validate()
+        _, start = build_search(cfg, data)
+        w0 = [p.detach().clone() for p in start.parameters()]
+        result = search(cfg, None, progress=False, data=data)
+        assert not list(masking.masked_layers(result.model))
+        assert all(not torch.equal(a, b) for a, b in zip(w0, result.model.parameters()))
+        first, last = result.history
+        assert last["train_loss"] < first["train_loss"]
+    layer = result.model.body.features[0]
+    assert set(layer.weight.unique().tolist()) == {-1.0, 1.0}  # binary weights in the forward
+    assert not set(layer.parametrizations.weight.original.unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_robust_trained_ticket_searches_inside_trained_weights(tmp_path, data):
+    dense_dir = tmp_path / "dense"
+    search(RunConfig(**{**TINY, "task": "dense", "lr": 0.01}).validate(), dense_dir,
+           progress=False, data=data)
+    cfg = RunConfig(**{**TINY, "pretrained": str(dense_dir / "ticket.pt")}).validate()
+    _, model = build_search(cfg, data)
+    trained = load_ticket(dense_dir / "ticket.pt")
+    first = next(m for _, m in masking.masked_layers(model))
+    assert torch.equal(masking.raw_weight(first), trained.body.features[0].weight)
+    found = search(cfg, None, progress=False, data=data).model
+    for (_, a), (_, b) in zip(masking.masked_layers(model), masking.masked_layers(found)):
+        assert torch.equal(masking.raw_weight(a), masking.raw_weight(b))  # trained weights frozen
+        assert not torch.equal(get_mask_param(a).scores, get_mask_param(b).scores)
+
+
+def test_trainer_parameter_errors(tmp_path):
+    with pytest.raises(ConfigError, match="needs ticket"):
+        RunConfig(task="finetune").validate()
+    with pytest.raises(ConfigError, match="ticket='nope.pt' does not exist"):
+        RunConfig(task="finetune", ticket="nope.pt").validate()
+    with pytest.raises(ConfigError, match="adaptive_p=2"):
+        RunConfig(adaptive_p=2).validate()
+
+
+# ----------------------------------------------------------------------------- AutoAttack
+
+def test_autoattack_is_at_most_pgd(data):
+    from rst_lib.evaluation import robustness_report
+    cfg = RunConfig(**{**TINY, "train_examples": 1000, "train_attack": "none", "epochs": 2}).validate()
+    model = search(cfg, None, progress=False, data=data).model
+    report = robustness_report(model, data.test, eps=0.1, alpha=0.025, pgd_steps=(10,),
+                               autoattack="fast", n_examples=64, progress=False)
+    assert report["autoattack_acc"] <= report["pgd10_acc"] <= report["clean_acc"]
+    assert report["fgsm_acc"] <= report["clean_acc"]
+
+
+# ------------------------------------------------------------------------------- presets
+
+PRESETS = sorted((ROOT / "params" / "presets").glob("*.yaml"))
+
+
+def test_presets_exist():
+    names = {p.stem for p in PRESETS}
+    assert {"rst-preactresnet18-cifar10", "rst-preactresnet18-cifar10-fast",
+            "rbrn-resnet34-cifar10", "rbrn-resnet34-cifar10-fast"} <= names
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_presets_run_one_tiny_step_with_their_own_settings(preset, data):
+    cfg = load_config(preset)
+    # their own settings, on tiny data: MNIST digits padded to 32x32 RGB, 1 batch, 1 epoch
+    from torch.utils.data import TensorDataset
+    from rst_lib.data import DataBundle
+    x, y = data.train.tensors[0][:8], data.train.tensors[1][:8]
+    x = F.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1)
+    tiny = DataBundle("tiny", TensorDataset(x, y), TensorDataset(x, y), 10, 3, 32,
+                      (0.5,) * 3, (0.25,) * 3, [str(i) for i in range(10)])
+    small = cfg.replace(epochs=1, batch_size=8, eval_steps=1, width=1 / 16, autoattack="none",
+                        keep_ratio_steps=0)
+    result = search(small, None, progress=False, data=tiny)
+    assert math.isfinite(result.history[0]["train_loss"])
+    assert masking.mask_summary(result.model)["kept"] > 0
+    assert cfg.model in ("preact_resnet18", "resnet34")
