@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .masking import get_masks
+from .masking import weight_masks
 
 _BITS = 2 ** torch.arange(8, -1, -1)  # row-major, top-left is the most significant bit
 
@@ -27,7 +27,7 @@ _BITS = 2 ** torch.arange(8, -1, -1)  # row-major, top-left is the most signific
 def _masks(model_or_masks: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Boolean CPU masks by layer name, in module order."""
     if isinstance(model_or_masks, nn.Module):
-        masks = get_masks(model_or_masks)
+        masks = weight_masks(model_or_masks)  # per weight, also for kernel/filter scores
     else:
         masks = dict(model_or_masks)
     return {name: m.detach().bool().cpu() for name, m in masks.items()}

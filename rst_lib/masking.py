@@ -294,8 +294,14 @@ def score_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Boolean mask of every masked layer, by layer name."""
+    """Boolean mask of every masked layer, by layer name, at the scores' shape."""
     return {name: get_mask_param(m).mask().bool() for name, m in masked_layers(model)}
+
+
+def weight_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Boolean mask of every masked layer at the weight's shape (block masks broadcast)."""
+    return {name: get_mask_param(m).mask().bool().expand(raw_weight(m).shape)
+            for name, m in masked_layers(model)}
 
 
 def set_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:

@@ -317,3 +317,17 @@ def test_presets_run_one_tiny_step_with_their_own_settings(preset, data):
     assert math.isfinite(result.history[0]["train_loss"])
     assert masking.mask_summary(result.model)["kept"] > 0
     assert cfg.model in ("preact_resnet18", "resnet34")
+
+
+def test_mask_statistics_see_block_masks_per_weight():
+    from rst_lib.mask_stats import layer_density, pruned_units
+    model = create_model("conv2", 10, 1, image_size=12, width=0.25, keep_ratio=0.25,
+                         granularity="filter")
+    dens = layer_density(model)
+    pruned = pruned_units(model)
+    name = next(iter(dens))
+    assert dens[name]["density"] == pytest.approx(0.25)
+    assert dens[name]["shape"] == list(masking.raw_weight(dict(masking.masked_layers(model))[name]).shape)
+    # filter granularity: three quarters of the filters are pruned whole
+    out = pruned[name]["out_units"]
+    assert pruned[name]["pruned_out"] == out - round(0.25 * out)
