@@ -119,6 +119,7 @@ class RunConfig:
     autoattack_examples: int = 1000
     # monitoring
     collapse_patience: int = 2         # epochs at chance-level loss before warning
+    loss_jump_factor: float | None = None  # debug: warn when a batch loss > factor * running mean
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -161,6 +162,11 @@ class RunConfig:
             path = getattr(self, name)
             if path is not None and not Path(path).expanduser().is_file():
                 raise ConfigError(f"{name}={path!r} does not exist (expected a file)")
+        if self.ticket and self.task.startswith("finetune"):
+            self._check_ticket_matches()
+        if self.loss_jump_factor is not None and self.loss_jump_factor <= 1:
+            raise ConfigError(f"loss_jump_factor={self.loss_jump_factor!r} is invalid: it must be "
+                              "> 1 (or null to switch the check off)")
         if not 0.0 <= self.adaptive_p <= 1.0:
             raise ConfigError(f"adaptive_p={self.adaptive_p!r} is invalid: it must be in [0, 1]")
         for name in ("keep_ratio_warmup", "keep_ratio_steps", "warmup_epochs"):
@@ -203,6 +209,19 @@ class RunConfig:
         from .models import validate_model_config
         validate_model_config(self.model_config(num_classes=10, in_channels=1, image_size=28))
         return self
+
+    def _check_ticket_matches(self) -> None:
+        """A finetune ticket must be of the configured architecture (read before compute)."""
+        from .tickets import TicketError, ticket_meta
+        try:
+            t = ticket_meta(self.ticket)["model_config"]
+        except TicketError as e:
+            raise ConfigError(f"ticket={self.ticket!r}: {e}") from None
+        diff = [f"{k}: ticket has {t[k]!r}, parameters say {getattr(self, f)!r}"
+                for k, f in (("name", "model"), ("width", "width")) if t.get(k) != getattr(self, f)]
+        if diff:
+            raise ConfigError(f"ticket={self.ticket!r} does not match the model ("
+                              + "; ".join(diff) + ")")
 
     # ------------------------------------------------------------------ derived
 

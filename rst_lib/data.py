@@ -156,8 +156,8 @@ def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = Non
         if not root.is_dir():
             raise DatasetUnavailable(f"imagefolder: {str(root)!r} is not a directory. {DATA_HELP}")
         return _imagefolder(root, augment, image_size)
-    from .config import DATASETS
-    raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    from .config import DATASETS, ConfigError
+    raise ConfigError(f"dataset={name!r} is invalid: valid choices are {', '.join(DATASETS)}")
 
 
 def fixed_subset(ds: Dataset, n: int | None) -> Dataset:

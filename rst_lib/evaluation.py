@@ -101,3 +101,83 @@ def robustness_report(model: nn.Module, dataset: Dataset, eps: float, alpha: flo
                                                     n_examples, device, seed)
     out["eps"], out["n_examples"] = eps, len(fixed_subset(dataset, n_examples))
     return out
+
+
+def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alpha: float,
+                            threat_model: str = "linf", n_examples: int | None = 500,
+                            steps: int = 20, more_steps: int = 100, restarts: int = 5,
+                            eps_factors=(0.25, 0.5, 1.0, 2.0, 4.0), large_eps: float | None = None,
+                            autoattack: str = "none", device: str | torch.device = "cpu",
+                            seed: int = 0, progress: bool = True) -> dict:
+    """Measure the signs of gradient masking (Carlini et al., 2019, "On Evaluating
+    Adversarial Robustness", section 5) and flag each one that shows.
+
+    Measured on the same ``n_examples`` test inputs: clean, uniform random noise at eps,
+    FGSM, PGD-``steps``, PGD-``more_steps``, PGD-``steps`` with ``restarts`` restarts, PGD at
+    eps * each factor in ``eps_factors`` and at ``large_eps`` (default 1.0: the whole image
+    can be replaced, accuracy must reach ~0), optionally AutoAttack.
+
+    Returns ``{"accuracy": {...}, "eps_curve": [(eps, acc), ...], "flags": [str, ...]}``;
+    an empty ``flags`` list means no sign was seen (not a proof of robustness).
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    loader = make_loader(fixed_subset(dataset, n_examples), 250)
+    n = len(fixed_subset(dataset, n_examples))
+    large_eps = large_eps if large_eps is not None else (1.0 if threat_model == "linf" else 100.0)
+
+    def acc(attacks: dict) -> dict:
+        torch.manual_seed(seed)
+        return evaluate(model, loader, device, attacks, progress, desc="masking checks")
+
+    base = acc({"fgsm": FGSM(model, eps, norm=threat_model),
+                "pgd": PGD(model, eps, alpha, steps, norm=threat_model),
+                "pgd_more_steps": PGD(model, eps, alpha / 2, more_steps, norm=threat_model),
+                "pgd_restarts": PGD(model, eps, alpha, steps, restarts, norm=threat_model),
+                "noise": _Noise(model, eps, threat_model)})
+    curve = []
+    for f in eps_factors:
+        e = eps * f
+        curve.append((e, acc({"pgd": PGD(model, e, max(alpha * f, 1e-6), steps,
+                                         norm=threat_model)})["pgd_acc"]))
+    curve.append((large_eps, acc({"pgd": PGD(model, large_eps, large_eps / 4, steps,
+                                             norm=threat_model)})["pgd_acc"]))
+    accuracy = {k.removesuffix("_acc"): v for k, v in base.items() if k.endswith("_acc")}
+    if autoattack != "none":
+        accuracy["autoattack"] = autoattack_accuracy(model, dataset, eps, threat_model, autoattack,
+                                                     n_examples, device, seed)
+    tol = 2.0 / n  # two examples: differences below this are noise
+    flags = []
+    if accuracy["pgd"] > accuracy["fgsm"] + tol:
+        flags.append(f"PGD accuracy {accuracy['pgd']:.1%} is above FGSM {accuracy['fgsm']:.1%}: "
+                     "an iterative attack should never be weaker than a single step")
+    if accuracy["pgd_more_steps"] > accuracy["pgd"] + tol or accuracy["pgd_restarts"] > accuracy["pgd"] + tol:
+        flags.append("more PGD steps or restarts raised accuracy "
+                     f"({accuracy['pgd']:.1%} -> {accuracy['pgd_more_steps']:.1%} / "
+                     f"{accuracy['pgd_restarts']:.1%}): the attack is not converging")
+    accs = [a for _, a in curve]
+    if any(b > a + tol for a, b in zip(accs, accs[1:])):
+        flags.append("accuracy does not fall monotonically as eps grows: "
+                     + ", ".join(f"{e:.3g}: {a:.1%}" for e, a in curve))
+    if accs[-1] > 0.1:
+        flags.append(f"accuracy is still {accs[-1]:.1%} at eps={large_eps:g}, where an attacker "
+                     "can replace the image: gradients are probably uninformative")
+    if accuracy["noise"] < accuracy["pgd"] - tol:
+        flags.append(f"random noise ({accuracy['noise']:.1%}) hurts more than PGD "
+                     f"({accuracy['pgd']:.1%})")
+    if "autoattack" in accuracy and accuracy["autoattack"] < accuracy["pgd"] - 0.05:
+        flags.append(f"AutoAttack ({accuracy['autoattack']:.1%}) is far below PGD "
+                     f"({accuracy['pgd']:.1%}): PGD overestimates robustness here")
+    return {"accuracy": accuracy, "eps_curve": curve, "flags": flags, "n_examples": n,
+            "eps": eps, "threat_model": threat_model}
+
+
+class _Noise:
+    """Uniform random noise on the eps-ball surface (L-inf corners / L2 sphere)."""
+
+    def __init__(self, model, eps: float, threat_model: str):
+        self.eps, self.norm = eps, threat_model
+
+    def __call__(self, x, y):
+        from .attacks import lp_step, project
+        return x + project(x, lp_step(torch.randn_like(x), self.eps, self.norm), self.eps, self.norm)

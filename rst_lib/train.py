@@ -35,6 +35,28 @@ class CollapseWarning(UserWarning):
     """The search predicts (almost) one class: loss stuck near ln(num_classes)."""
 
 
+class LossJumpWarning(UserWarning):
+    """A batch loss jumped far above its running mean (debug mode)."""
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a resumable ``last.pt`` (tensors and plain containers only)."""
+    import pickle
+    import zipfile
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} was refused: it holds objects other than tensors and plain "
+                         "containers, which could run code when loaded") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{path} is truncated or corrupted ({type(e).__name__}); delete it to "
+                         "restart the run, or resume from a copy") from None
+    missing = {"model", "optimizer", "rng", "history", "best", "epoch"} - set(ck)
+    if missing:
+        raise ValueError(f"{path} is not a search checkpoint (missing {sorted(missing)})")
+    return ck
+
+
 def is_collapsed(train_loss: float, top_class_fraction: float, num_classes: int) -> bool:
     """Constant-prediction collapse: loss within 5 % of ln(C) and >90 % of inputs in one class."""
     chance = math.log(num_classes)
@@ -119,14 +141,20 @@ def scheduled_keep_ratios(final: dict[str, float], epoch: int, warmup: int, step
 
 
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg: RunConfig,
-                epoch: int, device: torch.device, progress: bool = True) -> dict:
+                epoch: int, device: torch.device, progress: bool = True,
+                notes: list[str] | None = None) -> dict:
     """One epoch on the trainable tensors (scores for a search, weights for finetuning).
 
     Inner attacks: ``pgd``, ``fgsm_rs`` (adversarial examples, then a step on them),
     ``trades`` (CE on clean + beta * KL(adv || clean)), ``free`` (each minibatch replayed
     ``free_repeats`` times; one backward gives both the step and the perturbation update,
     Shafahi et al., 2019), ``none`` (natural edge-popup / training).
+
+    A non-finite loss stops the run (FloatingPointError naming epoch and batch). With
+    ``cfg.loss_jump_factor`` set (RBRN's debug mode), a batch loss above that factor times
+    the running mean is reported as a warning and appended to ``notes``.
     """
+    running = None
     model.train()
     attack = None
     if cfg.train_attack in ("pgd", "fgsm_rs", "trades"):
@@ -167,7 +195,15 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()  # scores change -> masks are recomputed on the next forward
-        loss_sum += loss.item() * len(y)
+        value = loss.item()
+        if cfg.loss_jump_factor and running is not None and value > cfg.loss_jump_factor * running:
+            msg = (f"loss jump at epoch {epoch + 1}, batch {i}: {value:.4f} after a running mean "
+                   f"of {running:.4f}")
+            warnings.warn(msg, LossJumpWarning, stacklevel=2)
+            if notes is not None:
+                notes.append(msg)
+        running = value if running is None else 0.9 * running + 0.1 * value
+        loss_sum += value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         total += len(y)
         bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
@@ -360,6 +396,12 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
         resume: continue from ``run_dir/last.pt`` if present.
     """
     cfg.validate()
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None and not resume and any(
+            (run_dir / f).exists() for f in ("metrics.json", "last.pt", "ticket.pt")):
+        raise FileExistsError(f"{run_dir} already holds a run; it is never overwritten. Pass "
+                              "resume=True to continue it, or use a new directory "
+                              "(rst_lib.train.new_run_dir)")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data, model = build_search(cfg, data, device)
@@ -367,7 +409,6 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
     test_loader = make_loader(fixed_subset(data.test, cfg.eval_examples), cfg.eval_batch_size)
     optimizer = make_optimizer(trainable_parameters(model), cfg)
     final_ratios = masking.keep_ratios(model)
-    run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
     history: list[dict] = []
@@ -378,11 +419,12 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
     start_epoch = 0
     best_state = None
     if resume and run_dir is not None and (run_dir / "last.pt").exists():
-        ck = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+        ck = load_checkpoint(run_dir / "last.pt")
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["rng"])
-        history, best, start_epoch, notes = ck["history"], ck["best"], ck["epoch"], ck["notes"]
+        history, best, start_epoch = ck["history"], ck["best"], ck["epoch"]
+        notes = ck.get("notes", [])
         best_state = ck["best_model"]
     t0 = time.time()
     stuck = 0
@@ -395,7 +437,13 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
         loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch)
         t_epoch = time.time()
         row = {"epoch": epoch + 1}
-        row.update(train_epoch(model, loader, optimizer, cfg, epoch, device, progress))
+        try:
+            row.update(train_epoch(model, loader, optimizer, cfg, epoch, device, progress, notes))
+        except FloatingPointError as e:
+            if run_dir is not None:
+                write_json(run_dir / "metrics.json", _metrics(
+                    cfg, model, history, best, notes + [str(e)], time.time() - t0, "failed"))
+            raise
         if cfg.discard:
             for _, layer in masking.masked_layers(model):
                 masking.get_mask_param(layer).discard_dropped()
