@@ -170,30 +170,50 @@ def fixed_subset(ds: Dataset, n: int | None) -> Dataset:
     return Subset(ds, idx.tolist())
 
 
+def shard_order(n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """The example order of one rank, exactly as ``DistributedSampler(seed=seed)`` (epoch 0)
+    makes it: one permutation, padded to a multiple of ``world_size``, every
+    ``world_size``-th index from ``rank``. With one rank it is the plain permutation, so the
+    union of the ranks' t-th batches is the single-process t-th batch."""
+    order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle
+             else torch.arange(n))
+    if world_size > 1:
+        pad = (-n) % world_size
+        order = torch.cat([order, order[:pad]])[rank::world_size]
+    return order
+
+
 class TensorBatches:
     """Fast in-memory batches for a TensorDataset (no per-item collation)."""
 
-    def __init__(self, ds: TensorDataset, batch_size: int, shuffle: bool, seed: int):
+    def __init__(self, ds: TensorDataset, batch_size: int, shuffle: bool, seed: int,
+                 rank: int = 0, world_size: int = 1):
         self.ds, self.batch_size, self.shuffle, self.seed = ds, batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self):
-        return (len(self.ds) + self.batch_size - 1) // self.batch_size
+        n = -(-len(self.ds) // self.world_size)
+        return (n + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.ds)
-        order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-                 if self.shuffle else torch.arange(n))
-        for i in range(0, n, self.batch_size):
+        order = shard_order(len(self.ds), self.shuffle, self.seed, self.rank, self.world_size)
+        for i in range(0, len(order), self.batch_size):
             idx = order[i:i + self.batch_size]
             yield tuple(t[idx] for t in self.ds.tensors)
 
 
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-                num_workers: int = 0):
-    """Batches of (images, labels); ``seed`` fixes the order (use seed + epoch per epoch)."""
+                num_workers: int = 0, rank: int = 0, world_size: int = 1):
+    """Batches of (images, labels); ``seed`` fixes the order (use seed + epoch per epoch).
+
+    ``rank``/``world_size`` shard the examples for distributed training
+    (``DistributedSampler`` semantics); ``batch_size`` is then per rank.
+    """
     if isinstance(ds, TensorDataset):
-        return TensorBatches(ds, batch_size, shuffle, seed)
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
-                      num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
+        return TensorBatches(ds, batch_size, shuffle, seed, rank, world_size)
+    from torch.utils.data.distributed import DistributedSampler
+    # DistributedSampler also for one process: the same permutation whatever the world size.
+    sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=shuffle,
+                                 seed=seed, drop_last=False)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False)

@@ -65,8 +65,43 @@ def is_collapsed(train_loss: float, top_class_fraction: float, num_classes: int)
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")  # torchrun
     return torch.device(device)
+
+
+@dataclass
+class Distributed:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 when not distributed)."""
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: list[float] | torch.Tensor) -> torch.Tensor:
+        """Sum a vector over all ranks (identity with one process)."""
+        t = torch.as_tensor(values, dtype=torch.float64)
+        if self.world_size > 1:
+            import torch.distributed as dist
+            dist.all_reduce(t)
+        return t
+
+
+def setup_distributed(device: torch.device) -> Distributed:
+    """Join the process group that ``torchrun --nproc_per_node=N`` describes (env vars);
+    gloo on CPU, nccl on CUDA. Without WORLD_SIZE > 1 this is a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    return Distributed(dist.get_rank(), dist.get_world_size())
 
 
 def new_run_dir(root: str | os.PathLike, name: str) -> Path:
@@ -142,7 +177,8 @@ def scheduled_keep_ratios(final: dict[str, float], epoch: int, warmup: int, step
 
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg: RunConfig,
                 epoch: int, device: torch.device, progress: bool = True,
-                notes: list[str] | None = None) -> dict:
+                notes: list[str] | None = None, forward_model: nn.Module | None = None,
+                dist: Distributed | None = None) -> dict:
     """One epoch on the trainable tensors (scores for a search, weights for finetuning).
 
     Inner attacks: ``pgd``, ``fgsm_rs`` (adversarial examples, then a step on them),
@@ -153,8 +189,14 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg:
     A non-finite loss stops the run (FloatingPointError naming epoch and batch). With
     ``cfg.loss_jump_factor`` set (RBRN's debug mode), a batch loss above that factor times
     the running mean is reported as a warning and appended to ``notes``.
+
+    Distributed: ``forward_model`` is the DDP wrapper (it averages the gradients of the
+    training step); attacks run on the plain ``model`` of each rank's shard; the returned
+    loss and accuracy are reduced over all ranks.
     """
     running = None
+    dist = dist or Distributed()
+    net = forward_model if forward_model is not None else model
     model.train()
     attack = None
     if cfg.train_attack in ("pgd", "fgsm_rs", "trades"):
@@ -175,7 +217,7 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg:
                 free_delta = torch.zeros_like(x)
             for _ in range(cfg.free_repeats):
                 free_delta.requires_grad_(True)
-                logits = model(x + free_delta)
+                logits = net(x + free_delta)
                 loss = F.cross_entropy(logits, y)
                 _check_finite(loss, epoch, i)
                 optimizer.zero_grad(set_to_none=True)
@@ -185,12 +227,16 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg:
                 free_delta = project(x, free_delta.detach() + step, cfg.eps, cfg.threat_model)
         else:
             x_in = attack(x, y) if attack is not None else x  # masks computed once, reused
-            logits = model(x_in)
-            loss = F.cross_entropy(logits, y)
             if cfg.train_attack == "trades":
-                logits = model(x)  # TRADES reports and fits clean predictions
+                # Separate passes, as the TRADES code does (BN statistics of each batch). Only
+                # one goes through DDP; both gradients sum before its hooks fire.
+                logits_adv = net(x_in)
+                logits = model(x)  # TRADES fits and reports clean predictions
                 loss = F.cross_entropy(logits, y) + cfg.trades_beta * F.kl_div(
-                    F.log_softmax(model(x_in), 1), F.softmax(logits, 1), reduction="batchmean")
+                    F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
+            else:
+                logits = net(x_in)
+                loss = F.cross_entropy(logits, y)
             _check_finite(loss, epoch, i)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -207,6 +253,7 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg:
         correct += (logits.argmax(1) == y).sum().item()
         total += len(y)
         bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
+    loss_sum, correct, total = dist.sum([loss_sum, correct, total]).tolist()
     return {"train_loss": loss_sum / total, "train_acc": correct / total,
             "lr": optimizer.param_groups[0]["lr"]}
 
@@ -219,12 +266,15 @@ def _check_finite(loss: torch.Tensor, epoch: int, batch: int) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, attacks: dict | None = None,
-             progress: bool = True, desc: str = "eval") -> dict:
+             progress: bool = True, desc: str = "eval", dist: Distributed | None = None,
+             num_classes: int | None = None) -> dict:
     """Accuracy on clean inputs and under each attack in ``attacks`` (name -> Attack).
 
     Also returns ``top_class_fraction``: the share of test inputs predicted as the most
     frequent class (near 1.0 means the model collapsed to a constant prediction).
+    Distributed: each rank evaluates its shard of ``loader``; counts are summed over ranks.
     """
+    dist = dist or Distributed()
     model.eval()
     attacks = attacks or {}
     correct = {"clean": 0, **{name: 0 for name in attacks}}
@@ -235,14 +285,17 @@ def evaluate(model: nn.Module, loader, device: torch.device, attacks: dict | Non
             x, y = x.to(device), y.to(device)
             pred = model(x).argmax(1)
             correct["clean"] += (pred == y).sum().item()
-            binc = torch.bincount(pred, minlength=1).cpu()
+            binc = torch.bincount(pred, minlength=num_classes or 1).cpu()
             counts = binc if counts is None else _add_counts(counts, binc)
             for name, attack in attacks.items():
                 x_adv = attack(x, y)
                 correct[name] += (model(x_adv).argmax(1) == y).sum().item()
             total += len(y)
-    out = {f"{k}_acc": v / total for k, v in correct.items()}
-    out["top_class_fraction"] = counts.max().item() / total
+    names = list(correct)
+    summed = dist.sum([correct[k] for k in names] + [total] + counts.tolist())
+    total = summed[len(names)].item()
+    out = {f"{k}_acc": summed[i].item() / total for i, k in enumerate(names)}
+    out["top_class_fraction"] = summed[len(names) + 1:].max().item() / total
     return out
 
 
@@ -403,14 +456,27 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
                               "resume=True to continue it, or use a new directory "
                               "(rst_lib.train.new_run_dir)")
     device = resolve_device(cfg.device)
+    dist = setup_distributed(device)
+    if cfg.batch_size % dist.world_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch: it must be divisible "
+                          f"by the number of processes ({dist.world_size})")
     torch.manual_seed(cfg.seed)
     data, model = build_search(cfg, data, device)
     train_set = fixed_subset(data.train, cfg.train_examples)
-    test_loader = make_loader(fixed_subset(data.test, cfg.eval_examples), cfg.eval_batch_size)
+    test_loader = make_loader(fixed_subset(data.test, cfg.eval_examples),
+                              max(1, cfg.eval_batch_size // dist.world_size),
+                              rank=dist.rank, world_size=dist.world_size)
     optimizer = make_optimizer(trainable_parameters(model), cfg)
     final_ratios = masking.keep_ratios(model)
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    forward_model = model
+    if dist.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # global-batch BN statistics
+        forward_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    writer = run_dir if dist.main else None  # only rank 0 writes files
+    if writer is not None:
+        writer.mkdir(parents=True, exist_ok=True)
     history: list[dict] = []
     # Adversarial training keeps the most robust epoch; natural training the most accurate.
     select = "clean_acc" if cfg.train_attack == "none" else "pgd_acc"
@@ -434,27 +500,31 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
         if cfg.keep_ratio_steps:
             masking.set_keep_ratios(model, scheduled_keep_ratios(
                 final_ratios, epoch, cfg.keep_ratio_warmup, cfg.keep_ratio_steps))
-        loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch)
+        loader = make_loader(train_set, cfg.batch_size // dist.world_size, shuffle=True,
+                             seed=cfg.seed * 100_003 + epoch, rank=dist.rank,
+                             world_size=dist.world_size)
         t_epoch = time.time()
         row = {"epoch": epoch + 1}
         try:
-            row.update(train_epoch(model, loader, optimizer, cfg, epoch, device, progress, notes))
+            row.update(train_epoch(model, loader, optimizer, cfg, epoch, device,
+                                   progress and dist.main, notes, forward_model, dist))
         except FloatingPointError as e:
-            if run_dir is not None:
-                write_json(run_dir / "metrics.json", _metrics(
+            if writer is not None:
+                write_json(writer / "metrics.json", _metrics(
                     cfg, model, history, best, notes + [str(e)], time.time() - t0, "failed"))
             raise
         if cfg.discard:
             for _, layer in masking.masked_layers(model):
                 masking.get_mask_param(layer).discard_dropped()
-        row.update(evaluate(model, test_loader, device, eval_attacks(model, cfg), progress))
+        row.update(evaluate(model, test_loader, device, eval_attacks(model, cfg),
+                            progress and dist.main, dist=dist, num_classes=data.num_classes))
         row["keep_ratio"] = masking.mask_summary(model)["keep_ratio"]
         row["epoch_seconds"] = time.time() - t_epoch
         history.append(row)
         # Collapse: training loss at ln(C) and one class predicted for (almost) everything.
         stuck = stuck + 1 if is_collapsed(row["train_loss"], row["top_class_fraction"],
                                           data.num_classes) else 0
-        if stuck == cfg.collapse_patience:
+        if stuck == cfg.collapse_patience and dist.main:
             msg = (f"search collapsed at epoch {epoch + 1}: training loss {row['train_loss']:.3f} "
                    f"~ ln({data.num_classes}) = {math.log(data.num_classes):.3f} and "
                    f"{row['top_class_fraction']:.0%} of test inputs get one class. Try a larger "
@@ -467,27 +537,27 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
         if at_target and row[select] > best[select]:
             best = {k: row[k] for k in ("epoch", "clean_acc", "pgd_acc")}
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            if run_dir is not None:
-                save_ticket(model, run_dir / "ticket.pt", meta={"run": cfg.to_dict(), "best": best})
+            if writer is not None:
+                save_ticket(model, writer / "ticket.pt", meta={"run": cfg.to_dict(), "best": best})
         epochs.set_postfix(clean=f"{row['clean_acc']:.3f}", pgd=f"{row['pgd_acc']:.3f}")
-        if run_dir is not None:
+        if writer is not None:
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "rng": torch.get_rng_state(), "history": history, "best": best,
                                "epoch": epoch + 1, "best_model": best_state, "notes": notes},
-                              run_dir / "last.pt")
-            write_json(run_dir / "metrics.json", _metrics(cfg, model, history, best, notes,
-                                                         time.time() - t0, "running"))
+                              writer / "last.pt")
+            write_json(writer / "metrics.json", _metrics(cfg, model, history, best, notes,
+                                                        time.time() - t0, "running"))
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    if cfg.autoattack != "none" and "autoattack_acc" not in best:
+    if cfg.autoattack != "none" and "autoattack_acc" not in best and dist.main:
         from .evaluation import autoattack_accuracy
         best["autoattack_acc"] = autoattack_accuracy(
             model, data.test, cfg.eval_eps_value, cfg.threat_model, cfg.autoattack,
             cfg.autoattack_examples, device, seed=cfg.seed)
         best["autoattack"] = {"version": cfg.autoattack, "examples": cfg.autoattack_examples}
-    if run_dir is not None:
-        write_json(run_dir / "metrics.json",
+    if writer is not None:
+        write_json(writer / "metrics.json",
                    _metrics(cfg, model, history, best, notes, time.time() - t0, "finished"))
     return SearchResult(model, history, best, run_dir,
                         run_dir / "ticket.pt" if run_dir is not None else None, cfg, data, notes)

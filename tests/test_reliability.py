@@ -148,3 +148,41 @@ def test_gradient_masking_checks(data):
     assert any("random noise" in f for f in masked["flags"]) or \
         masked["accuracy"]["pgd"] >= masked["accuracy"]["noise"] - 0.02
     assert len(masked["flags"]) > len(honest["flags"])
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    torch.set_num_threads(1)
+    from rst_lib import RunConfig, search
+    cfg = RunConfig(**{cfg!r}).validate()
+    search(cfg, sys.argv[1], progress=False)
+""")
+
+
+def test_two_process_ddp_equals_single_process_with_the_same_global_batch(tmp_path):
+    # No BatchNorm (on CPU there is no SyncBatchNorm, so BN statistics would be per rank) and
+    # a natural search (attack random starts come from each rank's own RNG).
+    cfg = {**TINY, "norm": "none", "end_with_bn": False, "train_attack": "none", "epochs": 2,
+           "batch_size": 64, "eval_batch_size": 32, "lr": 0.05}
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(cfg=cfg))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    single, double = tmp_path / "single", tmp_path / "ddp"
+    subprocess.run([sys.executable, str(script), str(single)], check=True, env=env, timeout=600)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                    "--master_port=29517", str(script), str(double)],
+                   check=True, env=env, timeout=600)
+    a = json.loads((single / "metrics.json").read_text())
+    b = json.loads((double / "metrics.json").read_text())
+    assert b["status"] == "finished"
+    for ra, rb in zip(a["history"], b["history"]):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4)
+        assert rb["train_acc"] == pytest.approx(ra["train_acc"], abs=2 / 512)
+        assert rb["clean_acc"] == pytest.approx(ra["clean_acc"], abs=2 / 64)
+    from rst_lib.tickets import load_ticket
+    from rst_lib import masking
+    ma = masking.get_masks(load_ticket(single / "ticket.pt"))
+    mb = masking.get_masks(load_ticket(double / "ticket.pt"))
+    same = sum(int((ma[k] == mb[k]).sum()) for k in ma) / sum(m.numel() for m in ma.values())
+    assert same > 0.999
+    assert sorted(p.name for p in double.iterdir()) == ["last.pt", "metrics.json", "ticket.pt"]
