@@ -24,6 +24,9 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
 notebooks: $(STAMP)
 	$(BIN)/python tools/make_notebooks.py
 

@@ -36,6 +36,22 @@ def loadavg() -> list[float] | None:
         return None
 
 
+def cpu_busy_fraction(seconds: float = 1.0) -> float | None:
+    """Share of all CPUs busy during ``seconds`` while this process sleeps (from /proc/stat):
+    what other processes use. Timings taken while this is high are stretched and noisy."""
+    def snap():
+        vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+        return sum(vals[:8]), idle
+    try:
+        t0, i0 = snap()
+        time.sleep(seconds)
+        t1, i1 = snap()
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(1 - (i1 - i0) / max(1, t1 - t0), 3)
+
+
 def machine_info() -> dict:
     import torch
     info = {
@@ -48,6 +64,7 @@ def machine_info() -> dict:
         "mkldnn": torch.backends.mkldnn.is_available(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "loadavg_start": loadavg(),
+        "busy_before_start": cpu_busy_fraction(),
     }
     return info
 

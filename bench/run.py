@@ -40,9 +40,14 @@ SEARCH_CONFIGS = {
 }
 SEED_TARGET = {128: 1.5, 32: 2.5}  # ours >= this many times faster than seed-style
 DENSE_TARGET = 1.05                # ours <= this times the dense time
-EVAL_CONFIGS = {"full": [("conv4", 128, 3), ("resnet18", 32, 2)], "quick": [("conv4", 32, 1)]}
+EVAL_CONFIGS = {"full": [("conv4", 128, 3)], "quick": [("conv4", 32, 1)],
+                "more": [("conv4", 128, 3), ("resnet18", 32, 2)]}
 EVAL_TARGET = 2.0
 TICKET_TARGET = 100.0
+
+
+def _pct(x) -> str:
+    return "?" if x is None else f"{x:.0%}"
 
 
 def log(msg: str) -> None:
@@ -58,8 +63,11 @@ def bench_search_step(args, rows: list[Row]) -> None:
     for model, batch, repeats in configs:
         repeats = args.repeats or repeats
         log(f"[search_step] {model} batch {batch}: PGD-10 + update, {repeats} round(s)")
+        variants = ["ours", "seed", "dense"]
+        if batch <= 32 and args.fastk:  # where the mask cost weighs most
+            variants.append("ours_fastk")
         specs = {v: dict(variant=v, model_name=model, batch=batch, keep_ratio=0.05,
-                         device=args.device) for v in ("ours", "seed", "dense")}
+                         device=args.device) for v in variants}
         with common.Workers(specs, args.threads) as w:
             r = w.rounds("search_step", 10, repeats, warmup=("search_step", 1), log=log)
         key = f"{model}_b{batch}"
@@ -74,12 +82,20 @@ def bench_search_step(args, rows: list[Row]) -> None:
         }
         mem[key] = {v: {"peak_mb": r[v]["peak_mb"], "base_mb": r[v]["base_mb"],
                         "step_mb": r[v]["peak_mb"] - r[v]["base_mb"]} for v in r}
+        log(f"    peak MB: " + ", ".join(f"{v} {mem[key][v]['peak_mb']:.0f}" for v in r))
         name = f"search step {model} b{batch}"
         if batch in SEED_TARGET:
             rows.append(Row(name, fmt_s(o), fmt_s(s), fmt_s(d), s / o, "seed/ours",
                             SEED_TARGET[batch], ">="))
         rows.append(Row(name, fmt_s(o), fmt_s(s), fmt_s(d), o / d, "ours/dense",
                         DENSE_TARGET, "<="))
+        if "ours_fastk" in r:
+            f = r["ours_fastk"]["median_s"]
+            results[key]["ours_fastk_over_dense"] = f / d
+            results[key]["seed_over_ours_fastk"] = s / f
+            rows.append(Row("  same, ours + fast top-k (bench-local)", fmt_s(f), fmt_s(s),
+                            fmt_s(d), f / d, "ours/dense", note="rst_lib masks with "
+                            "steps.fast_topk instead of torch.topk (monkeypatch), same masks"))
     common.write_result("search_step", {"machine": args.machine, "results": results})
     unit = "CUDA max_memory_allocated" if args.device == "cuda" else "peak RSS (VmHWM)"
     common.write_result("peak_memory", {
@@ -99,7 +115,7 @@ def bench_search_step(args, rows: list[Row]) -> None:
 
 
 def bench_eval(args, rows: list[Row]) -> None:
-    configs = EVAL_CONFIGS["quick" if args.quick else "full"]
+    configs = EVAL_CONFIGS["quick" if args.quick else ("more" if args.eval_resnet else "full")]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for model, batch, repeats in configs:
@@ -195,8 +211,6 @@ def bench_ticket(args, rows: list[Row]) -> None:
     rows.append(Row("  same, Elias-Fano masks (bench-local)", fmt_bytes(ef["bytes"]),
                     f"{fmt_bytes(full_bytes)} (full)", "", ef["ratio"], "full/ticket",
                     TICKET_TARGET, ">=", note=f"{ef['bytes_per_kept_weight']:.2f} bytes per kept weight"))
-    args.notes.append(f"ticket: {ticket_bytes / kept:.2f} bytes per kept weight "
-                      f"({ef['bytes_per_kept_weight']:.2f} with Elias-Fano masks, bench-local)")
 
 
 # ------------------------------------------------------------------------------------ 5
@@ -250,7 +264,7 @@ def _mask_micro(args) -> dict:
 
     import seed_style
     from rst_lib import masking
-    from steps import TopKSubnet, build_ours
+    from steps import TopKSubnet, build_ours, fast_topk
     torch.set_num_threads(args.threads)
     out = {}
     for name in ("conv4", "resnet18"):
@@ -264,6 +278,15 @@ def _mask_micro(args) -> dict:
         def topk_all():
             return [TopKSubnet.apply(s.abs(), k) for s, k in scores]
 
+        def fast_all():
+            out = []
+            for s, k in scores:
+                flat = s.abs().flatten()
+                m = torch.zeros_like(flat)
+                m[fast_topk(flat, k, sorted=False).indices] = 1.0
+                out.append(m)
+            return out
+
         def kth_all():  # threshold at the k-th largest |s| (keeps > k entries on ties)
             return [(s.abs() >= s.abs().flatten().kthvalue(s.numel() - k + 1).values).float()
                     for s, k in scores]
@@ -274,11 +297,12 @@ def _mask_micro(args) -> dict:
         cached_all()
         res = {}
         for label, fn in (("sort", sort_all), ("topk", topk_all), ("kthvalue", kth_all),
-                          ("cached", cached_all)):
+                          ("fast_topk", fast_all), ("cached", cached_all)):
             t = benchmark.Timer(stmt="fn()", globals={"fn": fn},
                                 num_threads=args.threads).blocked_autorange(min_run_time=0.5)
             res[label] = t.median
         res["sort_over_topk"] = res["sort"] / res["topk"]
+        res["topk_over_fast_topk"] = res["topk"] / res["fast_topk"]
         res["scores"] = sum(s.numel() for s, _ in scores)
         out[name] = res
     return out
@@ -291,9 +315,13 @@ def bench_ideas(args, rows: list[Row]) -> None:
     rows.append(Row("idea topk vs sort: all masks resnet18", fmt_s(r18["topk"]), fmt_s(r18["sort"]),
                     "", r18["sort_over_topk"], "sort/topk",
                     note=f"kthvalue {fmt_s(r18['kthvalue'])}, cached {r18['cached'] * 1e6:.0f} us"))
+    rows.append(Row("idea sampled-threshold top-k: all masks resnet18", fmt_s(r18["fast_topk"]),
+                    "", "", r18["topk_over_fast_topk"], "topk/fast",
+                    note="bench-local fast_topk vs torch.topk, same masks"))
     model, batch = ("conv4", 32) if not args.ideas_model else args.ideas_model
     repeats = args.repeats or (1 if args.quick else 3)
-    variants = ["ours", "ours_nocache", "seed", "seed_topk", "seed_inputgrad", "ours_cl"]
+    variants = ["ours", "ours_nocache", "ours_fastk", "ours_cl", "dense", "dense_cl", "seed",
+                "seed_topk", "seed_inputgrad"]
     if args.device == "cuda":
         variants.append("ours_amp")
     log(f"[ideas] {model} batch {batch}: search step per variant, {repeats} round(s)")
@@ -306,7 +334,9 @@ def bench_ideas(args, rows: list[Row]) -> None:
         "mask cache + frozen masks in attack (ours_nocache / ours)": ("ours_nocache", "ours"),
         "topk instead of sort, seed-style (seed / seed_topk)": ("seed", "seed_topk"),
         "no score graph in attack, seed-style (seed / seed_inputgrad)": ("seed", "seed_inputgrad"),
+        "sampled-threshold top-k (ours / ours_fastk)": ("ours", "ours_fastk"),
         "channels_last (ours / ours_cl)": ("ours", "ours_cl"),
+        "channels_last, dense (dense / dense_cl)": ("dense", "dense_cl"),
     }
     if "ours_amp" in med:
         ideas["autocast (ours / ours_amp)"] = ("ours", "ours_amp")
@@ -314,8 +344,15 @@ def bench_ideas(args, rows: list[Row]) -> None:
     for label, (slow, fast) in ideas.items():
         speedups[label] = med[slow] / med[fast]
         rows.append(Row(f"idea {label.split(' (')[0]} ({model} b{batch})", "", "", "",
-                        med[slow] / med[fast], f"{slow}/{fast}",
-                        note="speed-up of the idea alone; > 1 helps"))
+                        med[slow] / med[fast], f"{slow}/{fast}"))
+    rows.append(Row(f"  ours vs dense ({model} b{batch})", fmt_s(med["ours"]),
+                    fmt_s(med["seed"]), fmt_s(med["dense"]), med["ours"] / med["dense"],
+                    "ours/dense"))
+    rows.append(Row(f"  ours vs dense, both channels_last ({model} b{batch})",
+                    fmt_s(med["ours_cl"]), "", fmt_s(med["dense_cl"]),
+                    med["ours_cl"] / med["dense_cl"], "ours/dense"))
+    rows.append(Row(f"  ours + fast top-k vs dense ({model} b{batch})", fmt_s(med["ours_fastk"]),
+                    "", fmt_s(med["dense"]), med["ours_fastk"] / med["dense"], "ours/dense"))
     clean_share = None
     if getattr(args, "eval_results", None):
         k = next(iter(args.eval_results))
@@ -392,6 +429,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ideas-model", default=None, help="model,batch for the ideas step, "
                     "e.g. resnet18,32 (default conv4,32)")
     ap.add_argument("--cifar-dir", default=str(CIFAR_DIR))
+    ap.add_argument("--eval-resnet", action="store_true",
+                    help="also measure the PGD-20 evaluation on resnet18 at batch 32 (slow)")
+    ap.add_argument("--fastk", action="store_true", help="add ours + bench-local fast top-k "
+                    "to the batch-32 search steps")
     args = ap.parse_args(argv)
     import torch
     if args.threads:
@@ -406,12 +447,14 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown benchmark(s) {bad}; valid: {', '.join(ALL)}, peak_memory")
     args.machine = common.machine_info()
-    args.notes = []
     args.eval_results = None
     m = args.machine
     log(f"machine: {m['platform']} | CPU: {m['cpu']} ({m['cpu_count']} logical) | "
         f"torch {m['torch']} | threads {m['threads']} | device {args.device}"
         + (f" ({m['cuda']})" if m["cuda"] else "") + f" | load {m['loadavg_start']}")
+    if m["busy_before_start"] is not None and m["busy_before_start"] > 0.1:
+        log(f"WARNING: other processes kept {m['busy_before_start']:.0%} of the CPUs busy just "
+            "before the start; timings will be stretched and noisy (compare ratios only)")
     t_start = time.perf_counter()
     rows: list[Row] = []
     timings = {}
@@ -425,9 +468,12 @@ def main(argv=None) -> int:
         log(f"  ({name}: {timings[name]:.0f} s)")
     total = time.perf_counter() - t_start
     m["loadavg_end"] = common.loadavg()
+    m["busy_after_end"] = common.cpu_busy_fraction()
     header = (f"machine: {m['platform']}; CPU: {m['cpu']} ({m['cpu_count']} logical); "
               f"torch {m['torch']}; threads {m['threads']}; device {args.device}; "
-              f"load average start {m['loadavg_start']}, end {m['loadavg_end']}")
+              f"load average start {m['loadavg_start']}, end {m['loadavg_end']}; CPUs busy "
+              f"with other processes before start {_pct(m['busy_before_start'])}, after end "
+              f"{_pct(m['busy_after_end'])}")
     table = common.format_table(rows)
     cli = sys.argv[1:] if argv is None else list(argv)
     cmd = ("make bench" if os.environ.get("MAKELEVEL") and not cli
@@ -436,7 +482,11 @@ def main(argv=None) -> int:
     print(f"command: {cmd}; total {total:.0f} s\n")
     print(table)
     notes = [r for r in rows if r.note]
-    if notes or args.notes:
+    if any(r.bench.startswith("idea") for r in rows):
+        notes.append(Row("idea rows", note="time without / time with that one change (its "
+                         "speed-up alone: > 1 helps); ablation variants are described in "
+                         "bench/README.md"))
+    if notes:
         print()
         for r in notes:
             print(f"  {r.bench.strip()}: {r.note}")

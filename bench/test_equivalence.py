@@ -138,3 +138,28 @@ def test_bench_workloads_agree():
     assert abs(lo - ls) < 1e-4 * max(1.0, abs(lo))
     for k, v in masking.get_masks(wo.model).items():
         assert torch.equal(v, seed_style.seed_masks(ws.model)[k])
+
+
+@pytest.mark.parametrize("n,ratio", [(70_000, 0.05), (300_000, 0.01), (300_000, 0.2), (1000, 0.05)])
+def test_fast_topk_is_exact(n, ratio):
+    """The bench-local sampled-threshold top-k keeps exactly torch.topk's set (no ties)."""
+    g = torch.Generator().manual_seed(n)
+    a = torch.rand(n, generator=g) * (torch.rand(n, generator=g) < 0.9)  # zeros: real ties below
+    k = max(1, round(ratio * n))
+    ref = torch.topk(a, k, sorted=False).indices
+    got = bench_steps.fast_topk(a, k, sorted=False).indices
+    assert got.numel() == k
+    assert torch.equal(torch.sort(got).values, torch.sort(ref).values)
+
+
+def test_fast_topk_masks_match_library_masks():
+    ours = rst_lib.create_model("conv4", 10, 3, image_size=32, keep_ratio=0.05, width=0.5)
+    seed_style.untie_scores_(ours)
+    ref = {k: v.clone() for k, v in masking.get_masks(ours).items()}
+    with torch.no_grad():  # bump the scores' version counter: every mask is recomputed
+        for p in masking.score_parameters(ours):
+            p.mul_(1.0)
+    with bench_steps.fast_topk_masks():
+        got = masking.get_masks(ours)
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k

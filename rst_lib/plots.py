@@ -22,6 +22,8 @@ def plot_history(history: list[dict], title: str = "search", ax=None):
     ax[1].plot(epochs, [h["train_loss"] for h in history], "o-", color="C2")
     ax[1].set(xlabel="epoch", ylabel="training loss", title=f"{title}: loss")
     ax[1].grid(alpha=0.3)
+    for a in ax:
+        _integer_ticks(a)
     fig.tight_layout()
     return fig
 
@@ -74,3 +76,333 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(c, r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- workbook notebooks
+
+
+def _integer_ticks(ax):
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _acc_axes(ax, title, xlabel="epoch"):
+    ax.set(xlabel=xlabel, ylabel="test accuracy", title=title, ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    if xlabel == "epoch":
+        _integer_ticks(ax)
+
+
+def plot_histories(histories: dict[str, list[dict]], title: str = "", axes=None):
+    """Side-by-side clean and PGD accuracy per epoch, one line per run (label -> history)."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    fig = axes[0].figure
+    for i, (label, history) in enumerate(histories.items()):
+        epochs = [h["epoch"] for h in history]
+        axes[0].plot(epochs, [h["clean_acc"] for h in history], "o-", color=f"C{i}", label=label)
+        axes[1].plot(epochs, [h["pgd_acc"] for h in history], "s-", color=f"C{i}", label=label)
+    _acc_axes(axes[0], f"{title}: clean accuracy" if title else "clean accuracy")
+    _acc_axes(axes[1], f"{title}: PGD accuracy" if title else "PGD accuracy")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_bars(rows: list[dict], keys: dict[str, str], label_key: str = "model",
+              title: str = "", ax=None):
+    """Grouped bars: for every row (x), one bar per ``keys`` entry (column -> legend)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows) * max(1, len(keys)) / 2), 3.8))
+    fig = ax.figure
+    width = 0.8 / max(1, len(keys))
+    for j, (k, legend) in enumerate(keys.items()):
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(rows))]
+        vals = [r.get(k) if isinstance(r.get(k), (int, float)) else 0.0 for r in rows]
+        ax.bar(xs, vals, width, label=legend, color=f"C{j}")
+        for x, v, r in zip(xs, vals, rows):
+            if isinstance(r.get(k), (int, float)):
+                ax.annotate(f"{v:.0%}", (x, v), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(rows)), [str(r[label_key]) for r in rows], rotation=15, ha="right",
+                  fontsize=8)
+    ax.set(ylabel="test accuracy", ylim=(0, 1.08), title=title)
+    if len(keys) > 1:
+        ax.legend(fontsize=8, ncol=min(4, len(keys)))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_transfer_matrix(result: dict, title: str = "transferability", ax=None):
+    """Heatmap of ``transfer_matrix``: row = source of the attack, column = target model."""
+    import numpy as np
+    m = np.array(result["matrix"])
+    names = result["names"]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2.5, 1.1 * len(names) + 1.8))
+    fig = ax.figure
+    im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{m[i, j]:.0%}", ha="center", va="center", fontsize=9,
+                    color="white" if m[i, j] < 0.6 else "black",
+                    fontweight="bold" if i == j else "normal")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="evaluated on (target)", ylabel="attack crafted on (source)", title=title)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="accuracy on adversarial examples")
+    fig.tight_layout()
+    return fig
+
+
+def r2s_rows(result: dict) -> list[dict]:
+    """The settings of an ``evaluate_r2s`` result as rows (setting, clean_acc, robust_acc)."""
+    rows = [{"setting": f"{n} alone (white-box)", "clean_acc": c, "robust_acc": w}
+            for n, c, w in zip(result["names"], result["member_clean_acc"],
+                               result["member_whitebox_acc"])]
+    rows += [
+        {"setting": "R2S: fixed-member PGD (mean)", "clean_acc": result["clean_acc"],
+         "robust_acc": result["fixed_member_mean_acc"]},
+        {"setting": "R2S: fixed-member PGD (worst)", "clean_acc": result["clean_acc"],
+         "robust_acc": result["fixed_member_min_acc"]},
+        {"setting": "R2S: PGD through the switch", "clean_acc": result["clean_acc"],
+         "robust_acc": result["switching_acc"]},
+        {"setting": f"R2S: adaptive EOT-{result['eot_samples']} PGD",
+         "clean_acc": result["clean_acc"], "robust_acc": result["adaptive_eot_acc"]},
+    ]
+    return rows
+
+
+def plot_r2s(result: dict, title: str = "R2S: clean and robust accuracy per setting", ax=None):
+    """Grouped bars (clean, robust) for each member alone and each threat model of the switch."""
+    rows = r2s_rows(result)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(rows)), 4))
+    return plot_bars(rows, {"clean_acc": "clean", "robust_acc": "robust"}, "setting", title, ax)
+
+
+def plot_layer_density(densities: dict[str, dict], title: str = "kept fraction per layer", ax=None):
+    """Grouped bars of the kept fraction per layer, one bar per ticket (label ->
+    ``mask_stats.layer_density``)."""
+    labels = list(densities)
+    layers = list(next(iter(densities.values())))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(layers) + 2), 3.6))
+    fig = ax.figure
+    width = 0.8 / len(labels)
+    for j, label in enumerate(labels):
+        d = densities[label]
+        ax.bar([i - 0.4 + width * (j + 0.5) for i in range(len(layers))],
+               [d[n]["density"] if n in d else 0 for n in layers], width, label=label, color=f"C{j}")
+    ax.set_xticks(range(len(layers)), [n.replace("body.", "") for n in layers], rotation=40,
+                  ha="right", fontsize=8)
+    ax.set(ylabel="kept fraction", title=title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_kernel_patterns(patterns: dict, title: str = "most frequent kept 3x3 patterns",
+                         columns: int = 10, axes=None):
+    """Thumbnails of the most frequent kept 3x3 patterns (``mask_stats.kernel_patterns``)
+    with their share of the non-empty kernels."""
+    pats = patterns["patterns"]
+    n = max(1, len(pats))
+    rows = (n + columns - 1) // columns
+    if axes is None:
+        fig, axes = plt.subplots(rows, columns, figsize=(1.05 * columns, 1.25 * rows + 0.5),
+                                 squeeze=False)
+    else:
+        fig = axes.flat[0].figure
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, p in zip(axes.flat, pats):
+        ax.imshow(p["pattern"].float().numpy(), cmap="Greys", vmin=0, vmax=1)
+        ax.set_title(f"{p['fraction']:.1%}", fontsize=8)
+        ax.axis("on")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{title}\n({patterns['nonempty']:,} non-empty of {patterns['kernels']:,} kernels, "
+                 f"{patterns['distinct']} distinct patterns)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_kept_histogram(histograms: dict[str, list[int]], title: str = "kept weights per 3x3 kernel",
+                        ax=None, reference: dict[str, float] | None = None):
+    """Share of 3x3 kernels by number of kept weights (0..9), one bar per ticket.
+
+    ``reference``: label -> density; draws what a uniformly random mask of that density
+    would give (binomial(9, density)) as dashed markers in the ticket's color.
+    """
+    from math import comb
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig = ax.figure
+    width = 0.8 / max(1, len(histograms))
+    for j, (label, h) in enumerate(histograms.items()):
+        total = max(1, sum(h))
+        ax.bar([k - 0.4 + width * (j + 0.5) for k in range(len(h))], [c / total for c in h],
+               width, label=label, color=f"C{j}")
+        if reference and label in reference:
+            d = reference[label]
+            ax.plot(range(10), [comb(9, k) * d ** k * (1 - d) ** (9 - k) for k in range(10)], "x--",
+                    color=f"C{j}", alpha=0.8, label=f"random mask, density {d:.3g}")
+    ax.set_xticks(range(10))
+    ax.set(xlabel="kept weights in the kernel", ylabel="share of kernels", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_filter_map(kernel_counts, title: str = "kept weights per kernel", axes=None):
+    """A conv layer's mask as a filters x input-channels map of kept weights per kernel,
+    with the kept weights per filter beside it (``mask_stats.kernel_counts()[layer]``)."""
+    counts = kernel_counts.float().numpy()
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), gridspec_kw={"width_ratios": [3, 1]})
+    fig = axes[0].figure
+    im = axes[0].imshow(counts, aspect="auto", cmap="magma", interpolation="nearest")
+    axes[0].set(xlabel="input channel", ylabel="filter (output channel)", title=title)
+    fig.colorbar(im, ax=axes[0], label="kept weights")
+    per_filter = counts.sum(1)
+    axes[1].barh(range(len(per_filter)), per_filter, color="C1")
+    axes[1].invert_yaxis()
+    axes[1].set(xlabel="kept per filter", yticks=[],
+                title=f"{int((per_filter == 0).sum())} empty filters")
+    fig.tight_layout()
+    return fig
+
+
+def plot_eps_curve(rows: list[dict], keys: dict[str, str] | None = None,
+                   title: str = "accuracy vs attack strength", ax=None):
+    """Accuracy against eps (rows of ``{"eps": ..., "<key>": acc}``), one line per key."""
+    keys = keys or {"fgsm_acc": "FGSM", "pgd_acc": "PGD"}
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = ax.figure
+    eps = [r["eps"] for r in rows]
+    for j, (k, label) in enumerate(keys.items()):
+        ax.plot(eps, [r[k] for r in rows], "o-", label=label, color=f"C{j}")
+    _acc_axes(ax, title, "eps")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_keep_ratio(rows: list[dict], group_keys=("model", "dataset", "train_attack", "task"),
+                                title: str = "robust and clean accuracy vs keep ratio", axes=None):
+    """The papers' main figure: clean (left) and PGD (right) accuracy against the keep
+    ratio (log scale), one line per group of runs; several seeds give mean and min-max."""
+    from collections import defaultdict
+    groups: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.get("keep_ratio") is None:
+            continue
+        g = " / ".join(str(r.get(k)) for k in group_keys)
+        groups[g][float(r["keep_ratio"])].append(r)
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    fig = axes[0].figure
+    for i, (g, by_ratio) in enumerate(sorted(groups.items())):
+        ratios = sorted(by_ratio)
+        for ax, key in zip(axes, ("clean_acc", "pgd_acc")):
+            vals = [[r[key] for r in by_ratio[k] if r.get(key) is not None] for k in ratios]
+            xs = [k for k, v in zip(ratios, vals) if v]
+            vals = [v for v in vals if v]
+            if not xs:
+                continue
+            mean = [sum(v) / len(v) for v in vals]
+            ax.plot(xs, mean, "o-", color=f"C{i}", label=g)
+            if any(len(v) > 1 for v in vals):
+                ax.fill_between(xs, [min(v) for v in vals], [max(v) for v in vals], color=f"C{i}",
+                                alpha=0.2)
+    for ax, name in zip(axes, ("clean accuracy", "PGD accuracy")):
+        ax.set_xscale("log")
+        ax.set(xlabel="keep ratio (fraction of weights kept)", ylabel="test accuracy",
+               title=name, ylim=(0, 1))
+        ax.grid(alpha=0.3, which="both")
+    if groups:
+        axes[1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def mask_explorer(tickets: dict, layer: str | None = None):
+    """An ipywidgets explorer of ticket masks: pick a layer and the tickets to compare.
+
+    ``tickets``: label -> masked model. Shows, for the chosen 3x3 conv layer and tickets,
+    the kept-weights histogram, each ticket's top patterns and filter map. Needs a live
+    Jupyter front end; returns the widget (display it).
+    """
+    import ipywidgets as w
+
+    from . import mask_stats
+
+    labels = list(tickets)
+    convs = [n for n, m in mask_stats.kernel_counts(tickets[labels[0]]).items()]
+    convs3 = [n for n in convs
+              if n in mask_stats.kernel_patterns(tickets[labels[0]], top=0)["layers"]]
+    layer_pick = w.Dropdown(options=convs3 or convs, value=layer if layer in (convs3 or convs)
+                            else (convs3 or convs)[-1], description="layer")
+    ticket_pick = w.SelectMultiple(options=labels, value=tuple(labels[:2]), description="tickets",
+                                   rows=min(6, len(labels)))
+    top = w.IntSlider(value=10, min=1, max=30, description="top patterns")
+    out = w.Output()
+
+    def redraw(*_):
+        out.clear_output(wait=True)
+        chosen = list(ticket_pick.value) or labels[:1]
+        with out:
+            name = layer_pick.value
+            hists = {lab: mask_stats.kernel_patterns(tickets[lab], name, top=0)["kept_histogram"]
+                     for lab in chosen} if name in convs3 else {}
+            if hists:
+                plot_kept_histogram(hists, f"{name}: kept weights per 3x3 kernel")
+                plt.show()
+            for lab in chosen:
+                if name in convs3:
+                    plot_kernel_patterns(mask_stats.kernel_patterns(tickets[lab], name, top=top.value),
+                                         f"{lab}, {name}: top kept patterns")
+                    plt.show()
+                plot_filter_map(mask_stats.kernel_counts(tickets[lab])[name], f"{lab}, {name}")
+                plt.show()
+
+    for widget in (layer_pick, ticket_pick, top):
+        widget.observe(redraw, names="value")
+    box = w.VBox([w.HBox([layer_pick, top]), ticket_pick, out])
+    redraw()
+    return box
+
+
+def plot_robust_vs_clean(rows: list[dict], group_keys=("model", "dataset", "train_attack", "task"),
+                         title: str = "robust vs clean accuracy (color: keep ratio)", ax=None):
+    """Every run as a point (clean, PGD accuracy), colored by keep ratio (log scale),
+    one marker per group."""
+    import matplotlib.colors as mcolors
+    pts = [r for r in rows if r.get("clean_acc") is not None and r.get("pgd_acc") is not None]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = ax.figure
+    ratios = [float(r["keep_ratio"]) for r in pts if r.get("keep_ratio")]
+    norm = mcolors.LogNorm(min(ratios), max(ratios) if max(ratios) > min(ratios) else min(ratios) * 10) \
+        if ratios else None
+    markers = "osD^v<>pXh"
+    groups = sorted({" / ".join(str(r.get(k)) for k in group_keys) for r in pts})
+    sc = None
+    for i, g in enumerate(groups):
+        mine = [r for r in pts if " / ".join(str(r.get(k)) for k in group_keys) == g]
+        sc = ax.scatter([r["clean_acc"] for r in mine], [r["pgd_acc"] for r in mine],
+                        c=[float(r.get("keep_ratio") or 1.0) for r in mine], cmap="viridis", norm=norm,
+                        marker=markers[i % len(markers)], edgecolors="k", linewidths=0.5, label=g)
+    if sc is not None and norm is not None:
+        fig.colorbar(sc, ax=ax, label="keep ratio")
+    ax.set(xlabel="clean accuracy", ylabel="PGD accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    if groups:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

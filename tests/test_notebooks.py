@@ -1,8 +1,11 @@
-"""Notebooks execute end to end through papermill (as `make quickstart` does), and stay clean."""
+"""Notebooks execute end to end through papermill (as batch runs do), and stay clean."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 
 from rst_lib.config import ConfigError
@@ -10,15 +13,62 @@ from rst_lib.runner import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+STUDY = [p for p in NOTEBOOKS if p.stem != "00_quickstart"]
+# figures each smoke report must show at least (embedded PNGs)
+MIN_FIGURES = {"01_search": 3, "02_finetune": 2, "03_transferability": 1, "04_r2s": 1,
+               "05_mask_patterns": 5, "06_evaluate": 2, "07_compare_runs": 2}
+RUNS: dict = {}  # notebook -> run directory of its smoke run (shared by the tests below)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread_kernels():
+    # papermill kernels are separate processes: on this 2-core machine one thread is much
+    # faster for the tiny smoke models (and leaves a core to others)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        mp.setenv("MKL_NUM_THREADS", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def smoke_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("outputs")
+
+
+def test_notebook_suite_is_complete():
+    assert [p.stem for p in NOTEBOOKS] == [
+        "00_quickstart", "01_search", "02_finetune", "03_transferability", "04_r2s",
+        "05_mask_patterns", "06_evaluate", "07_compare_runs"]
+    for nb in STUDY:
+        for name in ("smoke.yaml", "cpu-demo.yaml"):
+            assert (ROOT / "params" / nb.stem / name).is_file(), f"params/{nb.stem}/{name}"
+
+
+def test_notebooks_are_generated_by_make_notebooks(tmp_path):
+    """tools/make_notebooks.py is the source: the committed notebooks match its output."""
+    script = (ROOT / "tools" / "make_notebooks.py").read_text().replace(
+        'ROOT / "notebooks"', f'Path({str(tmp_path)!r})')
+    (tmp_path / "make.py").write_text(script)
+    subprocess.run([sys.executable, str(tmp_path / "make.py")], check=True, cwd=ROOT)
+    for nb in NOTEBOOKS:
+        assert nbformat.read(tmp_path / nb.name, 4) == nbformat.read(nb, 4), nb.name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebooks_committed_without_outputs_with_parameters_cell(path):
     nb = nbformat.read(path, as_version=4)
-    assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1
     for c in nb.cells:
         if c.cell_type == "code":
             assert not c.outputs and c.execution_count is None
+    # papermill sees every assignment of the parameters cell (a second '=' on a line hides it)
+    assigned = {line.split("=")[0].strip() for line in cells[0].source.splitlines()
+                if "=" in line and not line.lstrip().startswith("#")}
+    assert assigned == set(papermill.inspect_notebook(str(path)))
+    if path.stem != "00_quickstart":
+        assert {"name", "run_dir", "progress"} <= assigned
+        assert nb.cells[0].cell_type == "markdown" and nb.cells[-1].cell_type == "code"
 
 
 @pytest.mark.slow
@@ -34,12 +84,58 @@ def test_quickstart_executes_with_tiny_params(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {r["model"] for r in summary["final"]} == {"robust ticket", "natural ticket", "random mask"}
     html = (run_dir / "report.html").read_text()
-    assert html.count("data:image/png;base64") >= 3  # the figures are embedded
+    assert html.count('src="data:image/png;base64') >= 3  # the figures are embedded
+    assert (tmp_path / "index.html").is_file()
     # a second run gets its own directory
     again = run_notebook(ROOT / "notebooks" / "00_quickstart.ipynb",
                          ROOT / "params" / "quickstart-smoke.yaml", output_root=tmp_path,
                          progress=False, overrides=["epochs=1"])
     assert again != run_dir and run_dir.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", STUDY, ids=lambda p: p.stem)
+def test_study_notebook_executes_with_smoke_params(path, smoke_root):
+    """Every study notebook runs standalone with params/<notebook>/smoke.yaml (seconds)."""
+    run_dir = run_notebook(path, ROOT / "params" / path.stem / "smoke.yaml",
+                           output_root=smoke_root, progress=False)
+    RUNS[path.stem] = run_dir
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished", info
+    for name in (f"{path.stem}.ipynb", "report.html", "summary.json", "params.yaml"):
+        assert (run_dir / name).is_file(), name
+    html = (run_dir / "report.html").read_text()
+    alone = path.stem == "07_compare_runs" and len(RUNS) == 1  # nothing to compare
+    assert html.count('src="data:image/png;base64') >= (0 if alone else MIN_FIGURES[path.stem])
+    assert "Traceback" not in html
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert isinstance(summary["headline"], dict)
+    if path.stem == "01_search":
+        assert (run_dir / "ticket.pt").is_file() and (run_dir / "metrics.json").is_file()
+        assert {"clean_acc", "pgd_acc", "autoattack_acc"} <= set(summary["headline"])
+    if path.stem == "07_compare_runs" and len(RUNS) > 1:
+        assert summary["headline"]["runs"] >= 5  # the searches of the notebooks before
+        assert (run_dir / "runs.csv").is_file()
+    index = (smoke_root / "index.html").read_text()
+    assert f"{path.stem}/{run_dir.name}/report.html" in index
+
+
+@pytest.mark.slow
+def test_notebooks_chain_from_an_earlier_run(smoke_root):
+    """06_evaluate takes the run folder of 01_search as its ticket (search -> evaluate)."""
+    if "01_search" not in RUNS:
+        pytest.skip("needs the 01_search smoke run of this module")
+    search_dir = RUNS["01_search"]
+    run_dir = run_notebook(ROOT / "notebooks" / "06_evaluate.ipynb",
+                           ROOT / "params" / "06_evaluate" / "smoke.yaml",
+                           overrides={"ticket": str(search_dir), "autoattack": "none", "name": "chained"},
+                           output_root=smoke_root, progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["headline"]["ticket"] == str(search_dir / "ticket.pt")
+    assert not (run_dir / "ticket").exists()  # nothing searched: the given ticket was used
+    # the same ticket and test inputs give the clean accuracy 01_search reported
+    first = json.loads((search_dir / "summary.json").read_text())["headline"]
+    assert summary["headline"]["clean_acc"] == first["clean_acc"]
 
 
 def test_bad_parameter_fails_before_any_kernel(tmp_path):

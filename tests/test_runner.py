@@ -1,0 +1,244 @@
+"""Batch runs: parameter checks before any kernel, run directories, sweeps (kill and resume)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rst_lib import cli
+from rst_lib.config import ConfigError
+from rst_lib.runner import (RunExists, cell_name, load_sweep, normalize_params, prepare_run_dir,
+                            run_notebook, run_status, run_sweep, validate_notebook_params)
+
+ROOT = Path(__file__).resolve().parents[1]
+NB = ROOT / "notebooks"
+
+
+@pytest.fixture
+def one_thread_kernels(monkeypatch):
+    # papermill kernels are separate processes: keep them on one thread like this one
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+
+
+# ------------------------------------------------------------------ parameter validation
+
+
+def test_unknown_parameter_lists_the_valid_ones(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        run_notebook(NB / "03_transferability.ipynb", overrides=["keep_ratio_list=[0.1]"],
+                     output_root=tmp_path)
+    msg = str(e.value)
+    assert "unknown parameter(s) keep_ratio_list" in msg and "valid parameters:" in msg
+    for name in ("keep_ratios", "tickets", "transfer_examples", "eps", "seed"):
+        assert name in msg
+    assert not any(tmp_path.iterdir())  # nothing created, no kernel started
+
+
+@pytest.mark.parametrize("notebook, override, match", [
+    ("01_search", "keep_ratio=abc", "keep_ratio='abc' is invalid"),
+    ("01_search", "epochs=1.5", "epochs=1.5 is invalid: expected int"),
+    ("01_search", "final_examples=many", "final_examples='many' is invalid: expected an integer"),
+    ("03_transferability", "keep_ratios=0.1", "keep_ratios=0.1 is invalid: expected a list"),
+    ("03_transferability", "keep_ratios=[0.1, x]", "keep_ratios='x' is invalid"),
+    ("04_r2s", "eot_samples=null", "eot_samples=None is invalid"),
+    ("05_mask_patterns", "interactive=3", "interactive=3 is invalid: expected true or false"),
+    ("02_finetune", "tasks=finetune", "tasks='finetune' is invalid: expected a list"),
+    ("06_evaluate", "pgd_steps=[10, 2.5]", "pgd_steps=2.5 is invalid: expected an integer"),
+    ("06_evaluate", "train_attack=fgsm", "train_attack='fgsm' is invalid: valid choices"),
+])
+def test_wrong_types_fail_before_any_kernel(tmp_path, notebook, override, match):
+    with pytest.raises(ConfigError, match=match.replace("(", "\\(").replace("[", "\\[")):
+        run_notebook(NB / f"{notebook}.ipynb", overrides=[override], output_root=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_none_accepted_where_documented_and_paths_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run1").mkdir()
+    ticket = tmp_path / "run1" / "ticket.pt"
+    ticket.write_bytes(b"not really a ticket")  # existence is all validation checks
+    params = normalize_params(NB / "06_evaluate.ipynb",
+                              {"ticket": "run1", "final_examples": None, "eval_dataset": None})
+    validate_notebook_params(NB / "06_evaluate.ipynb", params)
+    assert params["ticket"] == str(ticket)  # a run directory becomes its ticket.pt
+    assert params["progress"] is False  # batch default
+    p = normalize_params(NB / "03_transferability.ipynb", {"tickets": "outputs/x/*"})
+    assert p["tickets"] == [str(tmp_path / "outputs/x/*")]
+    p = normalize_params(NB / "07_compare_runs.ipynb", {}, "/some/root")
+    assert p["runs_root"] == "/some/root" and p["progress"] is False
+    p = normalize_params(NB / "05_mask_patterns.ipynb", {})
+    assert p["interactive"] is False
+
+
+def test_every_parameter_file_is_valid():
+    """params/<notebook>/*.yaml (smoke, cpu-demo, GPU presets) all pass the checks."""
+    files = sorted((ROOT / "params").glob("0*/*.yaml"))
+    assert len(files) >= 26
+    for f in files:
+        nb = NB / f"{f.parent.name}.ipynb"
+        assert nb.is_file(), f
+        params = normalize_params(nb, yaml.safe_load(f.read_text()))
+        if params.get("ticket") and not Path(params["ticket"]).exists():
+            del params["ticket"]  # GPU presets name a ticket of a sweep that has not run here
+        validate_notebook_params(nb, params)
+    for f in sorted((ROOT / "params" / "sweeps").glob("*.yaml")):
+        cwd = os.getcwd()
+        try:
+            os.chdir(ROOT)
+            load_sweep(f)
+        finally:
+            os.chdir(cwd)
+
+
+# ------------------------------------------------------------------------ run directories
+
+
+def test_prepare_run_dir_refuses_finished_and_foreign_dirs_and_resumes(tmp_path):
+    nb = NB / "01_search.ipynb"
+    d = tmp_path / "cell"
+    assert prepare_run_dir(d, {"a": 1}, nb) == "new"
+    assert run_status(d) == "queued"
+    (d / "last.pt").write_text("x")
+    assert prepare_run_dir(d, {"a": 1}, nb) == "resume" and (d / "last.pt").exists()
+    assert prepare_run_dir(d, {"a": 2}, nb) == "restart" and not (d / "last.pt").exists()
+    info = json.loads((d / "run.json").read_text())
+    info["status"] = "running"
+    info.update(pid=99999999, host="elsewhere")
+    (d / "run.json").write_text(json.dumps(info))
+    assert run_status(d) == "dead"  # killed: may be run again
+    info["status"] = "finished"
+    (d / "run.json").write_text(json.dumps(info))
+    with pytest.raises(RunExists):
+        prepare_run_dir(d, {"a": 2}, nb)
+    with pytest.raises(RunExists):  # run_notebook refuses before starting a kernel
+        run_notebook(nb, overrides=["epochs=1"], output_root=tmp_path, run_dir=d)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a run directory"):
+        prepare_run_dir(foreign, {}, nb)
+
+
+def test_cell_names_are_deterministic():
+    assert cell_name({"keep_ratio": 0.1, "seed": 0}) == "keep_ratio=0.1-seed=0"
+    assert cell_name({"eps": "8/255", "keep_ratios": [0.05, 0.1]}) == "eps=8_255-keep_ratios=0.05,0.1"
+    assert cell_name({}) == "default"
+
+
+def _sweep(tmp_path, body: dict) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_sweep_expands_grid_and_validates_every_cell_first(tmp_path):
+    path = _sweep(tmp_path, {"notebook": "01_search", "params": str(ROOT / "params/01_search/smoke.yaml"),
+                             "set": {"epochs": 1}, "grid": {"keep_ratio": [0.1, 0.3], "seed": [0, 1]}})
+    sweep = load_sweep(path, output_root=tmp_path / "out")
+    assert [c.name for c in sweep.cells] == ["keep_ratio=0.1-seed=0", "keep_ratio=0.1-seed=1",
+                                            "keep_ratio=0.3-seed=0", "keep_ratio=0.3-seed=1"]
+    assert sweep.cells[0].run_dir == (tmp_path / "out/01_search/sweep/keep_ratio=0.1-seed=0").resolve()
+    assert sweep.cells[3].params["seed"] == 1 and sweep.cells[3].params["epochs"] == 1
+    assert sweep.cells[3].params["name"] == "sweep-keep_ratio=0.3-seed=1"
+    bad = _sweep(tmp_path, {"notebook": "01_search", "grid": {"keep_ratio": [0.1, 2.0]}})
+    with pytest.raises(ConfigError, match="cell keep_ratio=2: keep_ratio=2.0 is invalid"):
+        run_sweep(bad, output_root=tmp_path / "out2", progress=False)
+    bad = _sweep(tmp_path, {"notebook": "01_search", "grid": {"keep_ratioo": [0.1]}})
+    with pytest.raises(ConfigError, match="unknown parameter\\(s\\) keep_ratioo"):
+        run_sweep(bad, output_root=tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out2").exists()  # nothing ran
+    assert cli.main(["sweep", str(bad), "-o", str(tmp_path / "out2"), "--no-progress"]) == 2
+
+
+def test_cli_reports_parameter_errors_and_lists_parameters(capsys, tmp_path):
+    assert cli.main(["run", "notebooks/01_search.ipynb", "-p", "keepratio=0.1", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown parameter(s) keepratio" in err and "keep_ratio" in err
+    assert cli.main(["params", str(NB / "04_r2s.ipynb")]) == 0
+    out = capsys.readouterr().out
+    assert "eot_samples" in out and "mode" in out
+
+
+# ------------------------------------------------------------------------------- sweeps
+
+
+def _wait_for(predicate, timeout, proc=None):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return predicate()
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+def test_sweep_killed_midway_finishes_only_the_missing_cell(tmp_path, one_thread_kernels):
+    """The two-cell sweep of params/sweeps/smoke.yaml from one command; kill it after the
+    first cell; the re-run executes only the second."""
+    out = tmp_path / "outputs"
+    cmd = [sys.executable, "-m", "rst_lib.cli", "sweep", "params/sweeps/smoke.yaml", "-o", str(out),
+           "--jobs", "1", "--no-progress"]
+    cells = [out / "01_search" / "smoke" / name for name in ("keep_ratio=0.1", "keep_ratio=0.3")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # kill as soon as the second cell has started (its kernel is running)
+        assert _wait_for(lambda: run_status(cells[0]) == "finished"
+                         and run_status(cells[1]) == "running", 240, proc), proc.communicate()[0]
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=90)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "interrupted" in output
+    first = json.loads((cells[0] / "run.json").read_text())
+    assert json.loads((cells[1] / "run.json").read_text())["status"] == "interrupted"
+
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 finished before, 1 to run" in again.stdout
+    assert "started  keep_ratio=0.3" in again.stdout and "started  keep_ratio=0.1" not in again.stdout
+    assert json.loads((cells[0] / "run.json").read_text()) == first  # untouched
+    second = json.loads((cells[1] / "run.json").read_text())
+    assert second["status"] == "finished" and second["cell"] == "keep_ratio=0.3"
+    for c in cells:
+        assert (c / "report.html").is_file() and (c / "ticket.pt").is_file()
+    index = (out / "index.html").read_text()
+    assert index.count('class="finished"') == 2 and "01_search/smoke/keep_ratio=0.3/report.html" in index
+    # a third run has nothing left to do
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "2 finished before, 0 to run" in done.stdout
+
+
+@pytest.mark.slow
+def test_sweep_records_a_failing_cell_and_keeps_going(tmp_path, one_thread_kernels):
+    # 07_compare_runs is the quickest notebook; with a run to read, tasks=5 makes its setup
+    # cell fail at run time (`r["task"] in 5`)
+    fake = tmp_path / "out" / "old-run"
+    fake.mkdir(parents=True)
+    (fake / "metrics.json").write_text(json.dumps({
+        "status": "finished", "config": {"task": "search", "model": "conv2", "keep_ratio": 0.1},
+        "best": {"clean_acc": 0.5, "pgd_acc": 0.2}, "history": []}))
+    path = _sweep(tmp_path, {"notebook": str(NB / "07_compare_runs.ipynb"), "name": "fails",
+                             "grid": {"tasks": [5, None]}})
+    lines = []
+    result = run_sweep(path, jobs=2, output_root=tmp_path / "out", progress=False, log=lines.append)
+    assert result.failed == ["tasks=5"] and result.finished == ["tasks=None"] and not result.ok
+    failed = json.loads((tmp_path / "out/07_compare_runs/fails/tasks=5/run.json").read_text())
+    assert failed["status"] == "failed" and "TypeError" in failed["error"]
+    assert isinstance(failed["failed_cell"], int) and failed["failed_cell_source"] == "import glob"
+    assert (tmp_path / "out/07_compare_runs/fails/tasks=5/report.html").is_file()
+    assert any(line.startswith("FAILED   tasks=5") and "failed at cell" in line for line in lines)
+    index = (tmp_path / "out/index.html").read_text()
+    assert 'class="failed"' in index and "TypeError" in index
+    # --skip-failed leaves it; the default retries it (and it fails again: exit code 1)
+    assert cli.main(["sweep", str(path), "-o", str(tmp_path / "out"), "--no-progress",
+                     "--skip-failed"]) == 1
