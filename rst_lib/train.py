@@ -571,3 +571,33 @@ def _metrics(cfg, model, history, best, notes, seconds, status) -> dict:
             "mask": masking.mask_summary(model), "history": history, "best": best,
             "warnings": notes, "search_seconds": seconds, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rst_lib.train -p FILE [-p key=value ...] --run-dir DIR [--resume]``.
+
+    The script entry for ``torchrun --nproc_per_node=N -m rst_lib.train ...``: every rank gets
+    the same explicit ``--run-dir`` (rank 0 writes it).
+    """
+    import argparse
+    import sys
+    from .config import load_config
+    parser = argparse.ArgumentParser(prog="python -m rst_lib.train", description=main.__doc__)
+    parser.add_argument("-p", "--param", action="append", default=[],
+                        help="a YAML parameter file, or key=value (repeatable)")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    files = [p for p in args.param if "=" not in p or Path(p).is_file()]
+    overrides = [p for p in args.param if p not in files]
+    try:
+        cfg = load_config(files[0] if files else None, overrides)
+        search(cfg, args.run_dir, progress=True, resume=args.resume)
+    except (ConfigError, FileExistsError) as e:
+        print(f"python -m rst_lib.train: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -165,7 +165,7 @@ def test_two_process_ddp_equals_single_process_with_the_same_global_batch(tmp_pa
     cfg = {**TINY, "norm": "none", "end_with_bn": False, "train_attack": "none", "epochs": 2,
            "batch_size": 64, "eval_batch_size": 32, "lr": 0.05}
     script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(cfg=cfg))
+    script.write_text(DDP_SCRIPT.format(cfg=cfg))  # same as `torchrun -m rst_lib.train`
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     single, double = tmp_path / "single", tmp_path / "ddp"
     subprocess.run([sys.executable, str(script), str(single)], check=True, env=env, timeout=600)
