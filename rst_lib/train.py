@@ -495,7 +495,7 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
     t0 = time.time()
     stuck = 0
     epochs = tqdm(range(start_epoch, cfg.epochs), desc=f"{cfg.task} {cfg.name}",
-                  disable=not progress, initial=start_epoch, total=cfg.epochs)
+                  disable=not (progress and dist.main), initial=start_epoch, total=cfg.epochs)
     for epoch in epochs:
         if cfg.keep_ratio_steps:
             masking.set_keep_ratios(model, scheduled_keep_ratios(
