@@ -93,6 +93,15 @@ def peak_rss_mb() -> float:
     return kb / 1024
 
 
+def release_free_memory() -> None:
+    """Give free heap memory back to the OS (glibc ``malloc_trim``) so RSS = live memory."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark (Linux >= 4.0: write 5 to clear_refs)."""
     try:
@@ -117,6 +126,7 @@ def _worker(conn, spec: dict) -> None:
     try:
         w = Workload(**spec["workload"])
         gc.collect()
+        release_free_memory()  # building (e.g. copying our model) must not count as step memory
         dev = w.device
         cuda = dev.type == "cuda"
         base = rss_mb()

@@ -360,12 +360,26 @@ def bench_ideas(args, rows: list[Row]) -> None:
         rows.append(Row(f"idea reuse clean forward in eval ({k.replace('_b', ' b')})", "", "", "",
                         1 / (1 - clean_share), "max speed-up",
                         note="upper bound: one clean forward out of the PGD-20 evaluation"))
+    mem_model, mem_batch = ("conv4", 128) if args.quick else ("resnet18", 128)
+    log(f"[ideas] peak memory of one search step, {mem_model} batch {mem_batch}: "
+        "float vs bool mask cache")
+    mem_variants = ("ours", "ours_boolmask", "seed")
+    specs = {v: dict(variant=v, model_name=mem_model, batch=mem_batch, keep_ratio=0.05,
+                     device=args.device) for v in mem_variants}
+    with common.Workers(specs, args.threads) as w:
+        mem = {v: {"base_mb": w.base[v], **w.call(v, "search_step", 1)} for v in mem_variants}
+    rows.append(Row(f"idea bool mask cache: peak memory {mem_model} b{mem_batch}",
+                    fmt_mb(mem["ours_boolmask"]["peak_mb"]), fmt_mb(mem["seed"]["peak_mb"]), "",
+                    mem["ours_boolmask"]["peak_mb"] / mem["seed"]["peak_mb"], "ours+bool/seed",
+                    note=f"ours with the float mask cache: {fmt_mb(mem['ours']['peak_mb'])} "
+                    "(1 search step each with PGD-1, same peak as PGD-10)"))
     compiled = _compile_probe(args) if args.compile else {"skipped": "run with --compile"}
     common.write_result("ideas", {
         "machine": args.machine, "mask_production_s": micro,
         "search_step": {"model": model, "batch": batch, "repeats": repeats, "variants": r,
                         "median_s": med, "speedups": speedups},
         "clean_forward_share_of_eval": clean_share,
+        "peak_memory_mask_cache": {"model": mem_model, "batch": mem_batch, "variants": mem},
         "torch_compile": compiled,
         "autocast": "measured only on CUDA" if args.device != "cuda" else speedups.get(
             "autocast (ours / ours_amp)"),

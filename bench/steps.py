@@ -18,6 +18,7 @@ Ablations (the issue's "ideas", each a single change measured against ``ours``):
   (``torch.autograd.grad(loss, delta)``) instead of ``loss.backward()``;
 * ``ours_cl`` / ``dense_cl``: ours / dense with ``channels_last`` model and inputs;
 * ``ours_fastk``: ours with the masks' top-k done by :func:`fast_topk` (sampled threshold);
+* ``ours_boolmask``: ours with the cached mask stored as ``bool`` (1 byte per weight, not 4);
 * ``ours_amp``: ours under ``torch.autocast`` (CUDA only).
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ ALPHA = 2 / 255
 EVAL_ALPHA = 2 / 255
 
 VARIANTS = ("ours", "seed", "dense", "ours_nocache", "seed_topk", "seed_inputgrad", "ours_cl",
-            "dense_cl", "ours_fastk", "ours_amp")
+            "dense_cl", "ours_fastk", "ours_boolmask", "ours_amp")
 
 
 def build_ours(model_name: str, keep_ratio: float | None, width: float = 1.0, seed: int = 0):
@@ -157,6 +158,27 @@ def fast_topk_masks():
 
 
 @contextlib.contextmanager
+def bool_mask_cache():
+    """rst_lib's cached masks kept as ``bool`` instead of float (monkeypatch, bench-local).
+
+    ``weight * mask`` promotes to the weight's dtype, so every use stays the same."""
+    orig = masking.TopKMask.mask
+
+    def mask(self):
+        m = orig(self)
+        if m.dtype != torch.bool:
+            m = m.bool()
+            self._mask = m  # the cache key is unchanged: later calls return the bool mask
+        return m
+
+    masking.TopKMask.mask = mask
+    try:
+        yield
+    finally:
+        masking.TopKMask.mask = orig
+
+
+@contextlib.contextmanager
 def seed_with_topk():
     orig = seed_style.GetSubnet.apply
     seed_style.GetSubnet.apply = TopKSubnet.apply
@@ -248,6 +270,8 @@ class Workload:
             stack.enter_context(seed_with_topk())
         if self.variant == "ours_fastk":
             stack.enter_context(fast_topk_masks())
+        if self.variant == "ours_boolmask":
+            stack.enter_context(bool_mask_cache())
         if self.amp_dtype is not None:
             stack.enter_context(torch.autocast("cuda", dtype=self.amp_dtype))
         return stack

@@ -163,3 +163,24 @@ def test_fast_topk_masks_match_library_masks():
         got = masking.get_masks(ours)
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
+
+
+def test_bool_mask_cache_same_loss_and_gradients():
+    ours, _ = _pair()
+    x, y = _batch()
+    loss = F.cross_entropy(ours(x), y)
+    loss.backward()
+    ref = [p.grad.clone() for p in masking.score_parameters(ours)]
+    for p in masking.score_parameters(ours):
+        p.grad = None
+    with torch.no_grad():
+        for p in masking.score_parameters(ours):
+            p.mul_(1.0)  # new version: masks recomputed inside the patch
+    with bench_steps.bool_mask_cache():
+        loss2 = F.cross_entropy(ours(x), y)
+        loss2.backward()
+        assert all(get.dtype == torch.bool for get in
+                   (masking.get_mask_param(m).mask() for _, m in masking.masked_layers(ours)))
+    torch.testing.assert_close(loss, loss2)
+    for a, p in zip(ref, masking.score_parameters(ours)):
+        torch.testing.assert_close(a, p.grad)
