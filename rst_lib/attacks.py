@@ -127,19 +127,26 @@ class PGD(Attack):
         self.alpha, self.steps, self.restarts = float(alpha), int(steps), int(restarts)
         self.random_start = random_start
 
+    def _step_grad(self, x, delta, y) -> torch.Tensor:
+        """Input gradient of one step (subclasses average it, e.g. EOT)."""
+        return self._input_grad(x, delta, y)[0]
+
+    @torch.no_grad()
+    def _outcome(self, x_adv, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-example loss, misclassified) of a finished restart."""
+        logits = self.model(x_adv)
+        return F.cross_entropy(logits, y, reduction="none"), logits.argmax(1) != y
+
     def perturb(self, x, y):
         best = None
         for _ in range(self.restarts):
             delta = self._random_delta(x) if self.random_start else torch.zeros_like(x)
             for _ in range(self.steps):
-                grad, _ = self._input_grad(x, delta, y)
+                grad = self._step_grad(x, delta, y)
                 delta = self._project(x, delta + self._step(grad, self.alpha))
             if self.restarts == 1:
                 return x + delta
-            with torch.no_grad():
-                logits = self.model(x + delta)
-                loss = F.cross_entropy(logits, y, reduction="none")
-                wrong = logits.argmax(1) != y
+            loss, wrong = self._outcome(x + delta, y)
             if best is None:
                 best, best_loss, best_wrong = delta, loss, wrong
                 continue

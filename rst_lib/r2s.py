@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .attacks import PGD, Attack
+from .attacks import PGD
 from .masking import frozen_masks
 from .transfer import NamedModels, check_same_network, named_models, seeded_rng
 
@@ -176,7 +176,7 @@ class RandomSwitch(nn.Module):
         return outs[choice.to(outs.device), rows]
 
 
-class EOTPGD(Attack):
+class EOTPGD(PGD):
     """PGD with expectation over transformation, for randomized models (L-infinity).
 
     Same call signature and arguments as :class:`rst_lib.attacks.PGD`, plus
@@ -191,22 +191,19 @@ class EOTPGD(Attack):
 
     def __init__(self, model, eps: float, alpha: float, steps: int = 10, restarts: int = 1,
                  random_start: bool = True, eval_mode: bool = True, eot_samples: int = 10):
-        super().__init__(model, eps, eval_mode)
-        if steps < 1 or restarts < 1 or eot_samples < 1:
-            raise ValueError(f"steps, restarts and eot_samples must be >= 1, got {steps}, "
-                             f"{restarts}, {eot_samples}")
-        self.alpha, self.steps, self.restarts = float(alpha), int(steps), int(restarts)
-        self.random_start, self.eot_samples = random_start, int(eot_samples)
+        if eot_samples < 1:
+            raise ValueError(f"eot_samples must be >= 1, got {eot_samples}")
+        super().__init__(model, eps, alpha, steps, restarts, random_start, eval_mode)
+        self.eot_samples = int(eot_samples)
 
-    def _eot_grad(self, x, delta, y) -> torch.Tensor:
+    def _step_grad(self, x, delta, y) -> torch.Tensor:
         total = torch.zeros_like(x)
         for _ in range(self.eot_samples):
-            grad, _ = self._input_grad(x, delta, y)
-            total += grad
+            total += self._input_grad(x, delta, y)[0]
         return total / self.eot_samples
 
     @torch.no_grad()
-    def _eot_outcome(self, x_adv, y) -> tuple[torch.Tensor, torch.Tensor]:
+    def _outcome(self, x_adv, y) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss averaged over samples, misclassified under the averaged logits)."""
         logits = loss = 0.0
         for _ in range(self.eot_samples):
@@ -214,25 +211,6 @@ class EOTPGD(Attack):
             logits = logits + out
             loss = loss + F.cross_entropy(out, y, reduction="none")
         return loss / self.eot_samples, (logits / self.eot_samples).argmax(1) != y
-
-    def perturb(self, x, y):
-        best = None
-        for _ in range(self.restarts):
-            delta = self._random_delta(x) if self.random_start else torch.zeros_like(x)
-            for _ in range(self.steps):
-                grad = self._eot_grad(x, delta, y)
-                delta = self._project(x, delta + self.alpha * grad.sign())
-            if self.restarts == 1:
-                return x + delta
-            loss, wrong = self._eot_outcome(x + delta, y)
-            if best is None:
-                best, best_loss, best_wrong = delta, loss, wrong
-                continue
-            better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
-            best = torch.where(better.view(-1, *[1] * (x.dim() - 1)), delta, best)
-            best_loss = torch.where(better, loss, best_loss)
-            best_wrong = best_wrong | wrong
-        return x + best
 
 
 # ------------------------------------------------------------------------- evaluation
