@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rst_lib import create_model
+from rst_lib import create_model, load_dataset
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -33,3 +33,9 @@ def tiny_model():
 def batch():
     g = torch.Generator().manual_seed(1)
     return torch.rand(16, 1, 12, 12, generator=g), torch.randint(0, 10, (16,), generator=g)
+
+
+@pytest.fixture(scope="session")
+def data():
+    """The embedded mnist5k bundle, loaded once for the whole suite."""
+    return load_dataset("mnist5k")

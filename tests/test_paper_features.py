@@ -20,11 +20,6 @@ TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_w
             eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, epochs=1)
 
 
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset("mnist5k")
-
-
 # ------------------------------------------------------------------------ masking options
 
 @pytest.mark.parametrize("granularity, scores, block", [

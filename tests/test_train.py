@@ -14,11 +14,6 @@ TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_w
 
 
 @pytest.fixture(scope="module")
-def data():
-    return load_dataset("mnist5k")
-
-
-@pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, data):
     cfg = RunConfig(**TINY, epochs=3).validate()
     run_dir = tmp_path_factory.mktemp("run")
