@@ -603,8 +603,8 @@ EVALUATE = [
     new_markdown_cell("""# 06 · Evaluate a ticket or checkpoint
 
 Loads a ticket (`ticket.pt`), a run folder, or a search checkpoint (`last.pt`) and
-reports clean, FGSM, PGD-k for several k and AutoAttack accuracy, plus an
-accuracy-vs-eps curve. Empty `ticket`: a quick ticket is searched here first."""),
+reports clean, FGSM, PGD-k for several k and AutoAttack accuracy, an accuracy-vs-eps curve
+and the gradient-masking checks. Empty `ticket`: a quick ticket is searched here first."""),
     params_cell(head("evaluate", "06_evaluate", """
 ticket = None              # a ticket.pt, a run folder or a last.pt (None: search a quick ticket here)
 eval_dataset = None        # test data (None: the dataset the ticket was found on)
@@ -616,9 +616,14 @@ curve_examples = 500       # test inputs of the curve (None: all)
 autoattack = "fast"        # none | fast | standard
 autoattack_examples = 200
 eval_eps = None            # evaluation budget (None: eps)
+masking_checks = True      # the gradient-masking checks of Carlini et al. (2019)
+masking_examples = 200     # their test inputs (None: all)
+masking_more_steps = 100   # PGD steps of the "more steps" check
+masking_restarts = 5       # restarts of the "restarts" check
 """) + "\n" + search_block(keep_ratio="0.1", title="a quick search when ticket is None; eps is the evaluation budget")),
     new_code_cell(SETUP_IMPORTS + """from rst_lib import autoattack_accuracy, robustness_report, search
 from rst_lib.config import parse_number
+from rst_lib.evaluation import gradient_masking_report
 from rst_lib.data import load_dataset
 from rst_lib.plots import plot_bars, plot_eps_curve
 from rst_lib.report import load_any, resolve_checkpoint
@@ -670,16 +675,38 @@ for eps_i in grid:
 write_json(run_dir / "eps_curve.json", curve)
 plot_eps_curve(curve, {"fgsm_acc": "FGSM", "pgd_acc": f"PGD-{curve_steps}"},
                f"{net.config.name}, keep {summary_['keep_ratio']:.3g}: accuracy vs eps");"""),
-    new_markdown_cell("## 4. Summary"),
+    new_markdown_cell("""## 4. Gradient-masking checks
+Signs that PGD numbers overstate robustness (Carlini et al., 2019): PGD above FGSM, more steps
+or restarts raising accuracy, accuracy not falling with eps or not reaching ~0 when the image can
+be replaced, noise hurting more than PGD, AutoAttack far below PGD."""),
+    new_code_cell("""flags = []
+if masking_checks:
+    masking = gradient_masking_report(net, data.test, e, a, cfg.threat_model, n_examples=masking_examples,
+                                      steps=cfg.eval_steps, more_steps=masking_more_steps,
+                                      restarts=masking_restarts, device=device, seed=cfg.seed,
+                                      progress=progress)
+    flags = list(masking["flags"])
+    aa_row = next((r for r in table if r["attack"].startswith("AutoAttack")), None)
+    pgd_k = rep[f"pgd{max(pgd_steps)}_acc"]
+    if aa_row and aa_row["test_acc"] < pgd_k - 0.05:
+        flags.append(f"AutoAttack ({aa_row['test_acc']:.1%}) is far below PGD-{max(pgd_steps)} "
+                     f"({pgd_k:.1%}): PGD overestimates robustness here")
+    write_json(run_dir / "gradient_masking.json", {**masking, "flags": flags})
+    display(Markdown(f"On {masking['n_examples']} test inputs at eps={e:.4g}:\\n\\n"
+                     + markdown_table([{"check": k, "test_acc": v} for k, v in masking["accuracy"].items()])
+                     + "\\n\\n" + ("\\n".join(f"- **{f}**" for f in flags) if flags else
+                                   "No sign of gradient masking (not a proof of robustness).")))"""),
+    new_markdown_cell("## 5. Summary"),
     new_code_cell("""strongest = min(table[1:], key=lambda r: r["test_acc"])
 write_summary(run_dir, {"dataset": ds_name, "model": net.config.name, "keep_ratio": summary_["keep_ratio"],
                         "clean_acc": rep["clean_acc"], "pgd_acc": rep[f"pgd{max(pgd_steps)}_acc"],
                         "autoattack_acc": next((r["test_acc"] for r in table if r["attack"].startswith("AutoAttack")), None),
-                        "ticket": str(info["path"])}, table=table, eps_curve=curve)
+                        "ticket": str(info["path"])}, table=table, eps_curve=curve,
+              gradient_masking_flags=flags)
 display(Markdown(f"`{info['path']}`: clean {rep['clean_acc']:.1%}; the strongest attack here is "
                  f"**{strongest['attack']}: {strongest['test_acc']:.1%}** at eps={e:.4g}. "
-                 "PGD accuracy should fall with more steps and reach 0 at large eps; if it does not, "
-                 "suspect gradient masking."))"""),
+                 + (f"**{len(flags)} sign(s) of gradient masking**: quote the strongest attack, not PGD."
+                    if flags else "No sign of gradient masking was seen." if masking_checks else "")))"""),
 ]
 
 # --------------------------------------------------------------------- 07_compare_runs
