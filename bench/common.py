@@ -257,8 +257,9 @@ class Row:
     """One table line: ``ratio`` compared with ``target`` by ``op`` ('>=' or '<=')."""
 
     def __init__(self, bench, ours="", seed="", dense="", ratio=None, ratio_label="",
-                 target=None, op=">=", note=""):
+                 target=None, op=">=", note="", cpu_ratio=None):
         self.bench, self.ours, self.seed, self.dense = bench, ours, seed, dense
+        self.cpu_ratio = cpu_ratio  # the same ratio of process CPU times (cross-check)
         self.ratio, self.ratio_label, self.target, self.op, self.note = (
             ratio, ratio_label, target, op, note)
 
@@ -270,6 +271,8 @@ class Row:
 
     def cells(self):
         ratio = "" if self.ratio is None else f"{self.ratio_label} {self.ratio:.2f}x".strip()
+        if self.cpu_ratio is not None:
+            ratio += f" (cpu {self.cpu_ratio:.2f}x)"
         target = "" if self.target is None else f"{self.op} {self.target:g}x"
         met = {True: "yes", False: "NO", None: "-"}[self.met]
         return [self.bench, self.ours, self.seed, self.dense, ratio, target, met]
@@ -277,7 +280,8 @@ class Row:
     def to_dict(self):
         return {"benchmark": self.bench, "ours": self.ours, "seed_style": self.seed,
                 "dense": self.dense, "ratio": self.ratio, "ratio_label": self.ratio_label,
-                "target": self.target, "op": self.op, "met": self.met, "note": self.note}
+                "cpu_ratio": self.cpu_ratio, "target": self.target, "op": self.op,
+                "met": self.met, "note": self.note}
 
 
 HEADER = ["benchmark", "ours", "seed-style", "dense", "ratio", "target", "met?"]

@@ -72,10 +72,12 @@ def bench_search_step(args, rows: list[Row]) -> None:
             r = w.rounds("search_step", 10, repeats, warmup=("search_step", 1), log=log)
         key = f"{model}_b{batch}"
         o, s, d = (r[v]["median_s"] for v in ("ours", "seed", "dense"))
+        oc, sc, dc = (r[v]["median_cpu_s"] for v in ("ours", "seed", "dense"))
         results[key] = {
             "model": model, "batch": batch, "keep_ratio": 0.05, "pgd_steps": 10,
             "repeats": repeats, "variants": r,
             "seed_over_ours": s / o, "ours_over_dense": o / d,
+            "cpu_seed_over_ours": sc / oc, "cpu_ours_over_dense": oc / dc,
             "paired_seed_over_ours": common.paired_ratios(r["seed"]["seconds"], r["ours"]["seconds"]),
             "paired_ours_over_dense": common.paired_ratios(r["ours"]["seconds"], r["dense"]["seconds"]),
             "targets": {"seed_over_ours": SEED_TARGET.get(batch), "ours_over_dense": DENSE_TARGET},
@@ -86,15 +88,15 @@ def bench_search_step(args, rows: list[Row]) -> None:
         name = f"search step {model} b{batch}"
         if batch in SEED_TARGET:
             rows.append(Row(name, fmt_s(o), fmt_s(s), fmt_s(d), s / o, "seed/ours",
-                            SEED_TARGET[batch], ">="))
+                            SEED_TARGET[batch], ">=", cpu_ratio=sc / oc))
         rows.append(Row(name, fmt_s(o), fmt_s(s), fmt_s(d), o / d, "ours/dense",
-                        DENSE_TARGET, "<="))
+                        DENSE_TARGET, "<=", cpu_ratio=oc / dc))
         if "ours_fastk" in r:
-            f = r["ours_fastk"]["median_s"]
+            f, fc = r["ours_fastk"]["median_s"], r["ours_fastk"]["median_cpu_s"]
             results[key]["ours_fastk_over_dense"] = f / d
             results[key]["seed_over_ours_fastk"] = s / f
             rows.append(Row("  same, ours + fast top-k (bench-local)", fmt_s(f), fmt_s(s),
-                            fmt_s(d), f / d, "ours/dense", note="rst_lib masks with "
+                            fmt_s(d), f / d, "ours/dense", cpu_ratio=fc / dc, note="rst_lib masks with "
                             "steps.fast_topk instead of torch.topk (monkeypatch), same masks"))
     common.write_result("search_step", {"machine": args.machine, "results": results})
     unit = "CUDA max_memory_allocated" if args.device == "cuda" else "peak RSS (VmHWM)"
@@ -129,16 +131,19 @@ def bench_eval(args, rows: list[Row]) -> None:
                 r = w.rounds("eval_batch", 20, repeats, warmup=("eval_batch", 1), log=log)
                 clean = [w.call("ours", "clean_forward", None)["seconds"] for _ in range(3)]
             o, s = r["ours"]["median_s"], r["seed"]["median_s"]
+            oc, sc = r["ours"]["median_cpu_s"], r["seed"]["median_cpu_s"]
             results[f"{model}_b{batch}"] = {
                 "model": model, "batch": batch, "pgd_steps": 20, "repeats": repeats,
                 "variants": r, "images_per_s": {"ours": batch / o, "seed": batch / s},
-                "ours_over_seed_throughput": s / o, "target": EVAL_TARGET,
+                "ours_over_seed_throughput": s / o, "cpu_ours_over_seed_throughput": sc / oc,
+                "target": EVAL_TARGET,
                 "robust_acc_equal": r["ours"]["values"] == r["seed"]["values"],
                 "clean_forward_s": statistics.median(clean),
                 "clean_forward_share": statistics.median(clean) / o,
             }
             rows.append(Row(f"PGD-20 eval {model} b{batch} (img/s)", f"{batch / o:.1f}",
-                            f"{batch / s:.1f}", "", s / o, "ours/seed", EVAL_TARGET, ">="))
+                            f"{batch / s:.1f}", "", s / o, "ours/seed", EVAL_TARGET, ">=",
+                            cpu_ratio=sc / oc))
     common.write_result("eval_pgd20", {"machine": args.machine, "results": results})
     args.eval_results = results
 
@@ -330,6 +335,7 @@ def bench_ideas(args, rows: list[Row]) -> None:
     with common.Workers(specs, args.threads) as w:
         r = w.rounds("search_step", 10, repeats, warmup=("search_step", 1), log=log)
     med = {v: r[v]["median_s"] for v in variants}
+    cpu = {v: r[v]["median_cpu_s"] for v in variants}
     ideas = {
         "mask cache + frozen masks in attack (ours_nocache / ours)": ("ours_nocache", "ours"),
         "topk instead of sort, seed-style (seed / seed_topk)": ("seed", "seed_topk"),
@@ -344,15 +350,17 @@ def bench_ideas(args, rows: list[Row]) -> None:
     for label, (slow, fast) in ideas.items():
         speedups[label] = med[slow] / med[fast]
         rows.append(Row(f"idea {label.split(' (')[0]} ({model} b{batch})", "", "", "",
-                        med[slow] / med[fast], f"{slow}/{fast}"))
+                        med[slow] / med[fast], f"{slow}/{fast}", cpu_ratio=cpu[slow] / cpu[fast]))
     rows.append(Row(f"  ours vs dense ({model} b{batch})", fmt_s(med["ours"]),
                     fmt_s(med["seed"]), fmt_s(med["dense"]), med["ours"] / med["dense"],
-                    "ours/dense"))
+                    "ours/dense", cpu_ratio=cpu["ours"] / cpu["dense"]))
     rows.append(Row(f"  ours vs dense, both channels_last ({model} b{batch})",
                     fmt_s(med["ours_cl"]), "", fmt_s(med["dense_cl"]),
-                    med["ours_cl"] / med["dense_cl"], "ours/dense"))
+                    med["ours_cl"] / med["dense_cl"], "ours/dense",
+                    cpu_ratio=cpu["ours_cl"] / cpu["dense_cl"]))
     rows.append(Row(f"  ours + fast top-k vs dense ({model} b{batch})", fmt_s(med["ours_fastk"]),
-                    "", fmt_s(med["dense"]), med["ours_fastk"] / med["dense"], "ours/dense"))
+                    "", fmt_s(med["dense"]), med["ours_fastk"] / med["dense"], "ours/dense",
+                    cpu_ratio=cpu["ours_fastk"] / cpu["dense"]))
     clean_share = None
     if getattr(args, "eval_results", None):
         k = next(iter(args.eval_results))
@@ -496,6 +504,10 @@ def main(argv=None) -> int:
     print(f"command: {cmd}; total {total:.0f} s\n")
     print(table)
     notes = [r for r in rows if r.note]
+    if any(r.cpu_ratio is not None for r in rows):
+        notes.append(Row("(cpu ...)", note="the same ratio of the workers' process CPU times: a "
+                         "cross-check that other processes on the machine barely move when "
+                         "threads = 1 (with more threads, OpenMP spin-waiting counts as CPU)"))
     if any(r.bench.startswith("idea") for r in rows):
         notes.append(Row("idea rows", note="time without / time with that one change (its "
                          "speed-up alone: > 1 helps); ablation variants are described in "
