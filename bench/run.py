@@ -64,8 +64,8 @@ def bench_search_step(args, rows: list[Row]) -> None:
         repeats = args.repeats or repeats
         log(f"[search_step] {model} batch {batch}: PGD-10 + update, {repeats} round(s)")
         variants = ["ours", "seed", "dense"]
-        if batch <= 32 and args.fastk:  # where the mask cost weighs most
-            variants.append("ours_fastk")
+        if batch <= 32 and args.plaintopk:  # where the mask cost weighs most
+            variants.append("ours_plaintopk")
         specs = {v: dict(variant=v, model_name=model, batch=batch, keep_ratio=0.05,
                          device=args.device) for v in variants}
         with common.Workers(specs, args.threads) as w:
@@ -91,13 +91,12 @@ def bench_search_step(args, rows: list[Row]) -> None:
                             SEED_TARGET[batch], ">=", cpu_ratio=sc / oc))
         rows.append(Row(name, fmt_s(o), fmt_s(s), fmt_s(d), o / d, "ours/dense",
                         DENSE_TARGET, "<=", cpu_ratio=oc / dc))
-        if "ours_fastk" in r:
-            f, fc = r["ours_fastk"]["median_s"], r["ours_fastk"]["median_cpu_s"]
-            results[key]["ours_fastk_over_dense"] = f / d
-            results[key]["seed_over_ours_fastk"] = s / f
-            rows.append(Row("  same, ours + fast top-k (bench-local)", fmt_s(f), fmt_s(s),
-                            fmt_s(d), f / d, "ours/dense", cpu_ratio=fc / dc, note="rst_lib masks with "
-                            "steps.fast_topk instead of torch.topk (monkeypatch), same masks"))
+        if "ours_plaintopk" in r:
+            f, fc = r["ours_plaintopk"]["median_s"], r["ours_plaintopk"]["median_cpu_s"]
+            results[key]["ours_plaintopk_over_dense"] = f / d
+            rows.append(Row("  same, ours with plain torch.topk masks", fmt_s(f), fmt_s(s),
+                            fmt_s(d), f / d, "ours/dense", cpu_ratio=fc / dc, note="rst_lib with "
+                            "torch.topk on all scores instead of masking.topk_mask (same masks)"))
     common.write_result("search_step", {"machine": args.machine, "results": results})
     unit = "CUDA max_memory_allocated" if args.device == "cuda" else "peak RSS (VmHWM)"
     common.write_result("peak_memory", {
@@ -186,15 +185,19 @@ def bench_ticket(args, rows: list[Row]) -> None:
                    ratio=full_bytes / ticket_bytes, bytes_per_kept_weight=ticket_bytes / kept,
                    target=TICKET_TARGET,
                    checkpoint_size_bytes_rst_lib=rst_lib.tickets.checkpoint_size_bytes(model))
-        # bench-local: the same ticket with compact mask encodings (not in rst_lib)
+        # the same ticket with other mask encodings, for comparison: rst_lib's version-1
+        # packed bits (1 bit per weight) and those bits lzma-compressed (bench-local)
         masks = masking.get_masks(model)
         shapes = {k: list(v.shape) for k, v in masks.items()}
+        payload = ticket_payload(model)
+        out["mask_encodings"] = {k: v["encoding"] for k, v in payload["masks"].items()}
+        out["mask_bytes"] = sum(t.numel() for v in payload["masks"].values()
+                                for t in v.values() if isinstance(t, torch.Tensor))
         alt = {}
-        for method in ("packed", "lzma", "elias_fano"):
+        for method in ("packed", "lzma"):
             t0 = time.perf_counter()
             enc = ticket_codec.encode_masks(masks, method)
             t_enc = time.perf_counter() - t0
-            payload = ticket_payload(model)
             payload["masks"] = enc
             p = Path(tmp) / f"ticket_{method}.pt"
             torch.save(payload, p)
@@ -206,16 +209,20 @@ def bench_ticket(args, rows: list[Row]) -> None:
                            "bytes_per_kept_weight": p.stat().st_size / kept,
                            "mask_bytes": sum(v.numel() for v in enc.values()),
                            "round_trip_exact": ok, "encode_s": t_enc, "decode_s": t_dec}
-        out["mask_encodings_bench_local"] = alt
+        out["other_mask_encodings"] = alt
     common.write_result("ticket_size", {"machine": args.machine, **out})
     rows.append(Row("ticket size resnet18 kr 0.05", fmt_bytes(ticket_bytes),
                     f"{fmt_bytes(full_bytes)} (full)", "", full_bytes / ticket_bytes, "full/ticket",
                     TICKET_TARGET, ">=",
-                    note=f"{ticket_bytes / kept:.2f} bytes per kept weight"))
-    ef = alt["elias_fano"]
-    rows.append(Row("  same, Elias-Fano masks (bench-local)", fmt_bytes(ef["bytes"]),
-                    f"{fmt_bytes(full_bytes)} (full)", "", ef["ratio"], "full/ticket",
-                    TICKET_TARGET, ">=", note=f"{ef['bytes_per_kept_weight']:.2f} bytes per kept weight"))
+                    note=f"{ticket_bytes / kept:.2f} bytes per kept weight (Elias-Fano masks: "
+                    f"{out['mask_bytes'] * 8 / kept:.2f} bits per kept weight); "
+                    f"outputs of the loaded ticket identical: {out['ticket_reproduces_outputs']}"))
+    for method, label in (("packed", "masks as packed bits (ticket v1)"),
+                          ("lzma", "masks as lzma'd packed bits")):
+        a = alt[method]
+        rows.append(Row(f"  same, {label}", fmt_bytes(a["bytes"]), f"{fmt_bytes(full_bytes)} (full)",
+                        "", a["ratio"], "full/ticket",
+                        note=f"{a['bytes_per_kept_weight']:.2f} bytes per kept weight"))
 
 
 # ------------------------------------------------------------------------------------ 5
@@ -269,7 +276,7 @@ def _mask_micro(args) -> dict:
 
     import seed_style
     from rst_lib import masking
-    from steps import TopKSubnet, build_ours, fast_topk
+    from steps import TopKSubnet, build_ours
     torch.set_num_threads(args.threads)
     out = {}
     for name in ("conv4", "resnet18"):
@@ -283,14 +290,8 @@ def _mask_micro(args) -> dict:
         def topk_all():
             return [TopKSubnet.apply(s.abs(), k) for s, k in scores]
 
-        def fast_all():
-            out = []
-            for s, k in scores:
-                flat = s.abs().flatten()
-                m = torch.zeros_like(flat)
-                m[fast_topk(flat, k, sorted=False).indices] = 1.0
-                out.append(m)
-            return out
+        def banded_all():  # what rst_lib's masks run
+            return [masking.topk_mask(s.abs().flatten(), k) for s, k in scores]
 
         def kth_all():  # threshold at the k-th largest |s| (keeps > k entries on ties)
             return [(s.abs() >= s.abs().flatten().kthvalue(s.numel() - k + 1).values).float()
@@ -302,12 +303,14 @@ def _mask_micro(args) -> dict:
         cached_all()
         res = {}
         for label, fn in (("sort", sort_all), ("topk", topk_all), ("kthvalue", kth_all),
-                          ("fast_topk", fast_all), ("cached", cached_all)):
+                          ("topk_mask", banded_all), ("cached", cached_all)):
             t = benchmark.Timer(stmt="fn()", globals={"fn": fn},
                                 num_threads=args.threads).blocked_autorange(min_run_time=0.5)
             res[label] = t.median
         res["sort_over_topk"] = res["sort"] / res["topk"]
-        res["topk_over_fast_topk"] = res["topk"] / res["fast_topk"]
+        res["topk_over_topk_mask"] = res["topk"] / res["topk_mask"]
+        res["same_masks"] = all(torch.equal(a.flatten().bool(), b) for a, b in
+                                zip(topk_all(), banded_all()))
         res["scores"] = sum(s.numel() for s, _ in scores)
         out[name] = res
     return out
@@ -320,12 +323,13 @@ def bench_ideas(args, rows: list[Row]) -> None:
     rows.append(Row("idea topk vs sort: all masks resnet18", fmt_s(r18["topk"]), fmt_s(r18["sort"]),
                     "", r18["sort_over_topk"], "sort/topk",
                     note=f"kthvalue {fmt_s(r18['kthvalue'])}, cached {r18['cached'] * 1e6:.0f} us"))
-    rows.append(Row("idea sampled-threshold top-k: all masks resnet18", fmt_s(r18["fast_topk"]),
-                    "", "", r18["topk_over_fast_topk"], "topk/fast",
-                    note="bench-local fast_topk vs torch.topk, same masks"))
+    rows.append(Row("idea banded top-k: all masks resnet18", fmt_s(r18["topk_mask"]),
+                    "", "", r18["topk_over_topk_mask"], "topk/topk_mask",
+                    note=f"rst_lib.masking.topk_mask vs torch.topk; same masks: "
+                    f"{r18['same_masks']}"))
     model, batch = ("conv4", 32) if not args.ideas_model else args.ideas_model
     repeats = args.repeats or (1 if args.quick else 2)
-    variants = ["ours", "ours_nocache", "ours_fastk", "ours_cl", "dense", "dense_cl", "seed",
+    variants = ["ours", "ours_nocache", "ours_plaintopk", "ours_cl", "dense", "dense_cl", "seed",
                 "seed_topk", "seed_inputgrad"]
     if args.device == "cuda":
         variants.append("ours_amp")
@@ -340,7 +344,7 @@ def bench_ideas(args, rows: list[Row]) -> None:
         "mask cache + frozen masks in attack (ours_nocache / ours)": ("ours_nocache", "ours"),
         "topk instead of sort, seed-style (seed / seed_topk)": ("seed", "seed_topk"),
         "no score graph in attack, seed-style (seed / seed_inputgrad)": ("seed", "seed_inputgrad"),
-        "sampled-threshold top-k (ours / ours_fastk)": ("ours", "ours_fastk"),
+        "banded top-k (ours_plaintopk / ours)": ("ours_plaintopk", "ours"),
         "channels_last (ours / ours_cl)": ("ours", "ours_cl"),
         "channels_last, dense (dense / dense_cl)": ("dense", "dense_cl"),
     }
@@ -358,9 +362,10 @@ def bench_ideas(args, rows: list[Row]) -> None:
                     fmt_s(med["ours_cl"]), "", fmt_s(med["dense_cl"]),
                     med["ours_cl"] / med["dense_cl"], "ours/dense",
                     cpu_ratio=cpu["ours_cl"] / cpu["dense_cl"]))
-    rows.append(Row(f"  ours + fast top-k vs dense ({model} b{batch})", fmt_s(med["ours_fastk"]),
-                    "", fmt_s(med["dense"]), med["ours_fastk"] / med["dense"], "ours/dense",
-                    cpu_ratio=cpu["ours_fastk"] / cpu["dense"]))
+    rows.append(Row(f"  ours with plain torch.topk vs dense ({model} b{batch})",
+                    fmt_s(med["ours_plaintopk"]), "", fmt_s(med["dense"]),
+                    med["ours_plaintopk"] / med["dense"], "ours/dense",
+                    cpu_ratio=cpu["ours_plaintopk"] / cpu["dense"]))
     clean_share = None
     if getattr(args, "eval_results", None):
         k = next(iter(args.eval_results))
@@ -453,7 +458,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cifar-dir", default=str(CIFAR_DIR))
     ap.add_argument("--eval-resnet", action="store_true",
                     help="also measure the PGD-20 evaluation on resnet18 at batch 32 (slow)")
-    ap.add_argument("--fastk", action="store_true", help="add ours + bench-local fast top-k "
+    ap.add_argument("--plaintopk", action="store_true", help="add ours with plain torch.topk "
                     "to the batch-32 search steps")
     args = ap.parse_args(argv)
     import torch

@@ -17,13 +17,13 @@ Ablations (the issue's "ideas", each a single change measured against ``ours``):
 * ``seed_inputgrad``: seed-style whose attack takes only the input gradient
   (``torch.autograd.grad(loss, delta)``) instead of ``loss.backward()``;
 * ``ours_cl`` / ``dense_cl``: ours / dense with ``channels_last`` model and inputs;
-* ``ours_fastk``: ours with the masks' top-k done by :func:`fast_topk` (sampled threshold);
+* ``ours_plaintopk``: ours with every mask's top-k done by plain ``torch.topk`` on all the
+  scores instead of ``rst_lib.masking.topk_mask``'s sampled threshold band;
 * ``ours_boolmask``: ours with the cached mask stored as ``bool`` (1 byte per weight, not 4);
 * ``ours_amp``: ours under ``torch.autocast`` (CUDA only).
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 
 import torch
@@ -43,7 +43,7 @@ ALPHA = 2 / 255
 EVAL_ALPHA = 2 / 255
 
 VARIANTS = ("ours", "seed", "dense", "ours_nocache", "seed_topk", "seed_inputgrad", "ours_cl",
-            "dense_cl", "ours_fastk", "ours_boolmask", "ours_amp")
+            "dense_cl", "ours_plaintopk", "ours_boolmask", "ours_amp")
 
 
 def build_ours(model_name: str, keep_ratio: float | None, width: float = 1.0, seed: int = 0):
@@ -100,61 +100,16 @@ class TopKSubnet(torch.autograd.Function):
         return g, None
 
 
-_TopK = collections.namedtuple("_TopK", "values indices")
-
-
-def fast_topk(a: torch.Tensor, k: int, dim=None, largest=True, sorted=True, *, stride: int = 32,
-              margin_sd: float = 6.0):
-    """Exact top-k of a large flat tensor by a sampled threshold band (bench-local idea).
-
-    The k-th largest value is bracketed from a strided sample (its own small top-k with a
-    margin of ``margin_sd`` standard deviations); entries above the upper bracket are kept,
-    and ``torch.topk`` runs only on the few entries inside the bracket. Falls back to
-    ``torch.topk`` when the bracket misses, for small tensors, or for other call forms.
-    """
-    n = a.numel()
-    if a.dim() != 1 or not largest or dim not in (None, 0, -1) or n < (1 << 16) or k > n // 4:
-        return torch.topk(a, k, sorted=sorted) if dim is None else torch.topk(
-            a, k, dim=dim, largest=largest, sorted=sorted)
-    s = a[::stride]
-    m = s.numel()
-    ks = k * m / n
-    margin = int(margin_sd * ks ** 0.5) + 8
-    lo_rank, hi_rank = min(m, int(ks) + margin), int(ks) - margin
-    vals = torch.topk(s, lo_rank, sorted=True).values
-    lo = vals[-1]
-    if hi_rank >= 1:
-        hi = vals[hi_rank - 1]
-        above = (a > hi).nonzero().squeeze(1)
-        band = ((a > lo) & (a <= hi)).nonzero().squeeze(1)
-    else:
-        above = a.new_zeros(0, dtype=torch.long)
-        band = (a > lo).nonzero().squeeze(1)
-    need = k - above.numel()
-    if need < 0 or need > band.numel():
-        return torch.topk(a, k, sorted=sorted)
-    idx = torch.cat([above, band[torch.topk(a[band], need, sorted=False).indices]])
-    return _TopK(a[idx], idx)
-
-
-class _TorchFastTopk:
-    """Stands in for the ``torch`` module inside rst_lib.masking: ``topk`` -> fast_topk."""
-
-    topk = staticmethod(fast_topk)
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-
 @contextlib.contextmanager
-def fast_topk_masks():
-    """rst_lib masks computed with :func:`fast_topk` (monkeypatch local to the benchmark)."""
-    orig = masking.torch
-    masking.torch = _TorchFastTopk()
+def plain_topk_masks():
+    """rst_lib masks computed with plain ``torch.topk`` on all scores instead of
+    ``masking.topk_mask``'s sampled threshold band (monkeypatch local to the benchmark)."""
+    orig = masking.FAST_TOPK_MIN
+    masking.FAST_TOPK_MIN = 1 << 62
     try:
         yield
     finally:
-        masking.torch = orig
+        masking.FAST_TOPK_MIN = orig
 
 
 @contextlib.contextmanager
@@ -268,8 +223,8 @@ class Workload:
             stack.enter_context(no_mask_cache())
         if self.variant == "seed_topk":
             stack.enter_context(seed_with_topk())
-        if self.variant == "ours_fastk":
-            stack.enter_context(fast_topk_masks())
+        if self.variant == "ours_plaintopk":
+            stack.enter_context(plain_topk_masks())
         if self.variant == "ours_boolmask":
             stack.enter_context(bool_mask_cache())
         if self.amp_dtype is not None:

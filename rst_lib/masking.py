@@ -9,7 +9,8 @@ per optimizer step. The seeds re-sort every layer's scores on every forward pass
 
 * the binary mask is cached and recomputed only when the scores change (their autograd
   version counter moves, i.e. after ``optimizer.step()`` or a ``load_state_dict``), so
-  ``torch.topk`` runs once per layer per optimizer step;
+  top-k runs once per layer per optimizer step (:func:`topk_mask`: on the CPU a sampled
+  threshold band narrows it to a few entries, exact and ~5x faster than ``torch.topk``);
 * :func:`frozen_masks` additionally computes every masked weight once, without an
   autograd graph to the scores (via ``parametrize.cached()``), for attack steps and
   evaluation, where only the input gradient is needed.
@@ -17,7 +18,8 @@ per optimizer step. The seeds re-sort every layer's scores on every forward pass
 Top-k rule: ``k = round(keep_ratio * n)`` (at least 1) of the ``n`` scores of a layer are
 kept, ranked by ``|score|`` as in edge-popup / RST / RBRN. Exactly ``k`` entries are kept
 even when scores tie; among tied scores the winners are the ones ``torch.topk`` returns
-(deterministic for a given device and build). Continuous random score inits make ties
+(on all entries or on the band of :func:`topk_mask`; deterministic for a given device and
+build). Continuous random score inits make ties
 practically impossible; a ticket loaded from bits has exactly ``k`` ones and no ambiguity.
 
 The gradient is straight-through (edge-popup): d loss / d score = d loss / d mask *
@@ -69,6 +71,61 @@ def keep_count(keep_ratio: float, n: int) -> int:
 def fan_in(weight: torch.Tensor) -> int:
     """Inputs feeding one output unit (in_channels / groups * kernel area)."""
     return weight[0].numel()
+
+
+# Below this many scores torch.topk is already cheap; above, a sampled threshold band wins.
+FAST_TOPK_MIN = 1 << 15
+
+
+def topk_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the ``k`` largest entries of the flat tensor ``values`` (exactly k).
+
+    On the CPU, large tensors go through :func:`_banded_topk_mask` (about 5x faster than
+    ``torch.topk`` for the keep ratios of interest, same result); ``torch.topk`` otherwise.
+    """
+    n = values.numel()
+    if values.device.type == "cpu" and n >= FAST_TOPK_MIN and 0 < k < n // 2:
+        mask = _banded_topk_mask(values, k)
+        if mask is not None:
+            return mask
+    mask = torch.zeros(n, dtype=torch.bool, device=values.device)
+    mask[torch.topk(values, k, sorted=False).indices] = True
+    return mask
+
+
+def _banded_topk_mask(a: torch.Tensor, k: int, stride: int = 31,
+                      margin_sd: float = 6.0) -> torch.Tensor | None:
+    """Exact top-k mask via a threshold band estimated from a strided sample, or None.
+
+    A sample of every ``stride``-th entry (a prime, so it does not line up with kernel or
+    channel sizes) brackets the k-th largest value between two sample order statistics
+    ``margin_sd`` standard deviations apart. Entries above the bracket are kept outright;
+    ``torch.topk`` runs only on the few inside it. The bracket is checked exactly: if it
+    misses (or ties sit on its edge) this returns None and the caller uses ``torch.topk``.
+    """
+    n = a.numel()
+    sample = a[::stride]
+    m = sample.numel()
+    expected = k * m / n                       # rank of the k-th largest within the sample
+    margin = int(margin_sd * math.sqrt(expected)) + 8
+    hi_rank, lo_rank = int(expected) - margin, int(expected) + margin + 1
+    if lo_rank >= m:
+        return None
+    ranked = torch.topk(sample, lo_rank, sorted=True).values
+    lo = ranked[-1]
+    if hi_rank >= 1:
+        keep = a > ranked[hi_rank - 1]
+        band = (a > lo) & ~keep
+    else:
+        keep = torch.zeros(n, dtype=torch.bool)
+        band = a > lo
+    need = k - int(keep.sum())
+    band_idx = band.nonzero().squeeze(1)
+    if need < 0 or need > band_idx.numel():    # the k-th largest is outside (lo, hi]
+        return None
+    if need:
+        keep[band_idx[torch.topk(a[band_idx], need, sorted=False).indices]] = True
+    return keep
 
 
 class _MaskedWeight(torch.autograd.Function):
@@ -130,10 +187,7 @@ class TopKMask(nn.Module):
                 flat = s.detach().abs().flatten()
                 if d.any():
                     flat = flat.masked_fill(d.flatten(), -1.0)  # |s| >= 0 > -1: ranked last
-                idx = torch.topk(flat, self.k, sorted=False).indices
-                m = torch.zeros_like(flat)
-                m[idx] = 1.0
-                self._mask = m.view_as(s)
+                self._mask = topk_mask(flat, self.k).to(s.dtype).view_as(s)
             self._mask_key = key
             self.mask_computations += 1
         return self._mask

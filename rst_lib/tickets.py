@@ -1,9 +1,14 @@
 """Tickets: a found subnetwork in a few bytes per kept weight.
 
 A ticket stores what cannot be regenerated: the model config (which includes the seed of
-the random weights), the mask bits packed 8 per byte, and every state entry that differs
-from the freshly initialized network (BatchNorm running statistics after a search; the
-weights too after a finetune). Scores are not stored: the mask is the result.
+the random weights), the masks, and every state entry that differs from the freshly
+initialized network (BatchNorm running statistics after a search; the weights too after a
+finetune). Scores are not stored: the mask is the result.
+
+Each mask is stored in the smaller of two exact encodings: bits packed 8 per byte (1 bit per
+weight), or the Elias-Fano code of the positions of the kept (or, above one half, of the
+pruned) weights: about ``2 + log2(1 / keep_ratio)`` bits per kept weight, i.e. 0.32 bits per
+weight at a keep ratio of 0.05, close to the n*H(p) bits of information in such a mask.
 
 Loading rebuilds the network from its config, regenerates the random weights from the
 seed, applies the masks and the stored state, and therefore reproduces the saved model's
@@ -26,7 +31,8 @@ from . import masking
 from .models import ModelConfig, RandomNetwork, build_model
 
 FORMAT = "rst-ticket"
-VERSION = 1
+VERSION = 2          # 2: masks as {"encoding": ...} dicts (bits or Elias-Fano)
+READABLE = (1, 2)    # 1: masks as packed bits only
 
 
 class TicketError(ValueError):
@@ -47,6 +53,74 @@ def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
     shifts = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
     bits = (packed.view(-1, 1) >> shifts) & 1
     return bits.flatten()[:n].bool().view(shape)
+
+
+_MSB_FIRST = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
+
+
+def ef_encode(positions: torch.Tensor, universe: int) -> dict:
+    """Elias-Fano code of sorted distinct ``positions`` in ``range(universe)``.
+
+    Each position is split into ``l = floor(log2(universe / n))`` low bits, stored verbatim,
+    and a high part, stored in unary as a bit vector with a one at ``high[i] + i``; in all
+    at most ``n * (l + 2) + 1`` bits."""
+    n = positions.numel()
+    # with no positions, enough low bits that the unary part shrinks to one bit
+    low_bits = (universe // n).bit_length() - 1 if n else universe.bit_length()
+    pos = positions.to(torch.int64).cpu()
+    high = pos >> low_bits
+    if low_bits:
+        shifts = torch.arange(low_bits - 1, -1, -1, dtype=torch.int64)
+        low = ((pos & ((1 << low_bits) - 1)).view(-1, 1) >> shifts) & 1
+    else:
+        low = pos.new_zeros(0)
+    upper = torch.zeros(n + (universe >> low_bits) + 1, dtype=torch.bool)
+    upper[high + torch.arange(n)] = True
+    return {"n": n, "l": low_bits, "low": pack_bits(low.bool()), "high": pack_bits(upper)}
+
+
+def ef_decode(code: dict, universe: int) -> torch.Tensor:
+    """The sorted positions encoded by :func:`ef_encode`."""
+    n, low_bits = int(code["n"]), int(code["l"])
+    upper_len = n + (universe >> low_bits) + 1
+    high = unpack_bits(code["high"], (upper_len,)).nonzero().squeeze(1)
+    if high.numel() != n:
+        raise ValueError(f"Elias-Fano code holds {high.numel()} positions, expected {n}")
+    high = high - torch.arange(n)
+    if low_bits:
+        bits = unpack_bits(code["low"], (n * low_bits,)).view(n, low_bits).to(torch.int64)
+        low = (bits << torch.arange(low_bits - 1, -1, -1, dtype=torch.int64)).sum(1)
+    else:
+        low = torch.zeros(n, dtype=torch.int64)
+    return (high << low_bits) | low
+
+
+def encode_mask(mask: torch.Tensor) -> dict:
+    """A boolean mask -> the smallest exact encoding (a dict of ints, strings and tensors)."""
+    flat = mask.detach().flatten().bool().cpu()
+    u = flat.numel()
+    bits = {"encoding": "bits", "shape": list(mask.shape), "data": pack_bits(flat)}
+    inverted = int(flat.sum()) * 2 > u  # code the rarer value
+    ones = (~flat if inverted else flat).nonzero().squeeze(1)
+    code = ef_encode(ones, u)
+    if code["low"].numel() + code["high"].numel() + 16 >= bits["data"].numel():
+        return bits
+    return {"encoding": "elias_fano", "shape": list(mask.shape), "inverted": inverted, **code}
+
+
+def decode_mask(code: dict) -> torch.Tensor:
+    shape = torch.Size(code["shape"])
+    if code["encoding"] == "bits":
+        return unpack_bits(code["data"], shape)
+    if code["encoding"] != "elias_fano":
+        raise ValueError(f"unknown mask encoding {code['encoding']!r}")
+    u = int(shape.numel())
+    pos = ef_decode(code, u)
+    if pos.numel() and (pos.min() < 0 or pos.max() >= u):
+        raise ValueError("Elias-Fano positions out of range")
+    flat = torch.zeros(u, dtype=torch.bool)
+    flat[pos] = True
+    return (~flat if code["inverted"] else flat).view(shape)
 
 
 def _is_score_key(key: str) -> bool:
@@ -84,8 +158,7 @@ def ticket_payload(model: RandomNetwork, meta: dict | None = None) -> dict:
         "format": FORMAT,
         "version": VERSION,
         "model_config": json.dumps(cfg.to_dict()),
-        "masks": {name: pack_bits(m) for name, m in masks.items()},
-        "mask_shapes": {name: list(m.shape) for name, m in masks.items()},
+        "masks": {name: encode_mask(m) for name, m in masks.items()},
         "state": state,
         "meta": json.dumps(meta or {}),
     }
@@ -114,9 +187,9 @@ def read_ticket(path: str | os.PathLike) -> dict:
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise TicketError(f"{str(path)!r} is not an rst-workbook ticket (format field missing)")
-    if payload.get("version") != VERSION:
+    if payload.get("version") not in READABLE:
         raise TicketError(f"{str(path)!r} has ticket version {payload.get('version')!r}; "
-                          f"this rst_lib reads version {VERSION}")
+                          f"this rst_lib reads versions {', '.join(map(str, READABLE))}")
     return payload
 
 
@@ -134,17 +207,24 @@ def load_ticket(path: str | os.PathLike, device: str | torch.device = "cpu",
                               + ", ".join(f"{k} is {a!r} in the ticket but {b!r} expected"
                                           for k, (a, b) in diff.items()))
     model = build_model(cfg)
-    masks = {name: unpack_bits(bits, payload["mask_shapes"][name])
-             for name, bits in payload["masks"].items()}
     try:
+        masks = ticket_masks(payload)
         masking.set_masks(model, masks)
-    except ValueError as e:
+    except (ValueError, RuntimeError, IndexError, KeyError, TypeError) as e:
         raise TicketError(f"ticket {str(path)!r}: {e}") from None
     result = model.load_state_dict(payload["state"], strict=False)
     unexpected = list(result.unexpected_keys)
     if unexpected:
         raise TicketError(f"ticket {str(path)!r} has state for unknown entries {unexpected[:5]}")
     return model.to(device).eval()
+
+
+def ticket_masks(payload: dict) -> dict[str, torch.Tensor]:
+    """The boolean masks stored in a ticket payload (any readable version)."""
+    if payload.get("version") == 1:
+        return {name: unpack_bits(bits, payload["mask_shapes"][name])
+                for name, bits in payload["masks"].items()}
+    return {name: decode_mask(code) for name, code in payload["masks"].items()}
 
 
 def ticket_meta(path: str | os.PathLike) -> dict:

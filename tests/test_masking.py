@@ -158,3 +158,40 @@ def test_score_inits():
 def test_topkmask_rejects_bad_keep_ratio():
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         TopKMask(torch.empty(3, 3), 0.0)
+
+
+def _reference_topk_mask(values, k):
+    ref = torch.zeros(values.numel(), dtype=torch.bool)
+    ref[torch.topk(values, k).indices] = True
+    return ref
+
+
+@pytest.mark.parametrize("n,ratio", [(1 << 15, 0.05), (100_000, 0.001), (100_000, 0.05),
+                                     (300_000, 0.3), (300_000, 0.49), (2_359_296, 0.05)])
+def test_banded_topk_mask_is_exactly_torch_topk(n, ratio):
+    from rst_lib.masking import _banded_topk_mask, topk_mask
+    g = torch.Generator().manual_seed(n)
+    k = max(1, round(ratio * n))
+    for values in (torch.rand(n, generator=g),
+                   torch.randn(n, generator=g).abs(),
+                   torch.rand(n, generator=g).sort().values,         # structured: sorted
+                   torch.rand(n, generator=g) * (torch.arange(n) % 31 == 0)):  # stride-aligned
+        ref = _reference_topk_mask(values, k)
+        mask = topk_mask(values, k)
+        assert mask.dtype == torch.bool and int(mask.sum()) == k
+        if values[ref].min() > values[~ref].max():  # no tie at the threshold: one answer
+            assert torch.equal(mask, ref)
+    # the band itself (not only its fallback) runs on ordinary scores
+    assert _banded_topk_mask(torch.rand(n, generator=g), k) is not None
+
+
+def test_topk_mask_with_ties_and_masks_from_set_mask():
+    from rst_lib.masking import topk_mask
+    g = torch.Generator().manual_seed(1)
+    values = (torch.rand(200_000, generator=g) < 0.05).float()  # 0/1 scores, as set_mask leaves
+    k = int(values.sum())
+    assert torch.equal(topk_mask(values, k), values.bool())
+    tied = torch.randint(0, 4, (200_000,), generator=g).float()  # massive ties at the k-th
+    mask = topk_mask(tied, 12_345)
+    assert int(mask.sum()) == 12_345
+    assert tied[mask].min() >= tied[~mask].max()

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from rst_lib import masking
 from rst_lib.models import ModelConfig
-from rst_lib.tickets import (TicketError, checkpoint_size_bytes, load_ticket, pack_bits,
-                             save_ticket, unpack_bits)
+from rst_lib.tickets import (TicketError, checkpoint_size_bytes, decode_mask, encode_mask,
+                             load_ticket, pack_bits, save_ticket, unpack_bits)
 
 
 def _searched(tiny_model, batch, steps=5):
@@ -30,6 +30,38 @@ def test_pack_unpack_bits():
     assert torch.equal(unpack_bits(packed, m.shape), m)
 
 
+@pytest.mark.parametrize("shape,p", [((64, 32, 3, 3), 0.05), ((64, 32, 3, 3), 0.5),
+                                     ((64, 32, 3, 3), 0.97), ((1000,), 0.0), ((1000,), 1.0),
+                                     ((7,), 0.3), ((10, 1, 1, 1), 0.2), ((4096, 512), 0.001)])
+def test_mask_encodings_are_exact(shape, p):
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(shape, generator=g) < p
+    code = encode_mask(m)
+    assert torch.equal(decode_mask(code), m)
+    mask_bytes = sum(v.numel() for v in code.values() if isinstance(v, torch.Tensor))
+    assert mask_bytes <= (m.numel() + 7) // 8  # never worse than packed bits
+    n = min(int(m.sum()), m.numel() - int(m.sum()))  # positions of the rarer value
+    if n == 0 and m.numel() > 64:
+        assert code["encoding"] == "elias_fano" and mask_bytes <= 2
+    elif p <= 0.05 or p >= 0.97:
+        # Elias-Fano: at most 2 + log2(1/p) bits per coded position (+ rounding)
+        assert code["encoding"] == "elias_fano"
+        assert mask_bytes * 8 <= n * (2 + torch.tensor(m.numel() / n).log2().item()) + 16
+
+
+def test_version_1_tickets_still_load(tmp_path, tiny_model, batch):
+    from rst_lib.tickets import ticket_payload
+    model = _searched(tiny_model, batch)
+    payload = ticket_payload(model)
+    masks = masking.get_masks(model)
+    payload.update(version=1, masks={k: pack_bits(m) for k, m in masks.items()},
+                   mask_shapes={k: list(m.shape) for k, m in masks.items()})
+    torch.save(payload, tmp_path / "v1.pt")
+    loaded = load_ticket(tmp_path / "v1.pt")
+    with torch.no_grad():
+        assert torch.equal(model(batch[0]), loaded(batch[0]))
+
+
 def test_round_trip_gives_identical_outputs(tmp_path, tiny_model, batch):
     model = _searched(tiny_model, batch)
     path = save_ticket(model, tmp_path / "t.pt", meta={"note": "test"})
@@ -47,9 +79,11 @@ def test_ticket_stores_bits_not_weights(tmp_path):
     path = save_ticket(model, tmp_path / "t.pt")
     total = masking.mask_summary(model)["total"]
     payload = torch.load(path, weights_only=True)
-    assert sum(v.numel() for v in payload["masks"].values()) <= total / 8 + 8 * len(payload["masks"])
+    mask_bytes = sum(v.numel() for code in payload["masks"].values() for v in code.values()
+                     if isinstance(v, torch.Tensor))
+    assert mask_bytes <= total * 0.05 * 7 / 8  # Elias-Fano: < 7 bits per kept weight at 5%
     assert not any(k.endswith("original") or k.endswith("scores") for k in payload["state"])
-    assert os.path.getsize(path) * 20 < checkpoint_size_bytes(model)
+    assert os.path.getsize(path) * 50 < checkpoint_size_bytes(model)
 
 
 def test_pickled_code_is_refused(tmp_path):
