@@ -462,6 +462,8 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
                           f"by the number of processes ({dist.world_size})")
     torch.manual_seed(cfg.seed)
     data, model = build_search(cfg, data, device)
+    if cfg.channels_last:  # conv layers pick NHWC kernels from the weights' layout
+        model = model.to(memory_format=torch.channels_last)
     train_set = fixed_subset(data.train, cfg.train_examples)
     test_loader = make_loader(fixed_subset(data.test, cfg.eval_examples),
                               max(1, cfg.eval_batch_size // dist.world_size),

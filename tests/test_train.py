@@ -126,3 +126,20 @@ def test_building_a_model_leaves_the_global_rng_alone():
 
 def test_device_auto_resolves_on_cpu_machine():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_channels_last_search_matches_default_layout(tmp_path, data):
+    cfg = RunConfig(**{**TINY, "train_examples": 128}, epochs=1).validate()
+    plain = search(cfg, None, progress=False, data=data)
+    nhwc = search(cfg.replace(channels_last=True), tmp_path / "run", progress=False, data=data)
+    conv_scores = [masking.get_mask_param(m).scores for _, m in masking.masked_layers(nhwc.model)
+                   if masking.get_mask_param(m).scores.dim() == 4]
+    assert conv_scores and all(s.is_contiguous(memory_format=torch.channels_last)
+                               for s in conv_scores)
+    assert math.isclose(plain.history[0]["train_loss"], nhwc.history[0]["train_loss"],
+                        rel_tol=1e-3)
+    # the ticket of a channels-last run is an ordinary ticket
+    ticket = load_ticket(tmp_path / "run" / "ticket.pt")
+    loader = make_loader(fixed_subset(data.test, cfg.eval_examples), 100)
+    assert evaluate(ticket, loader, torch.device("cpu"), progress=False)["clean_acc"] == \
+        nhwc.best["clean_acc"]
