@@ -166,16 +166,31 @@ class Workers:
     give each variant its own peak-RSS mark.
     """
 
-    def __init__(self, specs: dict[str, dict], threads: int):
+    def __init__(self, specs: dict[str, dict], threads: int, exact_memory: bool = False):
         ctx = mp.get_context("spawn")
         self.names = list(specs)
         self.procs, self.conns = {}, {}
-        for name, wl in specs.items():
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker, args=(child, {"workload": wl, "threads": threads}),
-                            daemon=True)
-            p.start()
-            self.procs[name], self.conns[name] = p, parent
+        # exact_memory: glibc serves every allocation of >= 64 kB by its own mmap and unmaps
+        # it on free (a fixed threshold also turns off glibc's adaptive one), so the RSS
+        # follows the live tensors instead of heap reuse and fragmentation. Slows
+        # allocation: for memory measurements only, never for timings.
+        env = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"} \
+            if exact_memory else {}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            for name, wl in specs.items():
+                parent, child = ctx.Pipe()
+                p = ctx.Process(target=_worker, args=(child, {"workload": wl, "threads": threads}),
+                                daemon=True)
+                p.start()
+                self.procs[name], self.conns[name] = p, parent
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         self.base = {}
         for name in self.names:  # wait for every model to be built
             self.base[name] = self._recv(name)["base_mb"]

@@ -481,7 +481,13 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
         writer.mkdir(parents=True, exist_ok=True)
     history: list[dict] = []
     # Adversarial training keeps the most robust epoch; natural training the most accurate.
+    # Ties (e.g. several epochs at 0 % robust accuracy early on) go to the better other metric.
     select = "clean_acc" if cfg.train_attack == "none" else "pgd_acc"
+    tiebreak = "pgd_acc" if select == "clean_acc" else "clean_acc"
+
+    def merit(r: dict) -> tuple[float, float]:
+        return r.get(select, -1.0), r.get(tiebreak, -1.0)
+
     best: dict = {select: -1.0}
     notes: list[str] = []
     start_epoch = 0
@@ -536,7 +542,7 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
         # During a keep-ratio schedule only the final sparsity competes for "best".
         at_target = (not cfg.keep_ratio_steps
                      or epoch + 1 >= cfg.keep_ratio_warmup + cfg.keep_ratio_steps)
-        if at_target and row[select] > best[select]:
+        if at_target and merit(row) > merit(best):
             best = {k: row[k] for k in ("epoch", "clean_acc", "pgd_acc")}
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             if writer is not None:

@@ -143,3 +143,19 @@ def test_channels_last_search_matches_default_layout(tmp_path, data):
     loader = make_loader(fixed_subset(data.test, cfg.eval_examples), 100)
     assert evaluate(ticket, loader, torch.device("cpu"), progress=False)["clean_acc"] == \
         nhwc.best["clean_acc"]
+
+
+def test_best_epoch_ties_on_robust_accuracy_go_to_clean_accuracy(monkeypatch, data):
+    """Early epochs often all sit at 0 % PGD accuracy: the kept ticket is then the one
+    with the best clean accuracy, not simply the first epoch."""
+    import rst_lib.train as train_mod
+    scripted = iter([(0.5, 0.0), (0.8, 0.0), (0.6, 0.0)])
+
+    def fake_evaluate(*args, **kwargs):
+        clean, pgd = next(scripted)
+        return {"clean_acc": clean, "pgd_acc": pgd, "top_class_fraction": 0.2}
+
+    monkeypatch.setattr(train_mod, "evaluate", fake_evaluate)
+    cfg = RunConfig(**{**TINY, "train_examples": 64}, epochs=3).validate()
+    result = search(cfg, None, progress=False, data=data)
+    assert result.best == {"epoch": 2, "clean_acc": 0.8, "pgd_acc": 0.0}
