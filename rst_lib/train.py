@@ -7,6 +7,7 @@ for each epoch trains the scores (:func:`train_epoch`), evaluates clean and PGD 
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import math
@@ -101,7 +102,16 @@ def setup_distributed(device: torch.device) -> Distributed:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        # Leave the group before the interpreter tears down: a process exiting with a live
+        # gloo group can abort ("terminate called without an active exception").
+        atexit.register(_leave_process_group)
     return Distributed(dist.get_rank(), dist.get_world_size())
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def new_run_dir(root: str | os.PathLike, name: str) -> Path:
@@ -567,6 +577,9 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
     if writer is not None:
         write_json(writer / "metrics.json",
                    _metrics(cfg, model, history, best, notes, time.time() - t0, "finished"))
+    if dist.world_size > 1:  # every rank returns once rank 0 has written the results
+        import torch.distributed as torch_dist
+        torch_dist.barrier()
     return SearchResult(model, history, best, run_dir,
                         run_dir / "ticket.pt" if run_dir is not None else None, cfg, data, notes)
 

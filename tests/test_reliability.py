@@ -163,8 +163,8 @@ def test_two_process_ddp_equals_single_process_with_the_same_global_batch(tmp_pa
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     single, double = tmp_path / "single", tmp_path / "ddp"
     subprocess.run([sys.executable, str(script), str(single)], check=True, env=env, timeout=600)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                    "--master_port=29517", str(script), str(double)],
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node=2", str(script), str(double)],  # standalone: a free port
                    check=True, env=env, timeout=600)
     a = json.loads((single / "metrics.json").read_text())
     b = json.loads((double / "metrics.json").read_text())
