@@ -187,11 +187,16 @@ class TopKMask(nn.Module):
     def k(self) -> int:
         return keep_count(self.keep_ratio, self.scores.numel())
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if self.discarded is None and prefix + "discarded" in state_dict:
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args):
+        # A state with a discard record creates the buffer; a full (strict) state without one
+        # means nothing was discarded (e.g. saved before the first discard).
+        key = prefix + "discarded"
+        if self.discarded is None and key in state_dict:
             self.discarded = torch.zeros(self.scores.shape, dtype=torch.bool,
                                          device=self.scores.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        elif self.discarded is not None and key not in state_dict and strict:
+            self.discarded = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args)
 
     def mask(self) -> torch.Tensor:
         """The boolean mask (1 byte per score), recomputed only when the scores change."""

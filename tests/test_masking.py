@@ -195,3 +195,23 @@ def test_topk_mask_with_ties_and_masks_from_set_mask():
     mask = topk_mask(tied, 12_345)
     assert int(mask.sum()) == 12_345
     assert tied[mask].min() >= tied[~mask].max()
+
+
+def test_discard_buffer_is_lazy_and_round_trips(tmp_path, tiny_model):
+    from rst_lib.tickets import load_ticket, save_ticket
+    model = tiny_model(keep_ratio=0.3)
+    p = get_mask_param(next(layer for _, layer in masking.masked_layers(model)))
+    assert p.discarded is None and not any(k.endswith("discarded") for k in model.state_dict())
+    fresh_state = {k: v.clone() for k, v in model.state_dict().items()}
+    p.discard_dropped()
+    assert p.discarded is not None and int(p.discarded.sum()) == p.scores.numel() - p.k
+    state = model.state_dict()
+    other = tiny_model(keep_ratio=0.3)
+    other.load_state_dict(state)  # the buffer is created from the state
+    q = get_mask_param(next(layer for _, layer in masking.masked_layers(other)))
+    assert torch.equal(q.discarded, p.discarded)
+    loaded = load_ticket(save_ticket(model, tmp_path / "t.pt"))
+    r = get_mask_param(next(layer for _, layer in masking.masked_layers(loaded)))
+    assert torch.equal(r.discarded, p.discarded)
+    model.load_state_dict(fresh_state)  # a full state saved before any discard: none discarded
+    assert p.discarded is None
