@@ -62,7 +62,7 @@ class RunConfig:
     pretrained: str | None = None      # trained dense checkpoint to search in (robust trained tickets)
     seed: int = 0
     device: str = "auto"
-    channels_last: bool = False        # NHWC conv layout: ~10-15 % faster on an idle CPU (make bench)
+    channels_last: bool = False        # NHWC convs: faster idle, slower on a busy CPU (make bench)
     output_dir: str = "outputs"
     # data
     dataset: str = "mnist5k"

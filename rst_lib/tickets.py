@@ -55,7 +55,9 @@ def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
     return bits.flatten()[:n].bool().view(shape)
 
 
-_MSB_FIRST = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
+def _msb_first_shifts(bits: int) -> torch.Tensor:
+    """Shifts that split an integer into ``bits`` bits, most significant first."""
+    return torch.arange(bits - 1, -1, -1, dtype=torch.int64)
 
 
 def ef_encode(positions: torch.Tensor, universe: int) -> dict:
@@ -70,8 +72,7 @@ def ef_encode(positions: torch.Tensor, universe: int) -> dict:
     pos = positions.to(torch.int64).cpu()
     high = pos >> low_bits
     if low_bits:
-        shifts = torch.arange(low_bits - 1, -1, -1, dtype=torch.int64)
-        low = ((pos & ((1 << low_bits) - 1)).view(-1, 1) >> shifts) & 1
+        low = ((pos & ((1 << low_bits) - 1)).view(-1, 1) >> _msb_first_shifts(low_bits)) & 1
     else:
         low = pos.new_zeros(0)
     upper = torch.zeros(n + (universe >> low_bits) + 1, dtype=torch.bool)
@@ -89,7 +90,7 @@ def ef_decode(code: dict, universe: int) -> torch.Tensor:
     high = high - torch.arange(n)
     if low_bits:
         bits = unpack_bits(code["low"], (n * low_bits,)).view(n, low_bits).to(torch.int64)
-        low = (bits << torch.arange(low_bits - 1, -1, -1, dtype=torch.int64)).sum(1)
+        low = (bits << _msb_first_shifts(low_bits)).sum(1)
     else:
         low = torch.zeros(n, dtype=torch.int64)
     return (high << low_bits) | low

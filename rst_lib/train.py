@@ -90,6 +90,12 @@ class Distributed:
             dist.all_reduce(t)
         return t
 
+    def barrier(self) -> None:
+        """Wait for every rank (no-op with one process)."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+            dist.barrier()
+
 
 def setup_distributed(device: torch.device) -> Distributed:
     """Join the process group that ``torchrun --nproc_per_node=N`` describes (env vars);
@@ -577,9 +583,7 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
     if writer is not None:
         write_json(writer / "metrics.json",
                    _metrics(cfg, model, history, best, notes, time.time() - t0, "finished"))
-    if dist.world_size > 1:  # every rank returns once rank 0 has written the results
-        import torch.distributed as torch_dist
-        torch_dist.barrier()
+    dist.barrier()  # every rank returns once rank 0 has written the results
     return SearchResult(model, history, best, run_dir,
                         run_dir / "ticket.pt" if run_dir is not None else None, cfg, data, notes)
 
