@@ -64,6 +64,14 @@ class Attack:
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def set_eps(self, eps: float, alpha: float | None = None) -> None:
+        """Change the radius (and step) between calls: an eps warm-up during training."""
+        if eps < 0:
+            raise ValueError(f"eps={eps!r} is invalid: it must be >= 0")
+        self.eps = float(eps)
+        if alpha is not None and hasattr(self, "alpha"):
+            self.alpha = float(alpha)
+
     # helpers shared by the subclasses
     def _input_grad(self, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor):
         delta.requires_grad_(True)

@@ -69,7 +69,9 @@ class RunConfig:
     data_dir: str | None = None
     download: bool = False
     train_examples: int | None = None  # None: the whole training split
-    eval_examples: int | None = None   # None: the whole test split (per-epoch evaluation)
+    val_fraction: float = 0.02         # training examples held out to pick the best epoch (RBRN: 2 %); 0: pick on test
+    eval_examples: int | None = None   # per-epoch check on the validation split; None: all of it
+    final_examples: int | None = None  # test examples of the final evaluation; None: all
     batch_size: int = 128
     eval_batch_size: int = 500
     augment: bool = True               # random crop + flip for 32x32 color data only
@@ -109,6 +111,7 @@ class RunConfig:
     free_repeats: int = 4              # Free AT: replays of each minibatch
     trades_beta: float = 6.0           # TRADES: weight of the KL term
     eps: Any = "8/255"
+    eps_warmup_epochs: float = 0       # inner attack's eps (and step) ramps linearly from 0
     alpha: Any = "2/255"
     steps: int = 7
     attack_train_mode: bool = True     # inner attack with BN in train mode, as both seeds do
@@ -119,7 +122,8 @@ class RunConfig:
     autoattack: str = "none"           # after the search: none | fast (APGD-CE + APGD-T) | standard
     autoattack_examples: int = 1000
     # monitoring
-    collapse_patience: int = 2         # epochs at chance-level loss before warning
+    collapse_patience: int = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C)
+    stop_on_collapse: bool = True      # stop a collapsed run early (reason in metrics.json)
     loss_jump_factor: float | None = None  # debug: warn when a batch loss > factor * running mean
 
     @classmethod
@@ -170,7 +174,7 @@ class RunConfig:
                               "> 1 (or null to switch the check off)")
         if not 0.0 <= self.adaptive_p <= 1.0:
             raise ConfigError(f"adaptive_p={self.adaptive_p!r} is invalid: it must be in [0, 1]")
-        for name in ("keep_ratio_warmup", "keep_ratio_steps", "warmup_epochs"):
+        for name in ("keep_ratio_warmup", "keep_ratio_steps", "warmup_epochs", "eps_warmup_epochs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: it must be >= 0")
         if not 0.0 < self.keep_ratio <= 1.0:
@@ -188,7 +192,10 @@ class RunConfig:
                      "eval_restarts", "collapse_patience", "free_repeats", "autoattack_examples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: it must be >= 1")
-        for name in ("train_examples", "eval_examples"):
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction={self.val_fraction!r} is invalid: it must be in "
+                              "[0, 1) (0: choose the best epoch on the test split)")
+        for name in ("train_examples", "eval_examples", "final_examples"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{name}={v!r} is invalid: it must be >= 1 or null (all)")

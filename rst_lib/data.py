@@ -39,6 +39,23 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: list[str]
+    # The training images without augmentation (the test transform): where a validation
+    # split is read from. None: ``train`` (no augmentation to remove).
+    train_eval: Dataset | None = None
+
+    def validation_split(self, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+        """(training examples, held-out validation examples) of the training split.
+
+        A fixed split per ``seed`` (RBRN holds out 2 %): the validation examples are read
+        without augmentation and never trained on. ``fraction=0`` gives (train, None).
+        """
+        if fraction <= 0:
+            return self.train, None
+        n = len(self.train)
+        n_val = max(1, round(fraction * n))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
+        return _subset(self.train, train_idx), _subset(self.train if self.train_eval is None else self.train_eval, val_idx)
 
 
 STATS = {
@@ -91,12 +108,14 @@ def _torchvision(name: str, root: Path, download: bool, augment: bool) -> DataBu
     try:
         if name == "svhn":
             tr = torchvision.datasets.SVHN(str(root), "train", transform=train_tf, download=download)
+            tr_eval = torchvision.datasets.SVHN(str(root), "train", transform=test_tf)
             te = torchvision.datasets.SVHN(str(root), "test", transform=test_tf, download=download)
             classes = [str(i) for i in range(10)]
         else:
             cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
                    "mnist": torchvision.datasets.MNIST}[name]
             tr = cls(str(root), train=True, transform=train_tf, download=download)
+            tr_eval = cls(str(root), train=True, transform=test_tf)
             te = cls(str(root), train=False, transform=test_tf, download=download)
             classes = list(tr.classes)
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted ..."
@@ -105,7 +124,8 @@ def _torchvision(name: str, root: Path, download: bool, augment: bool) -> DataBu
         raise DatasetUnavailable(f"{name}: could not download into {str(root)!r} ({e}). "
                                  f"{DATA_HELP}") from None
     mean, std = STATS[name]
-    return DataBundle(name, tr, te, len(classes), 3 if color else 1, size, mean, std, classes)
+    return DataBundle(name, tr, te, len(classes), 3 if color else 1, size, mean, std, classes,
+                      tr_eval)
 
 
 def _imagefolder(root: Path, augment: bool, image_size: int | None) -> DataBundle:
@@ -133,11 +153,12 @@ def _imagefolder(root: Path, augment: bool, image_size: int | None) -> DataBundl
         test_tf = [T.Resize(int(size * 1.14)), T.CenterCrop(size)]
     tr = torchvision.datasets.ImageFolder(str(train_dir), T.Compose(train_tf + [T.ToTensor()]))
     te = torchvision.datasets.ImageFolder(str(test_dir), T.Compose(test_tf + [T.ToTensor()]))
+    tr_eval = torchvision.datasets.ImageFolder(str(train_dir), te.transform)
     if tr.classes != te.classes:
         raise DatasetUnavailable(f"imagefolder: train and test class folders differ under {str(root)!r}")
     stats = STATS["cifar10"] if (len(tr.classes) == 10 and size == 32) else STATS["imagenet"]
     return DataBundle(root.name or "imagefolder", tr, te, len(tr.classes), 3, size, *stats,
-                      list(tr.classes))
+                      list(tr.classes), tr_eval)
 
 
 def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = None,
@@ -160,14 +181,17 @@ def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = Non
     raise ConfigError(f"dataset={name!r} is invalid: valid choices are {', '.join(DATASETS)}")
 
 
+def _subset(ds: Dataset, idx: torch.Tensor) -> Dataset:
+    if isinstance(ds, TensorDataset):
+        return TensorDataset(*(t[idx] for t in ds.tensors))
+    return Subset(ds, idx.tolist())
+
+
 def fixed_subset(ds: Dataset, n: int | None) -> Dataset:
     """The same ``n`` examples for every seed and run (fixed permutation, seed 0)."""
     if n is None or n >= len(ds):
         return ds
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n]
-    if isinstance(ds, TensorDataset):
-        return TensorDataset(*(t[idx] for t in ds.tensors))
-    return Subset(ds, idx.tolist())
+    return _subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n])
 
 
 def shard_order(n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:

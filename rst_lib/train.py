@@ -58,10 +58,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ck
 
 
-def is_collapsed(train_loss: float, top_class_fraction: float, num_classes: int) -> bool:
-    """Constant-prediction collapse: loss within 5 % of ln(C) and >90 % of inputs in one class."""
-    chance = math.log(num_classes)
-    return abs(train_loss - chance) < 0.05 * chance and top_class_fraction > 0.9
+def is_collapsed(train_loss: float, eval_acc: float, num_classes: int) -> bool:
+    """"Not learning": the training loss within 5 % of ln(C) and the evaluation accuracy
+    within 5 points of chance (1/C), whatever the predictions look like. A collapse to
+    near-uniform logits spreads its argmax over several classes, so the prediction
+    histogram is not part of the test."""
+    chance_loss = math.log(num_classes)
+    return (abs(train_loss - chance_loss) < 0.05 * chance_loss
+            and eval_acc < 1.0 / num_classes + 0.05)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -177,6 +181,14 @@ def lr_factor(cfg: RunConfig, epoch_progress: float) -> float:
     return f
 
 
+def eps_factor(cfg: RunConfig, epoch_progress: float) -> float:
+    """Multiplier of the inner attack's eps (and step) at a (fractional) epoch: a linear
+    ramp from 0 over ``eps_warmup_epochs`` (a remedy for searches that collapse at full eps)."""
+    if cfg.eps_warmup_epochs and epoch_progress < cfg.eps_warmup_epochs:
+        return epoch_progress / cfg.eps_warmup_epochs
+    return 1.0
+
+
 def scheduled_keep_ratios(final: dict[str, float], epoch: int, warmup: int, steps: int) -> dict:
     """RBRN's keep-ratio schedule: dense for ``warmup`` epochs, then each layer's ratio
     shrinks geometrically from 1 to its final value over ``steps`` epochs."""
@@ -228,6 +240,9 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch + i / n_batches)
+        eps = cfg.eps * eps_factor(cfg, epoch + i / n_batches)
+        if attack is not None:
+            attack.set_eps(eps, cfg.alpha * eps / cfg.eps if cfg.eps else cfg.alpha)
         if cfg.train_attack == "free":
             if free_delta is None or free_delta.shape != x.shape:
                 free_delta = torch.zeros_like(x)
@@ -239,8 +254,8 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                step = lp_step(free_delta.grad, cfg.eps, cfg.threat_model)
-                free_delta = project(x, free_delta.detach() + step, cfg.eps, cfg.threat_model)
+                step = lp_step(free_delta.grad, eps, cfg.threat_model)
+                free_delta = project(x, free_delta.detach() + step, eps, cfg.threat_model)
         else:
             x_in = attack(x, y) if attack is not None else x  # masks computed once, reused
             if cfg.train_attack == "trades":
@@ -353,6 +368,8 @@ class SearchResult:
     config: RunConfig
     data: DataBundle
     warnings: list[str] = field(default_factory=list)
+    final: dict | None = None         # test-split numbers of the best model (final_evaluation)
+    stopped: dict | None = None       # why the run stopped early (collapse), else None
 
 
 def load_dense_weights(model: nn.Module, path: str | os.PathLike) -> int:
@@ -455,10 +472,17 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
            data: DataBundle | None = None, resume: bool = False) -> SearchResult:
     """Run ``cfg.task`` (a ticket search by default; see :func:`build_search`).
 
-    Each epoch: train, evaluate clean and PGD accuracy on the test split, keep the best
-    model (robust accuracy; clean accuracy when ``train_attack='none'``) as ``ticket.pt``,
-    write ``metrics.json`` and a resumable ``last.pt``. After the last epoch, AutoAttack
-    (``cfg.autoattack``) evaluates the best model.
+    Each epoch: train, evaluate clean and PGD accuracy on the validation split (``val_fraction``
+    of the training set, held out), keep the best model (robust accuracy; clean accuracy when
+    ``train_attack='none'``) as ``ticket.pt``, write ``metrics.json`` and a resumable
+    ``last.pt``. The test split is read only once, after the last epoch, by
+    :func:`final_evaluation` of the best model (clean, PGD and ``cfg.autoattack``): those are
+    the numbers to report. With ``val_fraction=0`` epochs are chosen on the test split (as
+    RST and HYDRA do), which inflates the final numbers; metrics.json says so.
+
+    A run whose training loss sits at ln(C) with chance accuracy for ``collapse_patience``
+    epochs has collapsed: a :class:`CollapseWarning` names the remedies, and with
+    ``stop_on_collapse`` the run stops there (metrics.json: ``stopped``).
 
     Args:
         run_dir: where metrics.json, ticket.pt (best) and last.pt go; None writes nothing.
@@ -480,10 +504,13 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
     data, model = build_search(cfg, data, device)
     if cfg.channels_last:  # conv layers pick NHWC kernels from the weights' layout
         model = model.to(memory_format=torch.channels_last)
-    train_set = fixed_subset(data.train, cfg.train_examples)
-    test_loader = make_loader(fixed_subset(data.test, cfg.eval_examples),
-                              max(1, cfg.eval_batch_size // dist.world_size),
-                              rank=dist.rank, world_size=dist.world_size)
+    train_part, val_part = data.validation_split(cfg.val_fraction, cfg.seed)
+    train_set = fixed_subset(train_part, cfg.train_examples)
+    # Epochs are compared on held-out training examples; the test split waits for the end.
+    select_split = "val" if val_part is not None else "test"
+    select_set = fixed_subset(val_part if val_part is not None else data.test, cfg.eval_examples)
+    select_loader = make_loader(select_set, max(1, cfg.eval_batch_size // dist.world_size),
+                                rank=dist.rank, world_size=dist.world_size)
     optimizer = make_optimizer(trainable_parameters(model), cfg)
     final_ratios = masking.keep_ratios(model)
     forward_model = model
@@ -506,8 +533,12 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
 
     best: dict = {select: -1.0}
     notes: list[str] = []
+    stopped = None
     start_epoch = 0
     best_state = None
+    if select_split == "test":
+        notes.append("val_fraction=0: the best epoch was chosen on the test split, which "
+                     "inflates the final test numbers")
     if resume and run_dir is not None and (run_dir / "last.pt").exists():
         ck = load_checkpoint(run_dir / "last.pt")
         model.load_state_dict(ck["model"])
@@ -516,10 +547,12 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
         history, best, start_epoch = ck["history"], ck["best"], ck["epoch"]
         notes = ck.get("notes", [])
         best_state = ck["best_model"]
+        stopped = ck.get("stopped")
     t0 = time.time()
     stuck = 0
-    epochs = tqdm(range(start_epoch, cfg.epochs), desc=f"{cfg.task} {cfg.name}",
-                  disable=not (progress and dist.main), initial=start_epoch, total=cfg.epochs)
+    epochs = tqdm(range(start_epoch, cfg.epochs if stopped is None else start_epoch),
+                  desc=cfg.name, unit="epoch", disable=not (progress and dist.main),
+                  initial=start_epoch, total=cfg.epochs)
     for epoch in epochs:
         if cfg.keep_ratio_steps:
             masking.set_keep_ratios(model, scheduled_keep_ratios(
@@ -540,60 +573,117 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
         if cfg.discard:
             for _, layer in masking.masked_layers(model):
                 masking.get_mask_param(layer).discard_dropped()
-        row.update(evaluate(model, test_loader, device, eval_attacks(model, cfg),
-                            progress and dist.main, dist=dist, num_classes=data.num_classes))
+        row.update(evaluate(model, select_loader, device, eval_attacks(model, cfg),
+                            progress and dist.main, desc=f"{select_split} check", dist=dist,
+                            num_classes=data.num_classes))
+        row["eval_split"] = select_split
+        row["eval_examples"] = len(select_set)
         row["keep_ratio"] = masking.mask_summary(model)["keep_ratio"]
         row["epoch_seconds"] = time.time() - t_epoch
         history.append(row)
-        # Collapse: training loss at ln(C) and one class predicted for (almost) everything.
-        stuck = stuck + 1 if is_collapsed(row["train_loss"], row["top_class_fraction"],
+        stuck = stuck + 1 if is_collapsed(row["train_loss"], row["clean_acc"],
                                           data.num_classes) else 0
-        if stuck == cfg.collapse_patience and dist.main:
-            msg = (f"search collapsed at epoch {epoch + 1}: training loss {row['train_loss']:.3f} "
-                   f"~ ln({data.num_classes}) = {math.log(data.num_classes):.3f} and "
-                   f"{row['top_class_fraction']:.0%} of test inputs get one class. Try a larger "
-                   "keep_ratio, end_with_bn=True, a smaller lr, or a smaller eps.")
+        if stuck == cfg.collapse_patience:
+            msg = collapse_message(cfg, row, data.num_classes, stuck)
             notes.append(msg)
-            warnings.warn(msg, CollapseWarning, stacklevel=2)
+            if dist.main:
+                warnings.warn(msg, CollapseWarning, stacklevel=2)
+            if cfg.stop_on_collapse:
+                stopped = {"epoch": epoch + 1, "reason": "collapse", "message": msg}
         # During a keep-ratio schedule only the final sparsity competes for "best".
         at_target = (not cfg.keep_ratio_steps
                      or epoch + 1 >= cfg.keep_ratio_warmup + cfg.keep_ratio_steps)
         if at_target and merit(row) > merit(best):
             best = {k: row[k] for k in ("epoch", "clean_acc", "pgd_acc")}
+            best.update(split=select_split, examples=row["eval_examples"])
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             if writer is not None:
                 save_ticket(model, writer / "ticket.pt", meta={"run": cfg.to_dict(), "best": best})
-        epochs.set_postfix(clean=f"{row['clean_acc']:.3f}", pgd=f"{row['pgd_acc']:.3f}")
+        epochs.set_postfix({f"{select_split} clean": f"{row['clean_acc']:.3f}",
+                            f"{select_split} pgd": f"{row['pgd_acc']:.3f}"})
         if writer is not None:
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "rng": torch.get_rng_state(), "history": history, "best": best,
-                               "epoch": epoch + 1, "best_model": best_state, "notes": notes},
+                               "epoch": epoch + 1, "best_model": best_state, "notes": notes,
+                               "stopped": stopped},
                               writer / "last.pt")
             write_json(writer / "metrics.json", _metrics(cfg, model, history, best, notes,
-                                                        time.time() - t0, "running"))
+                                                        time.time() - t0, "running", stopped))
+        if stopped is not None:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    if cfg.autoattack != "none" and "autoattack_acc" not in best and dist.main:
-        from .evaluation import autoattack_accuracy
-        best["autoattack_acc"] = autoattack_accuracy(
-            model, data.test, cfg.eval_eps_value, cfg.threat_model, cfg.autoattack,
-            cfg.autoattack_examples, device, seed=cfg.seed)
-        best["autoattack"] = {"version": cfg.autoattack, "examples": cfg.autoattack_examples}
+    final = None
+    if dist.main:  # the only place the test split is read (unless val_fraction=0)
+        final = final_evaluation(model, cfg, data, device, progress)
     if writer is not None:
         write_json(writer / "metrics.json",
-                   _metrics(cfg, model, history, best, notes, time.time() - t0, "finished"))
+                   _metrics(cfg, model, history, best, notes, time.time() - t0,
+                            "collapsed" if stopped else "finished", stopped, final))
     dist.barrier()  # every rank returns once rank 0 has written the results
     return SearchResult(model, history, best, run_dir,
-                        run_dir / "ticket.pt" if run_dir is not None else None, cfg, data, notes)
+                        run_dir / "ticket.pt" if run_dir is not None else None, cfg, data, notes,
+                        final, stopped)
+
+
+def collapse_message(cfg: RunConfig, row: dict, num_classes: int, epochs: int) -> str:
+    """Why a run is said to have collapsed, and what the workbook offers against it."""
+    remedies = []
+    if cfg.train_attack != "none" and not cfg.eps_warmup_epochs:
+        remedies.append("an eps warm-up (eps_warmup_epochs: 5, linear from 0)")
+    if not cfg.warmup_epochs:
+        remedies.append("an LR warm-up (warmup_epochs: 2)")
+    if not cfg.end_with_bn:
+        remedies.append("a last BatchNorm on the logits (end_with_bn: true, RBRN)")
+    remedies += ["a larger keep_ratio", "a smaller lr"]
+    return (f"search collapsed (not learning) for {epochs} epochs up to epoch {row['epoch']}: "
+            f"training loss {row['train_loss']:.3f} ~ ln({num_classes}) = "
+            f"{math.log(num_classes):.3f} and {row.get('eval_split', 'eval')} accuracy "
+            f"{row['clean_acc']:.1%} ~ chance ({1 / num_classes:.1%}). "
+            f"{'Stopped early (stop_on_collapse). ' if cfg.stop_on_collapse else ''}"
+            f"Try: {'; '.join(remedies)}.")
+
+
+def final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
+                     device: torch.device | None = None, progress: bool = True) -> dict:
+    """The numbers to report: clean and PGD (``eval_*``) accuracy, and AutoAttack
+    (``cfg.autoattack``), on the first ``final_examples`` of the fixed test order.
+
+    Random starts come from a generator seeded with ``cfg.seed`` (the global RNG is left
+    as it was), so every model evaluated with the same ``cfg`` meets the same attack.
+    """
+    from .evaluation import autoattack_accuracy
+    device = device or resolve_device(cfg.device)
+    test = fixed_subset(data.test, cfg.final_examples)
+    loader = make_loader(test, cfg.eval_batch_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        res = evaluate(model.to(device), loader, device, eval_attacks(model, cfg), progress,
+                       desc="final test eval", num_classes=data.num_classes)
+    out = {"split": "test", "examples": len(test), "clean_acc": res["clean_acc"],
+           "pgd_acc": res["pgd_acc"], "pgd": f"PGD-{cfg.eval_steps}",
+           "eps": cfg.eval_eps_value, "threat_model": cfg.threat_model}
+    if cfg.autoattack != "none":
+        n = min(cfg.autoattack_examples, len(test))
+        out["autoattack_acc"] = autoattack_accuracy(
+            model, test, cfg.eval_eps_value, cfg.threat_model, cfg.autoattack, n, device,
+            seed=cfg.seed)
+        out["autoattack"] = {"version": cfg.autoattack, "examples": n}
+    return out
 
 
 train = search  # the same loop trains scores or weights, by cfg.task
 
 
-def _metrics(cfg, model, history, best, notes, seconds, status) -> dict:
+def _metrics(cfg, model, history, best, notes, seconds, status, stopped=None,
+             final=None) -> dict:
+    """metrics.json: ``history`` and ``best`` are on ``selection_split`` (val unless
+    val_fraction=0), ``final`` on the test split."""
     return {"status": status, "config": cfg.to_dict(), "model_config": model.config.to_dict(),
-            "mask": masking.mask_summary(model), "history": history, "best": best,
+            "mask": masking.mask_summary(model), "selection_split": best.get(
+                "split", "val" if cfg.val_fraction > 0 else "test"),
+            "history": history, "best": best, "final": final, "stopped": stopped,
             "warnings": notes, "search_seconds": seconds, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
 

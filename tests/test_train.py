@@ -89,24 +89,71 @@ def test_resume_finishes_like_an_uninterrupted_run(tmp_path, data, tiny_run):
 
 
 def test_collapse_detection():
-    assert is_collapsed(math.log(10) + 0.01, 0.97, 10)
-    assert not is_collapsed(math.log(10), 0.3, 10)  # loss at chance but diverse predictions
-    assert not is_collapsed(1.0, 0.99, 10)
+    # "not learning": loss ~ ln(C) and accuracy ~ 1/C, whatever the prediction histogram
+    assert is_collapsed(math.log(10) + 0.01, 0.10, 10)
+    assert is_collapsed(math.log(10) - 0.05, 0.13, 10)
+    assert not is_collapsed(math.log(10), 0.30, 10)  # loss at ln(10) but learning
+    assert not is_collapsed(1.0, 0.10, 10)  # loss far from ln(10)
+    assert is_collapsed(math.log(100), 0.01, 100)
 
 
-def test_collapse_warning_is_raised():
-    # Blank images with random labels: nothing to learn, every input gets the same class and
-    # the loss sits at ln(10) -- the constant-prediction collapse the search must report.
+# Noise images, random labels: the training loss drifts down to ln(10) within a few epochs.
+NOISE = {**TINY, "end_with_bn": False, "val_fraction": 0.5, "train_examples": None,
+         "eval_examples": None, "weight_init": "signed_constant"}
+
+
+def _noise_bundle(n_train=2000, n_test=200, size=12):
+    """Random noise with random labels: nothing to learn; a model at chance spreads its
+    argmax over several classes (a uniform-logit collapse, not a constant prediction)."""
     from torch.utils.data import TensorDataset
     from rst_lib.data import DataBundle
-    from rst_lib.train import CollapseWarning
     g = torch.Generator().manual_seed(0)
-    blank = lambda n: TensorDataset(torch.zeros(n, 1, 12, 12), torch.randint(0, 10, (n,), generator=g))
-    data = DataBundle("blank", blank(256), blank(64), 10, 1, 12, (0.0,), (1.0,), list("0123456789"))
-    cfg = RunConfig(**{**TINY, "collapse_patience": 2, "train_attack": "none"}, epochs=3).validate()
-    with pytest.warns(CollapseWarning, match="collapsed at epoch 2"):
+    make = lambda n: TensorDataset(torch.rand(n, 1, size, size, generator=g),
+                                   torch.randint(0, 10, (n,), generator=g))
+    return DataBundle("noise", make(n_train), make(n_test), 10, 1, size, (0.0,), (1.0,),
+                      list("0123456789"))
+
+
+def test_uniform_logit_collapse_is_detected_and_stops_the_run(tmp_path):
+    from rst_lib.train import CollapseWarning
+    data = _noise_bundle()
+    cfg = RunConfig(**{**NOISE, "collapse_patience": 2, "train_attack": "none"},
+                    epochs=12).validate()
+    with pytest.warns(CollapseWarning, match="not learning"):
+        result = search(cfg, tmp_path / "run", progress=False, data=data)
+    n = len(result.history)
+    assert 2 <= n < 12  # stopped early, after `patience` epochs at chance
+    assert all(is_collapsed(h["train_loss"], h["clean_acc"], 10) for h in result.history[-2:])
+    # spread predictions: the old histogram rule (> 90 % in one class) would not have fired
+    assert max(h["top_class_fraction"] for h in result.history[-2:]) < 0.9
+    assert result.stopped["epoch"] == n and result.stopped["reason"] == "collapse"
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "collapsed" and metrics["stopped"]["epoch"] == n
+    assert "eps_warmup_epochs" not in metrics["stopped"]["message"]  # natural search: no eps
+    assert "warmup_epochs" in metrics["stopped"]["message"]  # remedies are named
+    assert metrics["final"]["split"] == "test"  # the stopped run is still evaluated
+
+
+def test_collapse_without_stopping_runs_all_epochs():
+    data = _noise_bundle()
+    cfg = RunConfig(**{**NOISE, "collapse_patience": 2, "train_attack": "none",
+                       "stop_on_collapse": False}, epochs=12).validate()
+    with pytest.warns(Warning, match="not learning"):
         result = search(cfg, None, progress=False, data=data)
-    assert len(result.warnings) == 1 and "ln(10)" in result.warnings[0]
+    assert len(result.history) == 12 and result.stopped is None
+    assert sum("collapsed" in w for w in result.warnings) == 1
+
+
+def test_collapse_message_offers_the_remedies_that_are_off():
+    from rst_lib.train import collapse_message
+    row = {"epoch": 3, "train_loss": 2.30, "clean_acc": 0.1, "eval_split": "val"}
+    plain = RunConfig(train_attack="pgd", end_with_bn=False).validate()
+    msg = collapse_message(plain, row, 10, 2)
+    for remedy in ("eps_warmup_epochs", "warmup_epochs: 2", "end_with_bn: true"):
+        assert remedy in msg
+    tried = plain.replace(eps_warmup_epochs=5, warmup_epochs=2, end_with_bn=True)
+    msg = collapse_message(tried, row, 10, 2)
+    assert "eps_warmup_epochs" not in msg and "end_with_bn" not in msg
 
 
 def test_lr_schedules():
