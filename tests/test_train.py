@@ -46,11 +46,71 @@ def test_run_directory_metrics_and_best_ticket(tiny_run, data):
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
     assert metrics["best"] == result.best
     assert abs(metrics["mask"]["keep_ratio"] - 0.2) < 0.01
+    assert metrics["selection_split"] == "val" and result.best["split"] == "val"
+    assert all(h["eval_split"] == "val" for h in metrics["history"])
     ticket = load_ticket(run_dir / "ticket.pt")
-    loader = make_loader(fixed_subset(data.test, cfg.eval_examples), 100)
+    _, val = data.validation_split(cfg.val_fraction, cfg.seed)
+    loader = make_loader(fixed_subset(val, cfg.eval_examples), 100)
     a = evaluate(ticket, loader, torch.device("cpu"), progress=False)
     b = evaluate(result.model, loader, torch.device("cpu"), progress=False)
     assert a["clean_acc"] == b["clean_acc"] == result.best["clean_acc"]
+    assert result.best["examples"] == len(val) == 80  # 2 % of the 4,000 training digits
+    # the reported numbers are the test split's, of the same ticket
+    assert metrics["final"] == result.final and result.final["split"] == "test"
+    assert result.final["examples"] == len(data.test)
+    test_loader = make_loader(data.test, 500)
+    assert evaluate(ticket, test_loader, torch.device("cpu"), progress=False)["clean_acc"] \
+        == result.final["clean_acc"]
+
+
+def test_validation_split_is_fixed_per_seed_and_disjoint(data):
+    train, val = data.validation_split(0.02, seed=0)
+    train_again, val_again = data.validation_split(0.02, seed=0)
+    _, val_other = data.validation_split(0.02, seed=1)
+    assert len(val) == 80 and len(train) == 3920
+    assert torch.equal(val.tensors[0], val_again.tensors[0])
+    assert not torch.equal(val.tensors[0], val_other.tensors[0])
+    seen = {t.numpy().tobytes() for t in train.tensors[0]}
+    assert not any(v.numpy().tobytes() in seen for v in val.tensors[0])
+    assert data.validation_split(0.0, seed=0) == (data.train, None)
+
+
+def test_test_split_is_read_only_by_the_final_evaluation(data, monkeypatch):
+    """Every read of a test example happens after the search loop hands over to
+    final_evaluation: best epoch and early stop see only the validation split."""
+    import dataclasses
+    from torch.utils.data import Dataset
+    import rst_lib.train as train_mod
+    events = []
+
+    class Watched(Dataset):
+        def __init__(self, ds):
+            self.ds = ds
+
+        def __len__(self):
+            return len(self.ds)
+
+        def __getitem__(self, i):
+            events.append("test read")
+            return self.ds[i]
+
+    real_final = train_mod.final_evaluation
+
+    def final(*args, **kw):
+        events.append("final evaluation")
+        return real_final(*args, **kw)
+
+    monkeypatch.setattr(train_mod, "final_evaluation", final)
+    watched = dataclasses.replace(data, test=Watched(data.test))
+    cfg = RunConfig(**{**TINY, "train_examples": 256, "final_examples": 50}, epochs=2).validate()
+    result = search(cfg, None, progress=False, data=watched)
+    assert events[0] == "final evaluation" and events.count("final evaluation") == 1
+    assert events.count("test read") == 50 and result.final["examples"] == 50
+    # with val_fraction=0 the per-epoch check reads the test split (and says so)
+    events.clear()
+    on_test = search(cfg.replace(val_fraction=0.0), None, progress=False, data=watched)
+    assert events[0] == "test read" and on_test.best["split"] == "test"
+    assert any("val_fraction=0" in w for w in on_test.warnings)
 
 
 def test_same_seed_same_numbers(tiny_run, data):
@@ -187,16 +247,16 @@ def test_channels_last_search_matches_default_layout(tmp_path, data):
                         rel_tol=1e-3)
     # the ticket of a channels-last run is an ordinary ticket
     ticket = load_ticket(tmp_path / "run" / "ticket.pt")
-    loader = make_loader(fixed_subset(data.test, cfg.eval_examples), 100)
+    loader = make_loader(fixed_subset(data.test, cfg.final_examples), 500)
     assert evaluate(ticket, loader, torch.device("cpu"), progress=False)["clean_acc"] == \
-        nhwc.best["clean_acc"]
+        nhwc.final["clean_acc"]
 
 
 def test_best_epoch_ties_on_robust_accuracy_go_to_clean_accuracy(monkeypatch, data):
     """Early epochs often all sit at 0 % PGD accuracy: the kept ticket is then the one
     with the best clean accuracy, not simply the first epoch."""
     import rst_lib.train as train_mod
-    scripted = iter([(0.5, 0.0), (0.8, 0.0), (0.6, 0.0)])
+    scripted = iter([(0.5, 0.0), (0.8, 0.0), (0.6, 0.0), (0.7, 0.0)])  # 3 epochs, final
 
     def fake_evaluate(*args, **kwargs):
         clean, pgd = next(scripted)
@@ -205,4 +265,6 @@ def test_best_epoch_ties_on_robust_accuracy_go_to_clean_accuracy(monkeypatch, da
     monkeypatch.setattr(train_mod, "evaluate", fake_evaluate)
     cfg = RunConfig(**{**TINY, "train_examples": 64}, epochs=3).validate()
     result = search(cfg, None, progress=False, data=data)
-    assert result.best == {"epoch": 2, "clean_acc": 0.8, "pgd_acc": 0.0}
+    assert result.best == {"epoch": 2, "clean_acc": 0.8, "pgd_acc": 0.0, "split": "val",
+                           "examples": 80}
+    assert result.final["clean_acc"] == 0.7
