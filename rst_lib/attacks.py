@@ -15,7 +15,6 @@ from torch import nn
 
 from .masking import frozen_masks
 
-ATTACKS = ("fgsm", "fgsm_rs", "pgd")
 NORMS = ("linf", "l2")
 
 
@@ -125,15 +124,20 @@ class PGD(Attack):
         restarts: independent random starts; per example the worst case is kept: a
             misclassifying perturbation beats a non-misclassifying one, then higher loss.
         random_start: start uniformly in the eps-ball (else at x).
+        early_stop: stop perturbing an example once the attacked model misclassifies it,
+            checked before every step (RST's ``attack_pgd`` and ``test_trans.py``): an example
+            already wrong at the random start keeps that start. The adversarial examples are
+            then the least perturbed that fool the model, which matters for transfer.
     """
 
     def __init__(self, model, eps: float, alpha: float, steps: int = 10, restarts: int = 1,
-                 random_start: bool = True, eval_mode: bool = True, norm: str = "linf"):
+                 random_start: bool = True, eval_mode: bool = True, norm: str = "linf",
+                 early_stop: bool = False):
         super().__init__(model, eps, eval_mode, norm)
         if steps < 1 or restarts < 1:
             raise ValueError(f"steps and restarts must be >= 1, got {steps}, {restarts}")
         self.alpha, self.steps, self.restarts = float(alpha), int(steps), int(restarts)
-        self.random_start = random_start
+        self.random_start, self.early_stop = random_start, early_stop
 
     def _step_grad(self, x, delta, y) -> torch.Tensor:
         """Input gradient of one step (subclasses average it, e.g. EOT)."""
@@ -150,6 +154,14 @@ class PGD(Attack):
         for _ in range(self.restarts):
             delta = self._random_delta(x) if self.random_start else torch.zeros_like(x)
             for _ in range(self.steps):
+                if self.early_stop:
+                    grad, logits = self._input_grad(x, delta, y)
+                    active = logits.argmax(1) == y  # still correct: keep attacking these
+                    if not active.any():
+                        break
+                    stepped = self._project(x, delta + self._step(grad, self.alpha))
+                    delta = torch.where(active.view(-1, *[1] * (x.dim() - 1)), stepped, delta)
+                    continue
                 grad = self._step_grad(x, delta, y)
                 delta = self._project(x, delta + self._step(grad, self.alpha))
             if self.restarts == 1:
@@ -163,6 +175,52 @@ class PGD(Attack):
             best_loss = torch.where(better, loss, best_loss)
             best_wrong = best_wrong | wrong
         return x + best
+
+
+class CarriedFGSM(Attack):
+    """RBRN's fast "FGSM-RS": one signed step from a perturbation carried per example
+    across epochs (an ATTA-style buffer, ``code/util/attack.py`` ``FGSM_RS`` of
+    IVRL/RobustBinarySubNet), not a fresh random start every batch.
+
+    Each training example (by its index in the training set) gets U(-eps, eps) noise on its
+    first visit; every visit takes one step of ``alpha`` from the stored perturbation,
+    projects it, stores it back and returns ``x + delta``. RBRN's fast preset uses
+    ``alpha = eps / 2`` (4/255 at eps 8/255). Call as ``attack(x, y, index)``.
+
+    Difference from RBRN: RBRN crops and flips inside the attacker so the stored
+    perturbation follows the augmentation on a padded canvas; here it is stored in the
+    frame of the image the loader delivers (identical without augmentation).
+    """
+
+    def __init__(self, model, eps: float, alpha: float, n_examples: int,
+                 eval_mode: bool = False, norm: str = "linf"):
+        super().__init__(model, eps, eval_mode, norm)
+        self.alpha, self.n_examples = float(alpha), int(n_examples)
+        self.buffer: torch.Tensor | None = None  # (n_examples, *image shape), on first use
+        self.seen: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None):
+        if index is None:
+            raise ValueError("CarriedFGSM needs the examples' indices: attack(x, y, index)")
+        self._index = index.to(x.device)
+        return super().__call__(x, y)
+
+    def perturb(self, x, y):
+        idx = self._index
+        if self.buffer is None or self.buffer.shape[1:] != x.shape[1:]:
+            self.buffer = torch.zeros(self.n_examples, *x.shape[1:], device=x.device)
+            self.seen = torch.zeros(self.n_examples, dtype=torch.bool, device=x.device)
+        fresh = ~self.seen[idx]
+        delta = self.buffer[idx]
+        if fresh.any():
+            delta[fresh] = self._random_delta(x[fresh]) if self.norm == "l2" else \
+                torch.empty_like(x[fresh]).uniform_(-self.eps, self.eps)
+        delta = self._project(x, delta)  # the eps may have changed (warm-up)
+        grad, _ = self._input_grad(x, delta, y)
+        delta = self._project(x, delta + self._step(grad, self.alpha))
+        self.buffer[idx] = delta
+        self.seen[idx] = True
+        return x + delta
 
 
 class TradesPGD(Attack):
@@ -191,16 +249,23 @@ class TradesPGD(Attack):
 
 def make_attack(name: str, model: nn.Module, eps: float, alpha: float | None = None,
                 steps: int = 10, restarts: int = 1, eval_mode: bool = True,
-                norm: str = "linf") -> Attack:
-    """Build an attack by name: ``fgsm``, ``fgsm_rs``, ``pgd`` or ``trades``."""
+                norm: str = "linf", early_stop: bool = False,
+                n_examples: int | None = None) -> Attack:
+    """Build an attack by name: ``fgsm``, ``fgsm_rs``, ``fgsm_carried`` (needs
+    ``n_examples``), ``pgd`` or ``trades``."""
     if name == "fgsm":
         return FGSM(model, eps, eval_mode=eval_mode, norm=norm)
     if name == "fgsm_rs":
         return FGSM(model, eps, random_start=True, alpha=alpha, eval_mode=eval_mode, norm=norm)
     if name == "pgd":
         return PGD(model, eps, alpha if alpha is not None else eps / 4, steps, restarts,
-                   eval_mode=eval_mode, norm=norm)
+                   eval_mode=eval_mode, norm=norm, early_stop=early_stop)
+    if name == "fgsm_carried":
+        if n_examples is None:
+            raise ValueError("fgsm_carried needs n_examples (the size of the training set)")
+        return CarriedFGSM(model, eps, alpha if alpha is not None else eps / 2, n_examples,
+                           eval_mode=eval_mode, norm=norm)
     if name == "trades":
         return TradesPGD(model, eps, alpha if alpha is not None else eps / 4, steps,
                          eval_mode=eval_mode, norm=norm)
-    raise ValueError(f"unknown attack {name!r}; valid: fgsm, fgsm_rs, pgd, trades")
+    raise ValueError(f"unknown attack {name!r}; valid: fgsm, fgsm_rs, fgsm_carried, pgd, trades")

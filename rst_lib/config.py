@@ -43,9 +43,12 @@ def parse_number(param: str, value) -> float:
 
 
 DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100", "svhn", "imagefolder")
-TRAIN_ATTACKS = ("pgd", "fgsm_rs", "free", "trades", "none")
+TRAIN_ATTACKS = ("pgd", "fgsm_rs", "fgsm_carried", "free", "trades", "none")
+KEEP_RATIO_SCHEDULES = ("none", "staged", "geometric")
 THREAT_MODELS = ("linf", "l2")
 TASKS = ("search", "finetune", "finetune_reinit", "finetune_full", "dense", "bnn")
+FINETUNE_INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant", "unsigned_constant",
+                  "xavier_normal", "xavier_constant", "binary", "uniform", "same")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("cosine", "step", "multistep", "cifar_piecewise", "constant")
 AUTOATTACK = ("none", "fast", "standard")
@@ -59,6 +62,7 @@ class RunConfig:
     name: str = "search"
     task: str = "search"               # search | finetune | finetune_reinit | finetune_full | dense | bnn
     ticket: str | None = None          # the ticket to finetune (finetune* tasks)
+    finetune_init: str = "kaiming_normal"  # finetune_reinit: RST's --ft_init; same: the ticket's scheme
     pretrained: str | None = None      # trained dense checkpoint to search in (robust trained tickets)
     seed: int = 0
     device: str = "auto"
@@ -82,9 +86,14 @@ class RunConfig:
     keep_ratio: float = 0.05
     adaptive_p: float = 1.0            # RBRN's p: layer keep ratio ~ n_l^(p-1); 1 = uniform
     granularity: str = "weight"        # weight | kernel | filter | row
-    keep_ratio_warmup: int = 0         # epochs dense before the keep-ratio schedule (RBRN)
-    keep_ratio_steps: int = 0          # epochs to shrink geometrically to keep_ratio; 0 = off
-    discard: bool = False              # entries dropped by the schedule never come back (RST)
+    keep_ratio_schedule: str = "none"  # none | staged (RBRN pr_steps) | geometric (per epoch)
+    keep_ratio_stages: int = 1         # staged: stage k of S keeps keep_ratio^(k/S), cosine LR restarts
+    keep_ratio_warmup: int = 0         # geometric: epochs dense before shrinking
+    keep_ratio_steps: int = 0          # geometric: epochs to shrink from 1 to keep_ratio
+    discard: bool = False              # RST discard mode: the lowest scores stop getting gradient
+    discard_every: int = 10            # RST --discard_epoch: epochs between discards
+    discard_rate: float = 0.1          # RST --discard_rate: fraction of scores discarded per discard
+    discard_progressive: bool = False  # RST --progressive_prune: keep ratio 0.9 - discarded (>= keep_ratio)
     weight_init: str = "signed_constant"
     scale_fan: bool = True
     score_init: str = "kaiming_uniform"
@@ -106,7 +115,7 @@ class RunConfig:
     lr_gamma: float = 0.1
     warmup_epochs: float = 0           # linear LR warm-up
     # inner attack (training) and evaluation attack
-    train_attack: str = "pgd"          # pgd | fgsm_rs | free | trades | none
+    train_attack: str = "pgd"          # pgd | fgsm_rs | fgsm_carried (RBRN fast) | free | trades | none
     threat_model: str = "linf"         # linf | l2
     free_repeats: int = 4              # Free AT: replays of each minibatch
     trades_beta: float = 6.0           # TRADES: weight of the KL term
@@ -114,11 +123,12 @@ class RunConfig:
     eps_warmup_epochs: float = 0       # inner attack's eps (and step) ramps linearly from 0
     alpha: Any = "2/255"
     steps: int = 7
-    attack_train_mode: bool = True     # inner attack with BN in train mode, as both seeds do
+    attack_train_mode: bool | None = None  # inner attack's BN mode; None: train (pgd/fgsm, both seeds), eval (trades, RBRN)
     eval_eps: Any = None               # None: eps
     eval_alpha: Any = None             # None: alpha
     eval_steps: int = 20
     eval_restarts: int = 1
+    eval_early_stop: bool = False      # PGD stops perturbing an example once it is misclassified (RST)
     autoattack: str = "none"           # after the search: none | fast (APGD-CE + APGD-T) | standard
     autoattack_examples: int = 1000
     # monitoring
@@ -161,6 +171,24 @@ class RunConfig:
         check_choice("task", self.task, TASKS)
         check_choice("threat_model", self.threat_model, THREAT_MODELS)
         check_choice("autoattack", self.autoattack, AUTOATTACK)
+        check_choice("keep_ratio_schedule", self.keep_ratio_schedule, KEEP_RATIO_SCHEDULES)
+        check_choice("finetune_init", self.finetune_init, FINETUNE_INITS)
+        if self.keep_ratio_schedule == "geometric" and self.keep_ratio_steps < 1:
+            raise ConfigError("keep_ratio_schedule='geometric' needs keep_ratio_steps >= 1 (epochs "
+                              "to shrink from 1 to keep_ratio)")
+        if self.keep_ratio_schedule != "geometric" and (self.keep_ratio_steps
+                                                        or self.keep_ratio_warmup):
+            raise ConfigError("keep_ratio_steps and keep_ratio_warmup belong to "
+                              "keep_ratio_schedule='geometric'")
+        if not 1 <= self.keep_ratio_stages <= self.epochs:
+            raise ConfigError(f"keep_ratio_stages={self.keep_ratio_stages!r} is invalid: it must be "
+                              f"in [1, epochs={self.epochs}]")
+        if not 0.0 < self.discard_rate <= 1.0 or self.discard_every < 1:
+            raise ConfigError(f"discard_rate={self.discard_rate!r} must be in (0, 1] and "
+                              f"discard_every={self.discard_every!r} >= 1")
+        if self.discard_progressive and not self.discard:
+            raise ConfigError("discard_progressive=True needs discard=True (RST: --progressive_prune "
+                              "goes with --discard_mode)")
         if self.task.startswith("finetune") and not self.ticket:
             raise ConfigError(f"task={self.task!r} needs ticket: the path of a ticket.pt to finetune")
         for name in ("ticket", "pretrained"):

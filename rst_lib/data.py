@@ -211,9 +211,10 @@ class TensorBatches:
     """Fast in-memory batches for a TensorDataset (no per-item collation)."""
 
     def __init__(self, ds: TensorDataset, batch_size: int, shuffle: bool, seed: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, with_index: bool = False):
         self.ds, self.batch_size, self.shuffle, self.seed = ds, batch_size, shuffle, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.with_index = rank, world_size, with_index
+        self.dataset = ds
 
     def __len__(self):
         n = -(-len(self.ds) // self.world_size)
@@ -223,18 +224,35 @@ class TensorBatches:
         order = shard_order(len(self.ds), self.shuffle, self.seed, self.rank, self.world_size)
         for i in range(0, len(order), self.batch_size):
             idx = order[i:i + self.batch_size]
-            yield tuple(t[idx] for t in self.ds.tensors)
+            yield tuple(t[idx] for t in self.ds.tensors) + ((idx,) if self.with_index else ())
+
+
+class WithIndex(Dataset):
+    """(x, y, index) items: per-example state (a carried perturbation) needs the index."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return (*self.ds[i], i)
 
 
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-                num_workers: int = 0, rank: int = 0, world_size: int = 1):
+                num_workers: int = 0, rank: int = 0, world_size: int = 1,
+                with_index: bool = False):
     """Batches of (images, labels); ``seed`` fixes the order (use seed + epoch per epoch).
 
     ``rank``/``world_size`` shard the examples for distributed training
-    (``DistributedSampler`` semantics); ``batch_size`` is then per rank.
+    (``DistributedSampler`` semantics); ``batch_size`` is then per rank. ``with_index``
+    adds each example's index in ``ds`` as a third element.
     """
     if isinstance(ds, TensorDataset):
-        return TensorBatches(ds, batch_size, shuffle, seed, rank, world_size)
+        return TensorBatches(ds, batch_size, shuffle, seed, rank, world_size, with_index)
+    if with_index:
+        ds = WithIndex(ds)
     from torch.utils.data.distributed import DistributedSampler
     # DistributedSampler also for one process: the same permutation whatever the world size.
     sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=shuffle,

@@ -175,9 +175,9 @@ class TopKMask(nn.Module):
         self.granularity = granularity
         self.scores = nn.Parameter(torch.empty(score_shape(weight.shape, granularity),
                                                dtype=weight.dtype, device=weight.device))
-        # Entries discarded for good by a shrinking keep-ratio schedule (RST-style discard):
-        # they rank below every other score and never come back. None until first used
-        # (saves a byte per weight); then a bool buffer in the state dict.
+        # RST's discard mode: scores whose gradient is stopped (they still take part in the
+        # top-k). None until first used (saves a byte per weight); then a bool buffer in
+        # the state dict.
         self.register_buffer("discarded", None, persistent=True)
         self._mask: torch.Tensor | None = None
         self._mask_key: tuple | None = None
@@ -200,15 +200,11 @@ class TopKMask(nn.Module):
 
     def mask(self) -> torch.Tensor:
         """The boolean mask (1 byte per score), recomputed only when the scores change."""
-        s, d = self.scores, self.discarded
-        key = (s._version, s.data_ptr(), s.device, s.dtype, self.keep_ratio,
-               None if d is None else (d._version, d.data_ptr()))
+        s = self.scores
+        key = (s._version, s.data_ptr(), s.device, s.dtype, self.keep_ratio)
         if self._mask is None or self._mask_key != key:
             with torch.no_grad():
-                flat = s.detach().abs().flatten()
-                if d is not None and d.any():
-                    flat = flat.masked_fill(d.flatten(), -1.0)  # |s| >= 0 > -1: ranked last
-                self._mask = topk_mask(flat, self.k).view(s.shape)
+                self._mask = topk_mask(s.detach().abs().flatten(), self.k).view(s.shape)
             self._mask_key = key
             self.mask_computations += 1
         return self._mask
@@ -224,14 +220,22 @@ class TopKMask(nn.Module):
             self.scores.copy_(mask)
         self.keep_ratio = kept / mask.numel()  # round(kept / n * n) == kept: k round-trips
 
-    def discard_dropped(self) -> None:
-        """Permanently drop every entry outside the current mask (RST-style discard)."""
-        dropped = ~self.mask()
+    def discard_lowest(self, fraction: float) -> None:
+        """RST's ``discard_low_score``: the lowest ``int(fraction * n)`` |scores| of this layer
+        (all of them ranked, the set recomputed, not accumulated) stop receiving gradient
+        (:meth:`zero_discarded_grad`). They still compete for the mask."""
+        n = self.scores.numel()
+        low = n - int(fraction * n)  # entries kept out of the discarded set
         with torch.no_grad():
-            if self.discarded is None:
-                self.discarded = dropped
-            else:
-                self.discarded |= dropped
+            flat = self.scores.detach().abs().flatten()
+            self.discarded = (~topk_mask(flat, low).view(self.scores.shape) if low > 0 else
+                              torch.ones_like(self.scores, dtype=torch.bool))
+
+    def zero_discarded_grad(self) -> None:
+        """Zero the gradient of discarded scores (call between backward and the optimizer
+        step, as RST's ``clear_low_score_grad``; weight decay and momentum still apply)."""
+        if self.discarded is not None and self.scores.grad is not None:
+            self.scores.grad.masked_fill_(self.discarded, 0.0)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         mask = self.mask()
@@ -389,6 +393,17 @@ def set_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"mask layers differ: model has {sorted(layers)}, got {sorted(masks)}")
     for name, m in layers.items():
         get_mask_param(m).set_mask(masks[name])
+
+
+def discard_low_scores(model: nn.Module, fraction: float) -> None:
+    """RST's discard step on every masked layer, each layer ranked on its own."""
+    for _, layer in masked_layers(model):
+        get_mask_param(layer).discard_lowest(fraction)
+
+
+def zero_discarded_grads(model: nn.Module) -> None:
+    for _, layer in masked_layers(model):
+        get_mask_param(layer).zero_discarded_grad()
 
 
 def set_keep_ratios(model: nn.Module, ratios: dict[str, float]) -> None:

@@ -160,7 +160,8 @@ def make_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
 def lr_factor(cfg: RunConfig, epoch_progress: float) -> float:
     """Multiplier of the base LR at a (fractional) epoch.
 
-    * ``cosine``: half a cosine from 1 to 0 over the run.
+    * ``cosine``: half a cosine from 1 to 0 over the run (over each stage of a ``staged``
+      keep-ratio schedule: RBRN restarts it).
     * ``step`` / ``multistep``: times ``lr_gamma`` at each epoch in ``lr_milestones``.
     * ``cifar_piecewise``: times 0.1 at 50 % and again at 75 % of the epochs (the piecewise
       schedule of Madry et al. / Rice et al. used for CIFAR adversarial training).
@@ -168,7 +169,10 @@ def lr_factor(cfg: RunConfig, epoch_progress: float) -> float:
     ``warmup_epochs`` > 0 ramps linearly from 0 first (the schedule is not shifted).
     """
     e = epoch_progress
-    if cfg.lr_schedule == "cosine":
+    if cfg.lr_schedule == "cosine" and cfg.keep_ratio_schedule == "staged":
+        period = cfg.epochs / cfg.keep_ratio_stages  # RBRN: the cosine restarts every stage
+        f = 0.5 * (1 + math.cos(math.pi * (e % period) / period))
+    elif cfg.lr_schedule == "cosine":
         f = 0.5 * (1 + math.cos(math.pi * e / cfg.epochs))
     elif cfg.lr_schedule in ("step", "multistep"):
         f = cfg.lr_gamma ** sum(e >= m for m in cfg.lr_milestones)
@@ -190,7 +194,7 @@ def eps_factor(cfg: RunConfig, epoch_progress: float) -> float:
 
 
 def scheduled_keep_ratios(final: dict[str, float], epoch: int, warmup: int, steps: int) -> dict:
-    """RBRN's keep-ratio schedule: dense for ``warmup`` epochs, then each layer's ratio
+    """The ``geometric`` schedule: dense for ``warmup`` epochs, then each layer's ratio
     shrinks geometrically from 1 to its final value over ``steps`` epochs."""
     if steps <= 0:
         return dict(final)
@@ -200,13 +204,72 @@ def scheduled_keep_ratios(final: dict[str, float], epoch: int, warmup: int, step
     return {k: r ** t for k, r in final.items()}
 
 
+def staged_keep_ratios(cfg: RunConfig, sizes: dict[str, int], epoch: int) -> dict[str, float]:
+    """RBRN's ``pr_scheduler.py`` (``pr_steps`` = ``keep_ratio_stages`` = S): the epochs are
+    split into S equal stages; stage k (1..S) keeps ``keep_ratio ** (k / S)`` of all weights,
+    re-allocated over the layers with ``adaptive_p``. One stage = the target from the start.
+    (RBRN triggers stages with a float modulo, so a non-integer stage length skips later
+    stages; here stage boundaries are computed exactly.)"""
+    stage = min(cfg.keep_ratio_stages, int(epoch * cfg.keep_ratio_stages // cfg.epochs) + 1)
+    ratio = cfg.keep_ratio ** (stage / cfg.keep_ratio_stages)
+    names = list(sizes)
+    return dict(zip(names, masking.allocate_keep_ratios([sizes[n] for n in names], ratio,
+                                                        cfg.adaptive_p)))
+
+
+def discard_fraction(cfg: RunConfig, epochs_done: int) -> float:
+    """RST's cumulative discard fraction after ``epochs_done`` epochs:
+    ``discard_rate * (epochs_done // discard_every)``, at most 1."""
+    return min(cfg.discard_rate * (epochs_done // cfg.discard_every), 1.0)
+
+
+def keep_ratios_at(cfg: RunConfig, final: dict[str, float], sizes: dict[str, int],
+                   epoch: int) -> dict[str, float] | None:
+    """Per-layer keep ratios for ``epoch`` (0-based) under the configured schedule, or None
+    when the ratios stay as built. RST's progressive discard keeps ``0.9 - discarded``
+    (never below the target; RST itself goes on to 0 kept weights with its defaults)."""
+    if cfg.keep_ratio_schedule == "geometric":
+        return scheduled_keep_ratios(final, epoch, cfg.keep_ratio_warmup, cfg.keep_ratio_steps)
+    if cfg.keep_ratio_schedule == "staged" and cfg.keep_ratio_stages > 1:
+        return staged_keep_ratios(cfg, sizes, epoch)
+    if cfg.discard_progressive:
+        r = discard_fraction(cfg, epoch)
+        return {k: max(0.9 - r, v) for k, v in final.items()}
+    return None
+
+
+def at_target_sparsity(cfg: RunConfig, epoch: int) -> bool:
+    """Only epochs at the final sparsity compete for the best ticket (RBRN keeps the best
+    of the last stage)."""
+    if cfg.keep_ratio_schedule == "geometric":
+        return epoch + 1 >= cfg.keep_ratio_warmup + cfg.keep_ratio_steps
+    if cfg.keep_ratio_schedule == "staged":
+        return int(epoch * cfg.keep_ratio_stages // cfg.epochs) + 1 >= cfg.keep_ratio_stages
+    if cfg.discard_progressive:
+        return 0.9 - discard_fraction(cfg, epoch) <= cfg.keep_ratio + 1e-12
+    return True
+
+
+def make_train_attack(model: nn.Module, cfg: RunConfig, n_examples: int):
+    """The inner attack of ``cfg.train_attack`` (None for ``free`` and ``none``).
+
+    BatchNorm mode (``attack_train_mode`` None): train mode for PGD / FGSM as both seeds do,
+    eval mode for TRADES (RBRN's ``TradesKL`` and the TRADES code call ``model.eval()``)."""
+    if cfg.train_attack in ("free", "none"):
+        return None
+    train_mode = (cfg.train_attack != "trades" if cfg.attack_train_mode is None
+                  else cfg.attack_train_mode)
+    return make_attack(cfg.train_attack, model, cfg.eps, cfg.alpha, cfg.steps,
+                       eval_mode=not train_mode, norm=cfg.threat_model, n_examples=n_examples)
+
+
 # ----------------------------------------------------------------------- the loops
 
 
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg: RunConfig,
                 epoch: int, device: torch.device, progress: bool = True,
                 notes: list[str] | None = None, forward_model: nn.Module | None = None,
-                dist: Distributed | None = None) -> dict:
+                dist: Distributed | None = None, attack=None) -> dict:
     """One epoch on the trainable tensors (scores for a search, weights for finetuning).
 
     Inner attacks: ``pgd``, ``fgsm_rs`` (adversarial examples, then a step on them),
@@ -221,23 +284,25 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg:
     Distributed: ``forward_model`` is the DDP wrapper (it averages the gradients of the
     training step); attacks run on the plain ``model`` of each rank's shard; the returned
     loss and accuracy are reduced over all ranks.
+
+    ``attack``: the inner attack (:func:`make_train_attack`; built here when None). A
+    ``fgsm_carried`` attack keeps state across epochs, so :func:`search` builds it once;
+    its loader yields (x, y, index).
     """
     running = None
     dist = dist or Distributed()
     net = forward_model if forward_model is not None else model
     model.train()
-    attack = None
-    if cfg.train_attack in ("pgd", "fgsm_rs", "trades"):
-        attack = make_attack(cfg.train_attack, model, cfg.eps, cfg.alpha, cfg.steps,
-                             eval_mode=not cfg.attack_train_mode, norm=cfg.threat_model)
+    if attack is None:
+        attack = make_train_attack(model, cfg, len(loader.dataset))
     total = correct = 0
     loss_sum = 0.0
     n_batches = len(loader)
     free_delta = None
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs} train", leave=False,
                disable=not progress)
-    for i, (x, y) in enumerate(bar):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    for i, batch in enumerate(bar):
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch + i / n_batches)
         eps = cfg.eps * eps_factor(cfg, epoch + i / n_batches)
@@ -253,11 +318,18 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg:
                 _check_finite(loss, epoch, i)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.discard:
+                    masking.zero_discarded_grads(model)
                 optimizer.step()
                 step = lp_step(free_delta.grad, eps, cfg.threat_model)
                 free_delta = project(x, free_delta.detach() + step, eps, cfg.threat_model)
         else:
-            x_in = attack(x, y) if attack is not None else x  # masks computed once, reused
+            if attack is None:
+                x_in = x
+            elif cfg.train_attack == "fgsm_carried":
+                x_in = attack(x, y, batch[2])  # each example's perturbation carries over
+            else:
+                x_in = attack(x, y)  # masks computed once, reused by every attack step
             if cfg.train_attack == "trades":
                 # Separate passes, as the TRADES code does (BN statistics of each batch). Only
                 # one goes through DDP; both gradients sum before its hooks fire.
@@ -271,6 +343,8 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg:
             _check_finite(loss, epoch, i)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.discard:
+                masking.zero_discarded_grads(model)  # RST: discarded scores get no gradient
             optimizer.step()  # scores change -> masks are recomputed on the next forward
         value = loss.item()
         if cfg.loss_jump_factor and running is not None and value > cfg.loss_jump_factor * running:
@@ -413,8 +487,9 @@ def build_search(cfg: RunConfig, data: DataBundle | None = None, device=None):
 
     * ``search``: masked random network (weights from ``pretrained`` if given); scores train.
     * ``finetune``: the ticket's mask fixed, its inherited weights train.
-    * ``finetune_reinit``: the ticket's mask fixed, weights re-drawn with the same init
-      scheme from seed ``cfg.seed + 1`` (a different random network), then trained.
+    * ``finetune_reinit``: the ticket's mask fixed, weights re-drawn with ``finetune_init``
+      (RST's ``--ft_init``, default ``kaiming_normal``; ``same``: the ticket's own scheme)
+      from the ticket's seed + 1 (a different random network), then trained.
     * ``finetune_full``: the ticket's masked weights as a dense network, all weights train.
     * ``dense``: the dense network, all weights train (adversarial training baseline).
     * ``bnn``: dense binary weights (sign of trained latent weights; RBRN's BNN baseline).
@@ -447,7 +522,8 @@ def build_search(cfg: RunConfig, data: DataBundle | None = None, device=None):
         return data, model.to(device)
     if cfg.task == "finetune_reinit":
         masks = masking.get_masks(ticket)
-        ticket = build_model(dataclasses.replace(t, seed=t.seed + 1))
+        init = t.weight_init if cfg.finetune_init == "same" else cfg.finetune_init
+        ticket = build_model(dataclasses.replace(t, seed=t.seed + 1, weight_init=init))
         masking.set_masks(ticket, masks)
     for _, layer in masking.masked_layers(ticket):
         masking.get_mask_param(layer).scores.requires_grad_(False)  # the mask stays fixed
@@ -465,7 +541,7 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def eval_attacks(model: nn.Module, cfg: RunConfig) -> dict:
     return {"pgd": PGD(model, cfg.eval_eps_value, cfg.eval_alpha_value, cfg.eval_steps,
-                       cfg.eval_restarts, norm=cfg.threat_model)}
+                       cfg.eval_restarts, norm=cfg.threat_model, early_stop=cfg.eval_early_stop)}
 
 
 def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: bool = True,
@@ -513,6 +589,8 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
                                 rank=dist.rank, world_size=dist.world_size)
     optimizer = make_optimizer(trainable_parameters(model), cfg)
     final_ratios = masking.keep_ratios(model)
+    layer_sizes = {n: masking.raw_weight(m).numel() for n, m in masking.masked_layers(model)}
+    train_attack = make_train_attack(model, cfg, len(train_set))
     forward_model = model
     if dist.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -554,25 +632,26 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
                   desc=cfg.name, unit="epoch", disable=not (progress and dist.main),
                   initial=start_epoch, total=cfg.epochs)
     for epoch in epochs:
-        if cfg.keep_ratio_steps:
-            masking.set_keep_ratios(model, scheduled_keep_ratios(
-                final_ratios, epoch, cfg.keep_ratio_warmup, cfg.keep_ratio_steps))
+        ratios = keep_ratios_at(cfg, final_ratios, layer_sizes, epoch)
+        if ratios is not None:
+            masking.set_keep_ratios(model, ratios)
         loader = make_loader(train_set, cfg.batch_size // dist.world_size, shuffle=True,
                              seed=cfg.seed * 100_003 + epoch, rank=dist.rank,
-                             world_size=dist.world_size)
+                             world_size=dist.world_size,
+                             with_index=cfg.train_attack == "fgsm_carried")
         t_epoch = time.time()
         row = {"epoch": epoch + 1}
         try:
             row.update(train_epoch(model, loader, optimizer, cfg, epoch, device,
-                                   progress and dist.main, notes, forward_model, dist))
+                                   progress and dist.main, notes, forward_model, dist,
+                                   train_attack))
         except FloatingPointError as e:
             if writer is not None:
                 write_json(writer / "metrics.json", _metrics(
                     cfg, model, history, best, notes + [str(e)], time.time() - t0, "failed"))
             raise
-        if cfg.discard:
-            for _, layer in masking.masked_layers(model):
-                masking.get_mask_param(layer).discard_dropped()
+        if cfg.discard and (epoch + 1) % cfg.discard_every == 0:
+            masking.discard_low_scores(model, discard_fraction(cfg, epoch + 1))
         row.update(evaluate(model, select_loader, device, eval_attacks(model, cfg),
                             progress and dist.main, desc=f"{select_split} check", dist=dist,
                             num_classes=data.num_classes))
@@ -590,10 +669,7 @@ def search(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: b
                 warnings.warn(msg, CollapseWarning, stacklevel=2)
             if cfg.stop_on_collapse:
                 stopped = {"epoch": epoch + 1, "reason": "collapse", "message": msg}
-        # During a keep-ratio schedule only the final sparsity competes for "best".
-        at_target = (not cfg.keep_ratio_steps
-                     or epoch + 1 >= cfg.keep_ratio_warmup + cfg.keep_ratio_steps)
-        if at_target and merit(row) > merit(best):
+        if at_target_sparsity(cfg, epoch) and merit(row) > merit(best):
             best = {k: row[k] for k in ("epoch", "clean_acc", "pgd_acc")}
             best.update(split=select_split, examples=row["eval_examples"])
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

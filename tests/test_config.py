@@ -8,7 +8,7 @@ from rst_lib.config import ConfigError, RunConfig, load_config, parse_override
     ({"keep_ratio": 1.5}, r"keep_ratio=1.5"),
     ({"model": "resnet9000"}, r"model='resnet9000' is invalid: valid choices are .*conv4"),
     ({"dataset": "imagenet1k"}, r"dataset='imagenet1k' is invalid: valid choices are .*mnist5k"),
-    ({"train_attack": "cw"}, r"train_attack='cw' is invalid: valid choices are pgd, fgsm_rs, free, trades, none"),
+    ({"train_attack": "cw"}, r"train_attack='cw' is invalid: valid choices are pgd, fgsm_rs, fgsm_carried, free, trades, none"),
     ({"weight_init": "zeros"}, r"weight_init='zeros' is invalid: valid choices are signed_constant.*binary"),
     ({"score_init": "normal"}, r"score_init='normal' is invalid"),
     ({"eps": -0.1}, r"eps=-0.1 is invalid: it must be >= 0"),

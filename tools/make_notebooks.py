@@ -454,30 +454,51 @@ from rst_lib.plots import plot_transfer_matrix
 """ + TICKETS_CELL % "03_transferability"),
     new_markdown_cell("## 1. The tickets"),
     new_code_cell(GET_TICKETS),
-    new_markdown_cell("## 2. Transfer matrix (PGD crafted on the row, evaluated on the column)"),
+    new_markdown_cell("""## 2. Transfer matrices (PGD crafted on the row, evaluated on the column)
+
+Two attacks on the source ticket: **full-step** PGD runs all steps on every input;
+**early-stop** PGD stops perturbing an input as soon as the *source* misclassifies it, as
+RST's `test_trans.py` does. Early-stop examples are the least perturbed ones that fool
+the source, so they transfer less: RST's "poor transferability" is measured this way."""),
     new_code_cell("""loader = make_loader(fixed_subset(data.test, transfer_examples), cfg.eval_batch_size)
 eps_, alpha_ = cfg.eval_eps_value, cfg.eval_alpha_value
-result = transfer_matrix(members, loader, lambda m: PGD(m, eps_, alpha_, cfg.eval_steps, cfg.eval_restarts),
-                         device, progress, seed=cfg.seed)
-write_json(run_dir / "transfer.json", result)
-plot_transfer_matrix(result, f"PGD-{cfg.eval_steps}, eps={eps_:.4g}, {result['n']} test inputs");"""),
-    new_code_cell("""k = len(result["names"])
-rows = [{"ticket": n, "clean_acc": result["clean"][i], "whitebox_acc": result["matrix"][i][i],
-         "transfer_in_acc": (sum(result["matrix"][j][i] for j in range(k) if j != i) / (k - 1)) if k > 1 else None}
-        for i, n in enumerate(result["names"])]
+results = {}
+for variant, early in (("full-step", False), ("early-stop", True)):
+    results[variant] = transfer_matrix(
+        members, loader, lambda m: PGD(m, eps_, alpha_, cfg.eval_steps, cfg.eval_restarts, early_stop=early),
+        device, progress, seed=cfg.seed)
+write_json(run_dir / "transfer.json", results)
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+for ax, (variant, res) in zip(axes, results.items()):
+    plot_transfer_matrix(res, f"{variant} PGD-{cfg.eval_steps}, eps={eps_:.4g}, {res['n']} test inputs", ax=ax)
+plt.tight_layout()"""),
+    new_code_cell("""k = len(members)
+rows = []
+for variant, res in results.items():
+    for i, n in enumerate(res["names"]):
+        rows.append({"attack": variant, "ticket": n, "clean_acc": res["clean"][i], "whitebox_acc": res["matrix"][i][i],
+                     "transfer_in_acc": (sum(res["matrix"][j][i] for j in range(k) if j != i) / (k - 1)) if k > 1 else None})
 display(Markdown(markdown_table(rows)))"""),
     new_markdown_cell("## 3. Summary"),
-    new_code_cell("""diag = sum(r["whitebox_acc"] for r in rows) / k
-off = (sum(result["matrix"][i][j] for i in range(k) for j in range(k) if i != j) / (k * (k - 1))) if k > 1 else None
+    new_code_cell("""def diagonal_and_off(res):
+    diag = sum(res["matrix"][i][i] for i in range(k)) / k
+    off = (sum(res["matrix"][i][j] for i in range(k) for j in range(k) if i != j) / (k * (k - 1))) if k > 1 else None
+    return diag, off
+
+means = {variant: diagonal_and_off(res) for variant, res in results.items()}
+diag, off = means["full-step"]
 write_summary(run_dir, {"dataset": cfg.dataset, "model": next(iter(members.values())).config.name,
-                        "clean_acc": sum(result["clean"]) / k, "pgd_acc": diag, "transfer_acc": off},
+                        "clean_acc": sum(results["full-step"]["clean"]) / k, "pgd_acc": diag, "transfer_acc": off,
+                        "transfer_acc_early_stop": means["early-stop"][1], "examples": results["full-step"]["n"]},
               tickets=[str(p) for p in paths], rows=rows)
-display(Markdown(
-    f"{k} tickets of one random network. White-box PGD leaves {diag:.1%} accuracy on average; "
-    + (f"the same examples crafted on *another* ticket leave **{off:.1%}**. "
-       + ("Adversarial examples transfer poorly between these tickets." if off > diag + 0.05 else
-          "They transfer well here: a random switch among these tickets will not help much.")
-       if off is not None else "give at least two tickets for transfer numbers.")))"""),
+lines = [f"{k} tickets of one random network, {results['full-step']['n']} test inputs."]
+for variant, (d, o) in means.items():
+    if o is None:
+        lines.append("Give at least two tickets for transfer numbers.")
+        break
+    lines.append(f"**{variant}** PGD: white-box {d:.1%} on average, crafted on *another* ticket **{o:.1%}** "
+                 + ("(poor transfer)." if o > d + 0.05 else "(transfers well: a random switch will not help much)."))
+display(Markdown("\\n\\n".join(lines)))"""),
 ]
 
 # ------------------------------------------------------------------------------ 04_r2s
