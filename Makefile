@@ -28,7 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 notebooks: $(STAMP)
-	$(BIN)/python tools/make_notebooks.py
+	$(BIN)/jupytext --sync notebooks/*.py
 
 clean-venv:
 	rm -rf $(VENV)

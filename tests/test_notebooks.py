@@ -44,14 +44,28 @@ def test_notebook_suite_is_complete():
             assert (ROOT / "params" / nb.stem / name).is_file(), f"params/{nb.stem}/{name}"
 
 
-def test_notebooks_are_generated_by_make_notebooks(tmp_path):
-    """tools/make_notebooks.py is the source: the committed notebooks match its output."""
-    script = (ROOT / "tools" / "make_notebooks.py").read_text().replace(
-        'ROOT / "notebooks"', f'Path({str(tmp_path)!r})')
-    (tmp_path / "make.py").write_text(script)
-    subprocess.run([sys.executable, str(tmp_path / "make.py")], check=True, cwd=ROOT)
-    for nb in NOTEBOOKS:
-        assert nbformat.read(tmp_path / nb.name, 4) == nbformat.read(nb, 4), nb.name
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_and_its_py_percent_twin_are_in_sync(path):
+    """The py:percent twin is the reviewed source (jupytext.toml pairs them): both hold the
+    same cells, and the notebook names the project's kernel."""
+    import jupytext
+    twin = path.with_suffix(".py")
+    assert twin.is_file(), f"{twin.name} missing: run `make notebooks` (jupytext --sync)"
+    a, b = nbformat.read(path, as_version=4), jupytext.read(twin)
+    assert [(c.cell_type, c.source) for c in a.cells] == [(c.cell_type, c.source) for c in b.cells]
+    assert [c.metadata.get("tags", []) for c in a.cells] == \
+        [c.metadata.get("tags", []) for c in b.cells]
+    assert a.metadata["kernelspec"]["name"] == b.metadata["kernelspec"]["name"] == "rst-workbook"
+    assert "# %%" in twin.read_text()
+
+
+def test_no_notebook_code_outside_the_notebooks():
+    """Notebook cells live in notebooks/*.py (and their .ipynb pairs), not in generators."""
+    for py in ROOT.rglob("*.py"):
+        if any(part in (".venv", ".git", "notebooks", "tests") for part in py.relative_to(ROOT).parts):
+            continue
+        text = py.read_text()
+        assert "new_code_cell" not in text and "nbformat.v4" not in text, py
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
