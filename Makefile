@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 notebooks: $(STAMP)
+	$(BIN)/python -m rst_lib.workbook
 	$(BIN)/jupytext --sync notebooks/*.py
 
 clean-venv:

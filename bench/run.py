@@ -252,7 +252,7 @@ def bench_ticket(args, rows: list[Row]) -> None:
 def bench_cifar10(args, rows: list[Row]) -> None:
     import torch
 
-    from rst_lib import RunConfig, search
+    from rst_lib import RunConfig, train
     from rst_lib.tickets import checkpoint_size_bytes
     data_dir = Path(args.cifar_dir)
     if not (data_dir / "train").is_dir():
@@ -274,7 +274,7 @@ def bench_cifar10(args, rows: list[Row]) -> None:
     cfg = RunConfig(**params)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = search(cfg, run_dir=tmp, progress=False)
+        res = train(cfg, run_dir=tmp, progress=False)
         wall = time.perf_counter() - t0
         ticket_bytes = Path(res.ticket_path).stat().st_size if res.ticket_path else None
     best = res.best

@@ -1,7 +1,7 @@
 """The measured work: one adversarial search step and one PGD-20 evaluation batch, in the
 three versions compared by the benchmarks.
 
-* ``ours``: the library path, exactly what ``rst_lib.train.train_epoch`` / ``evaluate`` do:
+* ``ours``: the library path, exactly what ``rst_lib.training.train_epoch`` / ``evaluate`` do:
   ``PGD(model, eps, alpha, steps, eval_mode=False)(x, y)`` (masks frozen for the attack),
   then forward, cross-entropy, backward and ``optimizer.step()`` on the score parameters.
 * ``seed``: the seed-style baseline of :mod:`seed_style` (full sort on every forward, the
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import rst_lib
 from rst_lib import masking
 from rst_lib.attacks import PGD
-from rst_lib.train import evaluate
+from rst_lib.evaluation import evaluate
 
 import seed_style
 
@@ -242,7 +242,7 @@ class Workload:
     def search_step(self, steps: int = 10) -> float:
         """PGD-``steps`` inner attack (BN in train mode) + one optimizer step; the loss.
 
-        ``ours``/``dense`` do what ``rst_lib.train.train_epoch`` does for one batch."""
+        ``ours``/``dense`` do what ``rst_lib.training.train_epoch`` does for one batch."""
         self.model.train()
         with self._ctx():
             x_adv = self._attack(steps, eval_mode=False, alpha=ALPHA)
@@ -256,7 +256,7 @@ class Workload:
     def eval_batch(self, steps: int = 20) -> float:
         """Clean + PGD-``steps`` accuracy of the batch (eval mode); returns the robust accuracy.
 
-        ``ours`` is ``rst_lib.train.evaluate`` (masks frozen once for the whole batch)."""
+        ``ours`` is ``rst_lib.evaluation.evaluate`` (masks frozen once for the whole batch)."""
         self.model.eval()
         with self._ctx():
             if not self.variant.startswith("seed"):

@@ -28,92 +28,119 @@
 # runs override them from `params/quickstart.yaml`.
 
 # %% tags=["parameters"]
-# Parameters (papermill overrides this cell; see rst_lib.RunConfig for all fields)
-name = "quickstart"
-run_dir = None            # None: a new folder under outputs/00_quickstart/
-seed = 0
-device = "auto"
-dataset = "mnist5k"
-model = "conv4"
-width = 0.5
-keep_ratio = 0.1          # fraction of weights KEPT in every layer
-end_with_bn = True        # RBRN's last BatchNorm on the logits
-epochs = 5
-lr = 0.1
-train_attack = "fgsm_rs"  # fgsm_rs | pgd | none
-eps = 0.3
-alpha = 0.375             # FGSM-RS step: 1.25 * eps (Wong et al., 2020)
-eval_alpha = 0.0375       # PGD-20 step for evaluation: eps / 8
-eval_steps = 20
-eval_examples = 250       # test examples for the per-epoch PGD check
-final_examples = None     # test examples for the final table (None: all 1,000)
-progress = True
+# Parameters (papermill overrides them; `rst-workbook params 00_quickstart` explains each)
+name = None                 # run name: the folder is <name>-<time> (None: the notebook's name)
+run_dir = None              # the run folder (None: a new one under outputs/<notebook>/) [path]
+progress = True             # progress bars
+seed = 0                    # seed of the random weights, the validation split and the attacks
+device = "auto"             # auto | cpu | cuda | cuda:N
+# --- data
+dataset = "mnist5k"         # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
+val_fraction = 0.02         # training split held out to pick the best epoch (RBRN 2 %); 0: pick on test [fraction]
+eval_examples = None        # validation examples of the per-epoch check (None: all) [examples]
+final_examples = None       # test examples of the final numbers (None: all) [examples]
+# --- model
+model = "conv4"             # conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2
+width = 0.25                # channel multiplier
+keep_ratio = 0.1            # fraction of the weights KEPT (RBRN's --prune-rate) [fraction]
+end_with_bn = True          # RBRN's last BatchNorm on the logits
+# --- optimization
+epochs = 5                  # training epochs [epochs]
+lr = 0.1                    # base learning rate
+warmup_epochs = 0           # linear LR warm-up [epochs]
+# --- training attack
+train_attack = "fgsm_rs"    # pgd | fgsm_rs | fgsm_carried (RBRN fast) | free | trades | none (natural)
+eps = 0.3                   # attack budget ('8/255' works) [pixels in [0, 1]]
+eps_warmup_epochs = 0       # the training attack's eps (and step) ramps up from 0 [epochs]
+alpha = 0.375               # training attack step (FGSM-RS: 1.25 x eps) [pixels in [0, 1]]
+steps = 7                   # PGD / TRADES steps of the training attack
+# --- evaluation
+eval_alpha = 0.0375         # PGD step of the evaluation (None: alpha) [pixels in [0, 1]]
+eval_steps = 20             # PGD steps of the evaluation
+autoattack = "fast"         # final AutoAttack: none | fast (APGD-CE + APGD-T) | standard
+autoattack_examples = 1000  # test examples of the final AutoAttack [examples]
+masking_checks = True       # the gradient-masking checks of Carlini et al. (2019) on the final ticket
+masking_examples = 500      # test inputs of the masking checks (None: all) [examples]
+masking_more_steps = 100    # PGD steps of the 'more steps' check
+masking_restarts = 5        # restarts of the 'restarts' check
 
 # %%
-import json
-from pathlib import Path
-
-import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-import rst_lib
-from rst_lib import RunConfig, search
+from rst_lib import train
 from rst_lib.controls import compare_models, natural_control, random_mask_control
+from rst_lib.evaluation import final_checks
+from rst_lib.notebook_support import (checks_markdown, config_from, ensure_run_dir, final_table,
+                                      write_summary)
 from rst_lib.plots import markdown_table, plot_comparison, plot_history, plot_keep_ratios
-from rst_lib.train import new_run_dir, write_json
 
-# Everything is checked here, before any compute starts.
-cfg = RunConfig.from_dict(dict(
-    name=name, seed=seed, device=device, dataset=dataset, model=model, width=width,
-    keep_ratio=keep_ratio, end_with_bn=end_with_bn, epochs=epochs, lr=lr,
-    train_attack=train_attack, eps=eps, alpha=alpha, eval_alpha=eval_alpha,
-    eval_steps=eval_steps, eval_examples=eval_examples))
-run_dir = Path(run_dir) if run_dir else new_run_dir("../outputs/00_quickstart", name)
+cfg = config_from(globals())  # every parameter is checked here, before any compute starts
+run_dir = ensure_run_dir(run_dir, "00_quickstart", name)
 print("run directory:", run_dir)
 
 # %% [markdown]
 # ## 1. Search the robust ticket (scores only; weights stay random)
+# The best epoch is chosen on a validation split held out of the training digits; the
+# test digits are read once, at the end.
 
 # %%
-robust = search(cfg, run_dir, progress=progress)
-print(f"best epoch {robust.best['epoch']}: clean {robust.best['clean_acc']:.1%}, "
-      f"PGD-{cfg.eval_steps} {robust.best['pgd_acc']:.1%}  ->  ticket: {robust.ticket_path}")
-plot_history(robust.history, "robust ticket");
+robust = train(cfg, run_dir, progress=progress)
+print(f"best epoch {robust.best['epoch']} (validation, {robust.best['examples']} digits): "
+      f"clean {robust.best['clean_acc']:.1%}, PGD-{cfg.eval_steps} {robust.best['pgd_acc']:.1%}")
+plot_history(robust.history, "robust ticket (validation split)");
 
 # %%
 plot_keep_ratios(robust.model, f"kept fraction per layer (keep_ratio={cfg.keep_ratio})");
 
 # %% [markdown]
-# ## 2. Controls under the same attack
+# ## 2. Controls under the same attacks
 # A random mask over the same random weights, and natural edge-popup (no attack during the
-# search), each evaluated on the same test inputs with the same PGD attack.
+# search): each evaluated on the same test digits with the same PGD and AutoAttack.
 
 # %%
 natural = natural_control(cfg, robust.data, run_dir / "natural", progress=progress)
-random_mask = random_mask_control(cfg, robust.data)
-rows = compare_models({"robust ticket": robust.model, "natural ticket": natural.model,
-                       "random mask": random_mask}, cfg, robust.data, final_examples, progress)
-display(Markdown(markdown_table(rows)))
-plot_comparison(rows, f"PGD-{cfg.eval_steps}, eps={cfg.eps:g}, keep ratio {cfg.keep_ratio:g}");
+controls = compare_models({"random mask": random_mask_control(cfg, robust.data)}, cfg,
+                          robust.data, progress)
+rows = [{"model": "robust ticket", **robust.final}, {"model": "natural ticket", **natural.final},
+        *controls]
+display(Markdown(markdown_table(final_table(rows))))
+plot_comparison(rows, f"eps={cfg.eval_eps_value:g}, keep ratio {cfg.keep_ratio:g}, "
+                f"{robust.final['examples']} test digits");
 
 # %% [markdown]
-# ## 3. Summary
+# ## 3. Is the robustness real? Gradient-masking checks
+# PGD can overstate robustness when gradients are uninformative (Carlini et al., 2019).
+# Each check below measures one sign of it on the robust ticket; a flag means "do not
+# trust the PGD number".
+
+# %%
+checks = (final_checks(robust.model, cfg, robust.data, robust.final, masking_examples,
+                       masking_more_steps, masking_restarts, progress) if masking_checks else None)
+display(Markdown(checks_markdown(checks)))
+
+# %% [markdown]
+# ## 4. Summary
 
 # %%
 by_name = {r["model"]: r for r in rows}
-beats = all(by_name["robust ticket"]["pgd_acc"] > by_name[c]["pgd_acc"]
-            for c in ("natural ticket", "random mask"))
-summary = {"final": rows, "robust_beats_controls": beats, "best_epoch": robust.best,
-           "warnings": robust.warnings + natural.warnings}
-write_json(run_dir / "summary.json", summary)
+ticket = by_name["robust ticket"]
+beats = all(ticket["robust_acc"] > by_name[c]["robust_acc"] for c in ("natural ticket", "random mask"))
+flags = checks["flags"] if checks else []
+write_summary(run_dir, {**ticket, "dataset": cfg.dataset, "model": cfg.model,
+                        "keep_ratio": cfg.keep_ratio, "masking_flags": len(flags)},
+              final=rows, masking_checks=checks, robust_beats_controls=beats,
+              best_epoch=robust.best, warnings=robust.warnings + natural.warnings)
 display(Markdown(
-    f"**Robust ticket**: {by_name['robust ticket']['pgd_acc']:.1%} PGD-{cfg.eval_steps} accuracy "
-    f"at eps={cfg.eps:g} with {cfg.keep_ratio:.0%} of the random weights kept and none trained; "
-    f"natural ticket {by_name['natural ticket']['pgd_acc']:.1%}, random mask "
-    f"{by_name['random mask']['pgd_acc']:.1%}. "
-    + ("The robust ticket beats both controls." if beats else
-       "**The robust ticket does not beat both controls in this run.**")
+    f"**Robust ticket: {ticket['robust_acc']:.1%} under {ticket['robust_attack']}** at "
+    f"eps={cfg.eval_eps_value:g} on {ticket['robust_examples']} test digits, with "
+    f"{cfg.keep_ratio:.0%} of the random weights kept and none trained "
+    f"({ticket['pgd']} {ticket['pgd_acc']:.1%}); natural ticket "
+    f"{by_name['natural ticket']['robust_acc']:.1%}, random mask {by_name['random mask']['robust_acc']:.1%}. "
+    + ("The robust ticket beats both controls. " if beats else
+       "**The robust ticket does not beat both controls in this run.** ")
+    + (f"**Gradient-masking flags: {'; '.join(flags)}**" if flags else
+       "No gradient-masking flag." if checks else "")
     + "\n\nFiles: `metrics.json` (per-epoch history), `ticket.pt` (load with "
       "`rst_lib.load_ticket`), `summary.json`."))
-for w in summary["warnings"]:
+for w in robust.warnings + natural.warnings:
     print("WARNING:", w)

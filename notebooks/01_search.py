@@ -27,138 +27,160 @@
 # pass this run's folder as `ticket` (02, 06) or in `tickets` (03, 04, 05).
 
 # %% tags=["parameters"]
-# Parameters (papermill overrides this cell; see params/01_search/*.yaml)
-name = "search"
-run_dir = None             # None: a new folder under outputs/01_search/ (batch runs pass one)
-progress = True            # progress bars
-resume = True              # continue a search already in run_dir (its last.pt)
-final_examples = 1000      # test examples of the final table (None: the whole test split)
-# --- the random network and the search (rst_lib.RunConfig fields)
-dataset = "mnist5k"        # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
-data_dir = None            # where torchvision data lives (None: $RST_DATA_DIR or data/)
-download = False
-train_examples = None      # None: the whole training split
-eval_examples = 250        # test examples of the per-epoch check (None: all)
-batch_size = 128
-eval_batch_size = 500
-augment = True
-seed = 0                   # seed of the random weights (one seed: one random network)
-device = "auto"
-model = "conv4"            # conv2/4/6, resnet18, preact_resnet18, resnet34, wide_resnet, ...
-model_kwargs = {}
-width = 0.25
-keep_ratio = 0.1           # fraction of weights KEPT (RBRN's --prune-rate)
-adaptive_p = 1.0           # RBRN's p: layer keep ratio ~ size^(p-1); 1: uniform
-weight_init = "signed_constant"  # signed_constant (RST) | binary (RBRN) | kaiming_normal
-scale_fan = True
-score_init = "kaiming_uniform"
-score_init_scale = 0.01
-score_fan_mode = "none"
-norm = "bn"
-bn_affine = False
-end_with_bn = True         # RBRN's last BatchNorm on the logits
-granularity = "weight"     # weight | kernel | filter | row
-keep_ratio_warmup = 0      # RBRN's schedule: dense epochs first
-keep_ratio_steps = 0       # epochs to shrink to keep_ratio (0: off)
-discard = False
-dense_first = False
-dense_last = False
-pretrained = None          # a trained dense checkpoint to search in (RST's RTT)
-epochs = 5
-optimizer = "sgd"
-lr = 0.1
-momentum = 0.9
-weight_decay = 5e-4
-lr_schedule = "cosine"     # cosine | step | multistep | cifar_piecewise | constant
-lr_milestones = []
-lr_gamma = 0.1
-warmup_epochs = 0
-train_attack = "fgsm_rs"   # pgd | fgsm_rs | free | trades | none (natural edge-popup)
-threat_model = "linf"      # linf | l2
-free_repeats = 4
-trades_beta = 6.0
-attack_train_mode = True
-eps = 0.3                  # L-inf budget in [0, 1] pixels ('8/255' works)
-alpha = 0.375              # training attack step (FGSM-RS: 1.25 * eps)
-steps = 7                  # PGD steps of the training attack
-eval_alpha = 0.0375        # PGD step for evaluation (eps / 8)
-eval_steps = 20
-eval_restarts = 1
-eval_eps = None            # None: eps
-autoattack = "fast"        # on the final ticket: none | fast (APGD-CE + APGD-T) | standard
-autoattack_examples = 200
-collapse_patience = 2
+# Parameters (papermill overrides them; `rst-workbook params 01_search` explains each)
+name = None                   # run name: the folder is <name>-<time> (None: the notebook's name)
+run_dir = None                # the run folder (None: a new one under outputs/<notebook>/) [path]
+progress = True               # progress bars
+resume = True                 # continue trainings already in run_dir (their last.pt)
+task = "search"               # search | finetune | finetune_reinit | finetune_full | dense | bnn
+ticket = None                 # a ticket.pt or a run folder (finetune tasks; 02 and 06 take it too) [path]
+finetune_init = "kaiming_normal"  # finetune_reinit draws weights so (RST --ft_init); same: the ticket's scheme
+pretrained = None             # trained dense checkpoint to search in (robust trained tickets) [path]
+seed = 0                      # seed of the random weights, the validation split and the attacks
+device = "auto"               # auto | cpu | cuda | cuda:N
+channels_last = False         # NHWC conv layout (faster on an idle CPU, slower on a busy one)
+# --- data
+dataset = "mnist5k"           # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
+data_dir = None               # where the data lives (None: $RST_DATA_DIR or data/) [path]
+download = False              # let torchvision download a missing dataset
+train_examples = None         # training examples used (None: all but the validation split) [examples]
+val_fraction = 0.02           # training split held out to pick the best epoch (RBRN 2 %); 0: pick on test [fraction]
+eval_examples = None          # validation examples of the per-epoch check (None: all) [examples]
+final_examples = None         # test examples of the final numbers (None: all) [examples]
+batch_size = 128              # training batch (the global batch under torchrun) [examples]
+eval_batch_size = 500         # evaluation batch [examples]
+augment = True                # random crop + flip (32x32 color data only)
+# --- model
+model = "conv4"               # conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2
+model_kwargs = {}             # extra model arguments, e.g. {depth: 28, widen_factor: 10}
+width = 0.25                  # channel multiplier
+keep_ratio = 0.1              # fraction of the weights KEPT (RBRN's --prune-rate) [fraction]
+adaptive_p = 1.0              # RBRN's p: a layer keeps ~ size^(p-1); 1: the same ratio everywhere
+granularity = "weight"        # what one score gates: weight | kernel | filter | row
+keep_ratio_schedule = "none"  # none | staged (RBRN pr_steps) | geometric (per epoch)
+keep_ratio_stages = 1         # staged: stage k of S keeps keep_ratio^(k/S); the cosine LR restarts
+keep_ratio_warmup = 0         # geometric: dense epochs before shrinking [epochs]
+keep_ratio_steps = 0          # geometric: epochs to shrink from 1 to keep_ratio [epochs]
+discard = False               # RST discard mode: the lowest scores stop getting gradient
+discard_every = 10            # RST --discard_epoch: epochs between discards [epochs]
+discard_rate = 0.1            # RST --discard_rate: scores discarded per discard [fraction]
+discard_progressive = False   # RST --progressive_prune: keep 0.9 - discarded (not below keep_ratio)
+weight_init = "signed_constant"  # signed_constant (RST) | binary (RBRN) | kaiming_normal | ...
+scale_fan = True              # weight scale uses fan x keep ratio (RBRN's correct init)
+score_init = "kaiming_uniform"  # kaiming_uniform (RST) | uniform (U(-a, a), RBRN)
+score_init_scale = 0.01       # a of the uniform score init
+score_fan_mode = "none"       # uniform scores divided by sqrt(fan): none | all | except_last | only_last
+norm = "bn"                   # bn | none
+bn_affine = False             # affine BatchNorm (both seeds: non-affine)
+end_with_bn = True            # RBRN's last BatchNorm on the logits
+dense_first = False           # keep the first layer dense (unmasked)
+dense_last = False            # keep the last layer dense (unmasked)
+# --- optimization
+epochs = 5                    # training epochs [epochs]
+optimizer = "sgd"             # sgd | adam
+lr = 0.1                      # base learning rate
+momentum = 0.9                # SGD momentum
+weight_decay = 0.0005         # weight decay (on the scores in a search, as both seeds)
+lr_schedule = "cosine"        # cosine | step | multistep | cifar_piecewise | constant
+lr_milestones = []            # step / multistep: epochs where the LR is multiplied by lr_gamma [epochs]
+lr_gamma = 0.1                # step / multistep LR factor
+warmup_epochs = 0             # linear LR warm-up [epochs]
+# --- training attack
+train_attack = "fgsm_rs"      # pgd | fgsm_rs | fgsm_carried (RBRN fast) | free | trades | none (natural)
+threat_model = "linf"         # linf | l2
+free_repeats = 4              # Free AT: replays of each minibatch
+trades_beta = 6.0             # TRADES: weight of the KL term
+eps = 0.3                     # attack budget ('8/255' works) [pixels in [0, 1]]
+eps_warmup_epochs = 0         # the training attack's eps (and step) ramps up from 0 [epochs]
+alpha = 0.375                 # training attack step (FGSM-RS: 1.25 x eps) [pixels in [0, 1]]
+steps = 7                     # PGD / TRADES steps of the training attack
+attack_train_mode = None      # BN mode of the training attack (None: train; eval for trades)
+# --- evaluation
+eval_eps = None               # evaluation budget (None: eps) [pixels in [0, 1]]
+eval_alpha = 0.0375           # PGD step of the evaluation (None: alpha) [pixels in [0, 1]]
+eval_steps = 20               # PGD steps of the evaluation
+eval_restarts = 1             # PGD restarts of the evaluation
+eval_early_stop = False       # PGD stops on an example once it is misclassified (RST)
+autoattack = "fast"           # final AutoAttack: none | fast (APGD-CE + APGD-T) | standard
+autoattack_examples = 1000    # test examples of the final AutoAttack [examples]
+# --- monitoring
+collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse [epochs]
+stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
+loss_jump_factor = None       # debug: warn when a batch loss exceeds factor x its running mean
+# --- checks
+masking_checks = True         # the gradient-masking checks of Carlini et al. (2019) on the final ticket
+masking_examples = 500        # test inputs of the masking checks (None: all) [examples]
+masking_more_steps = 100      # PGD steps of the 'more steps' check
+masking_restarts = 5          # restarts of the 'restarts' check
 
 # %%
-from pathlib import Path
+from IPython.display import Markdown, display
 
-import matplotlib.pyplot as plt
-from IPython.display import display, Markdown
+from rst_lib import train
+from rst_lib.evaluation import final_checks
+from rst_lib.notebook_support import (checks_markdown, config_from, ensure_run_dir, final_table,
+                                      write_summary)
+from rst_lib.plots import markdown_table, plot_comparison, plot_history, plot_keep_ratios
 
-import rst_lib
-from rst_lib import robustness_report, search
-from rst_lib.plots import markdown_table, plot_bars, plot_history, plot_keep_ratios
-from rst_lib.report import config_from, ensure_run_dir, write_summary
-from rst_lib.train import resolve_device, write_json
-
-cfg = config_from(globals())     # every RunConfig field above, checked before any compute
+cfg = config_from(globals())     # every parameter above, checked before any compute
 run_dir = ensure_run_dir(run_dir, "01_search", name)
 print("run directory:", run_dir)
 
 # %% [markdown]
 # ## 1. Search (scores only; the weights stay random)
+# Each epoch is checked on a validation split held out of the training set
+# (`val_fraction`); the best one becomes `ticket.pt`. The test split is read once, at the end.
 
 # %%
-result = search(cfg, run_dir, progress=progress, resume=resume)
-print(f"best epoch {result.best['epoch']}: clean {result.best['clean_acc']:.1%}, "
-      f"PGD-{cfg.eval_steps} {result.best['pgd_acc']:.1%} -> {result.ticket_path}")
-plot_history(result.history, f"{cfg.model}, keep {cfg.keep_ratio:g}");
+result = train(cfg, run_dir, progress=progress, resume=resume)
+if result.stopped:
+    display(Markdown(f"**Stopped early:** {result.stopped['message']}"))
+print(f"best epoch {result.best['epoch']} ({result.best['split']}, {result.best['examples']} "
+      f"examples): clean {result.best['clean_acc']:.1%}, PGD-{cfg.eval_steps} "
+      f"{result.best['pgd_acc']:.1%} -> {result.ticket_path}")
+plot_history(result.history, f"{cfg.model}, keep {cfg.keep_ratio:g} ({result.best['split']} split)");
 
 # %%
 plot_keep_ratios(result.model, f"kept fraction per layer (keep_ratio={cfg.keep_ratio:g}, "
                  f"adaptive_p={cfg.adaptive_p:g})");
 
 # %% [markdown]
-# ## 2. Final evaluation of the best ticket
-# Clean, FGSM and PGD on the same `final_examples` test inputs; AutoAttack (if enabled) ran
-# at the end of the search on `autoattack_examples` inputs.
+# ## 2. Final numbers of the best ticket (test split)
+# Clean, PGD and AutoAttack on the same test inputs; each accuracy with its 95 % interval.
+# The robust accuracy to report is AutoAttack's.
 
 # %%
-rep = robustness_report(result.model, result.data.test, cfg.eval_eps_value, cfg.eval_alpha_value,
-                        cfg.threat_model, pgd_steps=(cfg.eval_steps,), restarts=cfg.eval_restarts,
-                        n_examples=final_examples, device=resolve_device(cfg.device),
-                        seed=cfg.seed, progress=progress)
-table = [{"attack": "clean", "test_acc": rep["clean_acc"], "examples": rep["n_examples"]},
-         {"attack": f"FGSM (eps={cfg.eval_eps_value:.4g})", "test_acc": rep["fgsm_acc"],
-          "examples": rep["n_examples"]},
-         {"attack": f"PGD-{cfg.eval_steps} x{cfg.eval_restarts}", "test_acc": rep[f"pgd{cfg.eval_steps}_acc"],
-          "examples": rep["n_examples"]}]
-if "autoattack_acc" in result.best:
-    table.append({"attack": f"AutoAttack ({cfg.autoattack})", "test_acc": result.best["autoattack_acc"],
-                  "examples": min(cfg.autoattack_examples, len(result.data.test))})
-display(Markdown(markdown_table(table, ["attack", "test_acc", "examples"])))
-plot_bars([{"model": r["attack"], "acc": r["test_acc"]} for r in table], {"acc": "accuracy"},
-          title=f"{cfg.model} ticket, keep {cfg.keep_ratio:g}, eps {cfg.eval_eps_value:.4g}");
+final = {"model": f"{cfg.model} ticket", **result.final}
+display(Markdown(markdown_table(final_table([final]))))
+plot_comparison([final], f"{cfg.model}, keep {cfg.keep_ratio:g}, eps {cfg.eval_eps_value:.4g}");
 
 # %% [markdown]
-# ## 3. Summary
+# ## 3. Is the robustness real? Gradient-masking checks
 
 # %%
-headline = {"dataset": cfg.dataset, "model": cfg.model, "keep_ratio": cfg.keep_ratio,
-            "clean_acc": rep["clean_acc"], "fgsm_acc": rep["fgsm_acc"],
-            "pgd_acc": rep[f"pgd{cfg.eval_steps}_acc"],
-            "autoattack_acc": result.best.get("autoattack_acc"), "ticket": str(result.ticket_path)}
-write_summary(run_dir, headline, final=table, best_epoch=result.best, warnings=result.warnings)
-aa = f", AutoAttack {headline['autoattack_acc']:.1%}" if headline["autoattack_acc"] is not None else ""
+checks = (final_checks(result.model, cfg, result.data, result.final, masking_examples,
+                       masking_more_steps, masking_restarts, progress) if masking_checks else None)
+display(Markdown(checks_markdown(checks)))
+
+# %% [markdown]
+# ## 4. Summary
+
+# %%
+flags = checks["flags"] if checks else []
+write_summary(run_dir, {**result.final, "dataset": cfg.dataset, "model": cfg.model,
+                        "keep_ratio": cfg.keep_ratio, "ticket": str(result.ticket_path),
+                        "masking_flags": len(flags)},
+              final=[final], masking_checks=checks, best_epoch=result.best,
+              stopped=result.stopped, warnings=result.warnings)
 display(Markdown(
     f"**{cfg.model} on {cfg.dataset}, {cfg.keep_ratio:.1%} of the random weights kept, none trained** "
-    f"({cfg.train_attack} search, {cfg.epochs} epochs): clean {headline['clean_acc']:.1%}, "
-    f"PGD-{cfg.eval_steps} {headline['pgd_acc']:.1%}{aa} at eps={cfg.eval_eps_value:.4g} "
-    f"on {rep['n_examples']} test inputs."
-    + ("\n\n**AutoAttack is far below PGD: PGD overestimates this ticket's robustness** (gradient "
-       "masking?); check more PGD steps and restarts in 06_evaluate."
-       if headline["autoattack_acc"] is not None and headline["autoattack_acc"] < headline["pgd_acc"] - 0.1 else "")
-    + f"\n\nNext: `ticket = \"{run_dir}\"` in 02_finetune or 06_evaluate; sweep keep ratios with "
-    f"`rst-workbook sweep` and compare them in 07_compare_runs."))
+    f"({cfg.train_attack} search, {len(result.history)} of {cfg.epochs} epochs): "
+    f"**{result.final['robust_acc']:.1%} under {result.final['robust_attack']}**, "
+    f"{result.final['pgd']} {result.final['pgd_acc']:.1%}, clean {result.final['clean_acc']:.1%} at "
+    f"eps={cfg.eval_eps_value:.4g} on {result.final['examples']} test inputs. "
+    + (f"**Gradient-masking flags: {'; '.join(flags)}**" if flags else
+       "No gradient-masking flag." if checks else "")
+    + f"\n\nNext: this run folder as `ticket` in 02_finetune or 06_evaluate; sweep keep ratios "
+    "with `rst-workbook sweep` and compare them in 07_compare_runs."))
 for w in result.warnings:
     print("WARNING:", w)

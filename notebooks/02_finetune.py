@@ -28,74 +28,89 @@
 # first (`search_epochs`).
 
 # %% tags=["parameters"]
-# Parameters (papermill overrides this cell; see params/02_finetune/*.yaml)
-name = "finetune"
-run_dir = None             # None: a new folder under outputs/02_finetune/ (batch runs pass one)
-progress = True            # progress bars
-resume = True              # continue searches/finetunes already in run_dir
-ticket = None              # a ticket.pt or a run folder of 01_search (None: search one here)
-tasks = ["finetune", "finetune_reinit", "finetune_full"]
-search_epochs = 5          # epochs of the ticket search when ticket is None
-search_lr = 0.1            # its learning rate (scores)
-final_examples = 1000      # test examples of the final table (None: all)
-# --- data, network (for a search here) and the finetuning (rst_lib.RunConfig fields)
-dataset = "mnist5k"        # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
-data_dir = None            # where torchvision data lives (None: $RST_DATA_DIR or data/)
-download = False
-train_examples = None      # None: the whole training split
-eval_examples = 250        # test examples of the per-epoch check (None: all)
-batch_size = 128
-eval_batch_size = 500
-augment = True
-seed = 0                   # seed of the random weights (one seed: one random network)
-device = "auto"
-model = "conv4"            # conv2/4/6, resnet18, preact_resnet18, resnet34, wide_resnet, ...
-model_kwargs = {}
-width = 0.25
-keep_ratio = 0.1           # fraction of weights KEPT (RBRN's --prune-rate)
-adaptive_p = 1.0           # RBRN's p: layer keep ratio ~ size^(p-1); 1: uniform
-weight_init = "signed_constant"  # signed_constant (RST) | binary (RBRN) | kaiming_normal
-scale_fan = True
-score_init = "kaiming_uniform"
-score_init_scale = 0.01
-score_fan_mode = "none"
-norm = "bn"
-bn_affine = False
-end_with_bn = True         # RBRN's last BatchNorm on the logits
-epochs = 3
-optimizer = "sgd"
-lr = 0.01                  # finetuning learning rate (weights)
-momentum = 0.9
-weight_decay = 5e-4
-lr_schedule = "cosine"     # cosine | step | multistep | cifar_piecewise | constant
-lr_milestones = []
-lr_gamma = 0.1
-train_attack = "fgsm_rs"   # pgd | fgsm_rs | free | trades | none (natural edge-popup)
-eps = 0.3                  # L-inf budget in [0, 1] pixels ('8/255' works)
-alpha = 0.375              # training attack step (FGSM-RS: 1.25 * eps)
-steps = 7                  # PGD steps of the training attack
-eval_alpha = 0.0375        # PGD step for evaluation (eps / 8)
-eval_steps = 20
-eval_restarts = 1
+# Parameters (papermill overrides them; `rst-workbook params 02_finetune` explains each)
+name = None                   # run name: the folder is <name>-<time> (None: the notebook's name)
+run_dir = None                # the run folder (None: a new one under outputs/<notebook>/) [path]
+progress = True               # progress bars
+resume = True                 # continue trainings already in run_dir (their last.pt)
+ticket = None                 # a ticket.pt or a run folder (finetune tasks; 02 and 06 take it too) [path]
+tasks = ["finetune", "finetune_reinit", "finetune_full"]  # the finetunes to run
+finetune_init = "kaiming_normal"  # finetune_reinit draws weights so (RST --ft_init); same: the ticket's scheme
+search_epochs = 5             # epochs of the ticket search when ticket is None [epochs]
+search_lr = 0.1               # its learning rate (scores)
+seed = 0                      # seed of the random weights, the validation split and the attacks
+device = "auto"               # auto | cpu | cuda | cuda:N
+# --- data
+dataset = "mnist5k"           # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
+data_dir = None               # where the data lives (None: $RST_DATA_DIR or data/) [path]
+download = False              # let torchvision download a missing dataset
+train_examples = None         # training examples used (None: all but the validation split) [examples]
+val_fraction = 0.02           # training split held out to pick the best epoch (RBRN 2 %); 0: pick on test [fraction]
+eval_examples = None          # validation examples of the per-epoch check (None: all) [examples]
+final_examples = None         # test examples of the final numbers (None: all) [examples]
+batch_size = 128              # training batch (the global batch under torchrun) [examples]
+eval_batch_size = 500         # evaluation batch [examples]
+augment = True                # random crop + flip (32x32 color data only)
+# --- model
+model = "conv4"               # conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2
+model_kwargs = {}             # extra model arguments, e.g. {depth: 28, widen_factor: 10}
+width = 0.25                  # channel multiplier
+keep_ratio = 0.1              # fraction of the weights KEPT (RBRN's --prune-rate) [fraction]
+adaptive_p = 1.0              # RBRN's p: a layer keeps ~ size^(p-1); 1: the same ratio everywhere
+weight_init = "signed_constant"  # signed_constant (RST) | binary (RBRN) | kaiming_normal | ...
+scale_fan = True              # weight scale uses fan x keep ratio (RBRN's correct init)
+score_init = "kaiming_uniform"  # kaiming_uniform (RST) | uniform (U(-a, a), RBRN)
+score_init_scale = 0.01       # a of the uniform score init
+score_fan_mode = "none"       # uniform scores divided by sqrt(fan): none | all | except_last | only_last
+norm = "bn"                   # bn | none
+bn_affine = False             # affine BatchNorm (both seeds: non-affine)
+end_with_bn = True            # RBRN's last BatchNorm on the logits
+# --- optimization
+epochs = 5                    # training epochs [epochs]
+optimizer = "sgd"             # sgd | adam
+lr = 0.1                      # base learning rate
+momentum = 0.9                # SGD momentum
+weight_decay = 0.0005         # weight decay (on the scores in a search, as both seeds)
+lr_schedule = "cosine"        # cosine | step | multistep | cifar_piecewise | constant
+lr_milestones = []            # step / multistep: epochs where the LR is multiplied by lr_gamma [epochs]
+lr_gamma = 0.1                # step / multistep LR factor
+warmup_epochs = 0             # linear LR warm-up [epochs]
+# --- training attack
+train_attack = "fgsm_rs"      # pgd | fgsm_rs | fgsm_carried (RBRN fast) | free | trades | none (natural)
+threat_model = "linf"         # linf | l2
+free_repeats = 4              # Free AT: replays of each minibatch
+trades_beta = 6.0             # TRADES: weight of the KL term
+eps = 0.3                     # attack budget ('8/255' works) [pixels in [0, 1]]
+eps_warmup_epochs = 0         # the training attack's eps (and step) ramps up from 0 [epochs]
+alpha = 0.375                 # training attack step (FGSM-RS: 1.25 x eps) [pixels in [0, 1]]
+steps = 7                     # PGD / TRADES steps of the training attack
+attack_train_mode = None      # BN mode of the training attack (None: train; eval for trades)
+# --- evaluation
+eval_eps = None               # evaluation budget (None: eps) [pixels in [0, 1]]
+eval_alpha = 0.0375           # PGD step of the evaluation (None: alpha) [pixels in [0, 1]]
+eval_steps = 20               # PGD steps of the evaluation
+eval_restarts = 1             # PGD restarts of the evaluation
+eval_early_stop = False       # PGD stops on an example once it is misclassified (RST)
+autoattack = "fast"           # final AutoAttack: none | fast (APGD-CE + APGD-T) | standard
+autoattack_examples = 1000    # test examples of the final AutoAttack [examples]
+# --- monitoring
+collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse [epochs]
+stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
 
 # %%
-from pathlib import Path
+from IPython.display import Markdown, display
 
-import matplotlib.pyplot as plt
-from IPython.display import display, Markdown
-
-import rst_lib
-from rst_lib import load_ticket, search
+from rst_lib import load_ticket, mask_summary, train
 from rst_lib.controls import compare_models
 from rst_lib.data import load_dataset
-from rst_lib.plots import markdown_table, plot_bars, plot_histories
-from rst_lib.report import config_from, ensure_run_dir, resolve_ticket, write_summary
-from rst_lib.train import resolve_device, write_json
+from rst_lib.devices import resolve_device
+from rst_lib.notebook_support import config_from, ensure_run_dir, final_table, write_summary
+from rst_lib.plots import markdown_table, plot_comparison, plot_histories
 
-ticket = str(resolve_ticket(ticket)) if ticket else None   # a run folder -> its ticket.pt
 cfg = config_from(globals())
 run_dir = ensure_run_dir(run_dir, "02_finetune", name)
 data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.augment)
+label = cfg.name or "finetune"
 print("run directory:", run_dir)
 
 # %% [markdown]
@@ -104,37 +119,39 @@ print("run directory:", run_dir)
 # %%
 histories = {}
 if ticket is None:
-    found = search(cfg.replace(task="search", ticket=None, epochs=search_epochs, lr=search_lr,
-                               name=f"{name}-ticket"), run_dir / "ticket", progress, data, resume)
+    found = train(cfg.replace(task="search", ticket=None, epochs=search_epochs, lr=search_lr,
+                              name=f"{label}-ticket"), run_dir / "ticket", progress, data, resume)
     ticket = str(found.ticket_path)
     histories["ticket search (scores)"] = found.history
 print("ticket:", ticket)
 ticket_model = load_ticket(ticket, resolve_device(cfg.device))
-print(f"{ticket_model.config.name}, keep ratio {rst_lib.mask_summary(ticket_model)['keep_ratio']:.3g}")
+print(f"{ticket_model.config.name}, keep ratio {mask_summary(ticket_model)['keep_ratio']:.3g}")
 
 # %% [markdown]
 # ## 2. Finetune the weights (mask fixed)
+# `finetune` trains the ticket's own (inherited) weights; `finetune_reinit` the same mask
+# over weights re-drawn with `finetune_init` (RST's `--ft_init`, kaiming normal);
+# `finetune_full` every weight, starting from the ticket.
 
 # %%
 LABELS = {"finetune": "inherited weights", "finetune_reinit": "re-initialized weights",
           "finetune_full": "full finetune (all weights)"}
 runs = {}
 for task in tasks:
-    runs[task] = search(cfg.replace(task=task, ticket=ticket, name=f"{name}-{task}"),
-                        run_dir / task, progress, data, resume)
+    runs[task] = train(cfg.replace(task=task, ticket=ticket, name=f"{label}-{task}"),
+                       run_dir / task, progress, data, resume)
     histories[LABELS.get(task, task)] = runs[task].history
-plot_histories(histories, f"{cfg.train_attack} finetuning");
+plot_histories(histories, f"{cfg.train_attack} finetuning (validation split)");
 
 # %% [markdown]
-# ## 3. Same test inputs, same attack
+# ## 3. Same test inputs, same attacks
+# Every model on the same test inputs with the same PGD and AutoAttack; 95 % intervals.
 
 # %%
-models = {"ticket (no training)": ticket_model}
-models.update({LABELS.get(t, t): r.model for t, r in runs.items()})
-rows = compare_models(models, cfg, data, final_examples, progress)
-display(Markdown(markdown_table(rows)))
-plot_bars(rows, {"clean_acc": "clean", "pgd_acc": f"PGD-{cfg.eval_steps}"}, "model",
-          f"same {rows[0]['examples']} test inputs, PGD-{cfg.eval_steps}, eps={cfg.eval_eps_value:.4g}");
+rows = compare_models({"ticket (no training)": ticket_model}, cfg, data, progress)
+rows += [{"model": LABELS.get(t, t), **r.final} for t, r in runs.items()]
+display(Markdown(markdown_table(final_table(rows))))
+plot_comparison(rows, f"eps={cfg.eval_eps_value:.4g}, {rows[0]['examples']} test inputs");
 
 # %% [markdown]
 # ## 4. Summary
@@ -143,15 +160,15 @@ plot_bars(rows, {"clean_acc": "clean", "pgd_acc": f"PGD-{cfg.eval_steps}"}, "mod
 by = {r["model"]: r for r in rows}
 inh, rei = by.get(LABELS["finetune"]), by.get(LABELS["finetune_reinit"])
 main = inh or rows[-1]
-write_summary(run_dir, {"dataset": cfg.dataset, "model": ticket_model.config.name,
-                        "keep_ratio": rst_lib.mask_summary(ticket_model)["keep_ratio"],
-                        "clean_acc": main["clean_acc"], "pgd_acc": main["pgd_acc"],
-                        "ticket": ticket}, final=rows)
+write_summary(run_dir, {**main, "dataset": cfg.dataset, "model": ticket_model.config.name,
+                        "keep_ratio": mask_summary(ticket_model)["keep_ratio"], "ticket": ticket},
+              final=rows)
 text = f"Ticket `{ticket}`; {len(runs)} finetunes of {cfg.epochs} epochs each. "
 if inh and rei:
-    gap = inh["pgd_acc"] - rei["pgd_acc"]
-    text += (f"Inherited weights: PGD {inh['pgd_acc']:.1%} (clean {inh['clean_acc']:.1%}); "
-             f"re-initialized: PGD {rei['pgd_acc']:.1%} (clean {rei['clean_acc']:.1%}). "
+    gap = inh["robust_acc"] - rei["robust_acc"]
+    text += (f"Inherited weights: {inh['robust_attack']} {inh['robust_acc']:.1%} (clean "
+             f"{inh['clean_acc']:.1%}); re-initialized: {rei['robust_acc']:.1%} (clean "
+             f"{rei['clean_acc']:.1%}) on {inh['robust_examples']} test inputs. "
              + ("**The inherited random weights help** (the lottery ticket phenomenon)."
                 if gap > 0 else "**Re-initializing did not hurt in this run.**"))
 display(Markdown(text))

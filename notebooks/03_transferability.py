@@ -27,52 +27,71 @@
 # seed). Empty: tickets at `keep_ratios` are searched here from seed `seed`.
 
 # %% tags=["parameters"]
-# Parameters (papermill overrides this cell; see params/03_transferability/*.yaml)
-name = "transfer"
-run_dir = None             # None: a new folder under outputs/03_transferability/ (batch runs pass one)
-progress = True            # progress bars
-resume = True              # continue searches already in run_dir
-tickets = []               # ticket.pt files / run folders / globs, all of ONE random network (empty: search here)
-keep_ratios = [0.05, 0.1, 0.3]  # searched here, one ticket each, when tickets is empty
-transfer_examples = 500    # test inputs attacked on every source (None: all)
-# --- the random network and the search (rst_lib.RunConfig fields)
-dataset = "mnist5k"        # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
-data_dir = None            # where torchvision data lives (None: $RST_DATA_DIR or data/)
-download = False
-train_examples = None      # None: the whole training split
-eval_examples = 250        # test examples of the per-epoch check (None: all)
-batch_size = 128
-eval_batch_size = 500
-augment = True
-seed = 0                   # seed of the random weights (one seed: one random network)
-device = "auto"
-model = "conv4"            # conv2/4/6, resnet18, preact_resnet18, resnet34, wide_resnet, ...
-model_kwargs = {}
-width = 0.25
-adaptive_p = 1.0           # RBRN's p: layer keep ratio ~ size^(p-1); 1: uniform
-weight_init = "signed_constant"  # signed_constant (RST) | binary (RBRN) | kaiming_normal
-scale_fan = True
-score_init = "kaiming_uniform"
-score_init_scale = 0.01
-score_fan_mode = "none"
-norm = "bn"
-bn_affine = False
-end_with_bn = True         # RBRN's last BatchNorm on the logits
-epochs = 5
-optimizer = "sgd"
-lr = 0.1
-momentum = 0.9
-weight_decay = 5e-4
-lr_schedule = "cosine"     # cosine | step | multistep | cifar_piecewise | constant
-lr_milestones = []
-lr_gamma = 0.1
-train_attack = "fgsm_rs"   # pgd | fgsm_rs | free | trades | none (natural edge-popup)
-eps = 0.3                  # L-inf budget in [0, 1] pixels ('8/255' works)
-alpha = 0.375              # training attack step (FGSM-RS: 1.25 * eps)
-steps = 7                  # PGD steps of the training attack
-eval_alpha = 0.0375        # PGD step for evaluation (eps / 8)
-eval_steps = 20
-eval_restarts = 1
+# Parameters (papermill overrides them; `rst-workbook params 03_transferability` explains each)
+name = None                   # run name: the folder is <name>-<time> (None: the notebook's name)
+run_dir = None                # the run folder (None: a new one under outputs/<notebook>/) [path]
+progress = True               # progress bars
+resume = True                 # continue trainings already in run_dir (their last.pt)
+tickets = []                  # ticket.pt files / run folders / globs of ONE random network (empty: search here) [paths]
+keep_ratios = [0.05, 0.1, 0.3]  # keep ratios searched here when tickets is empty [fractions]
+transfer_examples = 500       # test inputs attacked on every source (None: all) [examples]
+seed = 0                      # seed of the random weights, the validation split and the attacks
+device = "auto"               # auto | cpu | cuda | cuda:N
+# --- data
+dataset = "mnist5k"           # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
+data_dir = None               # where the data lives (None: $RST_DATA_DIR or data/) [path]
+download = False              # let torchvision download a missing dataset
+train_examples = None         # training examples used (None: all but the validation split) [examples]
+val_fraction = 0.02           # training split held out to pick the best epoch (RBRN 2 %); 0: pick on test [fraction]
+eval_examples = None          # validation examples of the per-epoch check (None: all) [examples]
+final_examples = None         # test examples of the final numbers (None: all) [examples]
+batch_size = 128              # training batch (the global batch under torchrun) [examples]
+eval_batch_size = 500         # evaluation batch [examples]
+augment = True                # random crop + flip (32x32 color data only)
+# --- model
+model = "conv4"               # conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2
+model_kwargs = {}             # extra model arguments, e.g. {depth: 28, widen_factor: 10}
+width = 0.25                  # channel multiplier
+adaptive_p = 1.0              # RBRN's p: a layer keeps ~ size^(p-1); 1: the same ratio everywhere
+weight_init = "signed_constant"  # signed_constant (RST) | binary (RBRN) | kaiming_normal | ...
+scale_fan = True              # weight scale uses fan x keep ratio (RBRN's correct init)
+score_init = "kaiming_uniform"  # kaiming_uniform (RST) | uniform (U(-a, a), RBRN)
+score_init_scale = 0.01       # a of the uniform score init
+score_fan_mode = "none"       # uniform scores divided by sqrt(fan): none | all | except_last | only_last
+norm = "bn"                   # bn | none
+bn_affine = False             # affine BatchNorm (both seeds: non-affine)
+end_with_bn = True            # RBRN's last BatchNorm on the logits
+# --- optimization
+epochs = 5                    # training epochs [epochs]
+optimizer = "sgd"             # sgd | adam
+lr = 0.1                      # base learning rate
+momentum = 0.9                # SGD momentum
+weight_decay = 0.0005         # weight decay (on the scores in a search, as both seeds)
+lr_schedule = "cosine"        # cosine | step | multistep | cifar_piecewise | constant
+lr_milestones = []            # step / multistep: epochs where the LR is multiplied by lr_gamma [epochs]
+lr_gamma = 0.1                # step / multistep LR factor
+warmup_epochs = 0             # linear LR warm-up [epochs]
+# --- training attack
+train_attack = "fgsm_rs"      # pgd | fgsm_rs | fgsm_carried (RBRN fast) | free | trades | none (natural)
+threat_model = "linf"         # linf | l2
+free_repeats = 4              # Free AT: replays of each minibatch
+trades_beta = 6.0             # TRADES: weight of the KL term
+eps = 0.3                     # attack budget ('8/255' works) [pixels in [0, 1]]
+eps_warmup_epochs = 0         # the training attack's eps (and step) ramps up from 0 [epochs]
+alpha = 0.375                 # training attack step (FGSM-RS: 1.25 x eps) [pixels in [0, 1]]
+steps = 7                     # PGD / TRADES steps of the training attack
+attack_train_mode = None      # BN mode of the training attack (None: train; eval for trades)
+# --- evaluation
+eval_eps = None               # evaluation budget (None: eps) [pixels in [0, 1]]
+eval_alpha = 0.0375           # PGD step of the evaluation (None: alpha) [pixels in [0, 1]]
+eval_steps = 20               # PGD steps of the evaluation
+eval_restarts = 1             # PGD restarts of the evaluation
+eval_early_stop = False       # PGD stops on an example once it is misclassified (RST)
+autoattack = "fast"           # final AutoAttack: none | fast (APGD-CE + APGD-T) | standard
+autoattack_examples = 1000    # test examples of the final AutoAttack [examples]
+# --- monitoring
+collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse [epochs]
+stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
 
 # %%
 from pathlib import Path
@@ -84,10 +103,12 @@ import rst_lib
 from rst_lib import transfer_matrix
 from rst_lib.attacks import PGD
 from rst_lib.data import fixed_subset, load_dataset, make_loader
+from rst_lib.controls import compare_models
+from rst_lib.notebook_support import (config_from, ensure_run_dir, final_table, load_tickets,
+                                      resolve_tickets, search_tickets, write_summary)
 from rst_lib.plots import markdown_table, plot_transfer_matrix
-from rst_lib.report import (config_from, ensure_run_dir, load_tickets, resolve_tickets,
-                            search_tickets, write_summary)
-from rst_lib.train import resolve_device, write_json
+from rst_lib.devices import resolve_device
+from rst_lib.files import write_json
 
 cfg = config_from(globals())
 run_dir = ensure_run_dir(run_dir, "03_transferability", name)
@@ -105,6 +126,9 @@ if not paths:  # search them here: one seed, so one random network, several keep
 members = load_tickets(paths, device)
 for label, p in zip(members, paths):
     print(f"{label:>14}: {p}")
+# each ticket alone, white-box: clean, PGD and AutoAttack on the transfer inputs
+alone = compare_models(members, cfg.replace(final_examples=transfer_examples), data, progress)
+display(Markdown(markdown_table(final_table(alone))))
 
 # %% [markdown]
 # ## 2. Transfer matrices (PGD crafted on the row, evaluated on the column)
@@ -149,11 +173,16 @@ def diagonal_and_off(res):
 
 means = {variant: diagonal_and_off(res) for variant, res in results.items()}
 diag, off = means["full-step"]
+mean = lambda key: sum(r[key] for r in alone) / k  # noqa: E731
 write_summary(run_dir, {"dataset": cfg.dataset, "model": next(iter(members.values())).config.name,
-                        "clean_acc": sum(results["full-step"]["clean"]) / k, "pgd_acc": diag, "transfer_acc": off,
-                        "transfer_acc_early_stop": means["early-stop"][1], "examples": results["full-step"]["n"]},
-              tickets=[str(p) for p in paths], rows=rows)
-lines = [f"{k} tickets of one random network, {results['full-step']['n']} test inputs."]
+                        "clean_acc": mean("clean_acc"), "pgd_acc": diag,
+                        "autoattack_acc": mean("autoattack_acc") if "autoattack_acc" in alone[0] else None,
+                        "robust_acc": mean("robust_acc"), "transfer_acc": off,
+                        "transfer_acc_early_stop": means["early-stop"][1],
+                        "examples": results["full-step"]["n"]},
+              tickets=[str(p) for p in paths], rows=rows, whitebox=alone)
+lines = [f"{k} tickets of one random network, {results['full-step']['n']} test inputs; alone, "
+         f"{alone[0]['robust_attack']} leaves {mean('robust_acc'):.1%} on average."]
 for variant, (d, o) in means.items():
     if o is None:
         lines.append("Give at least two tickets for transfer numbers.")

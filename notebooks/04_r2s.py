@@ -26,56 +26,76 @@
 # `tickets`: ticket files or run folders of one random network; empty: searched here.
 
 # %% tags=["parameters"]
-# Parameters (papermill overrides this cell; see params/04_r2s/*.yaml)
-name = "r2s"
-run_dir = None             # None: a new folder under outputs/04_r2s/ (batch runs pass one)
-progress = True            # progress bars
-resume = True              # continue searches already in run_dir
-tickets = []               # ticket.pt files / run folders / globs, all of ONE random network (empty: search here)
-keep_ratios = [0.05, 0.1, 0.3]  # searched here, one ticket each, when tickets is empty
-mode = "batch"             # batch: one member per query batch | example: one per input
-eot_samples = 10           # gradient samples per step of the adaptive attack
-eval_draws = 5             # member draws the switch's accuracy is averaged over (forward passes only)
-r2s_examples = 500         # test inputs (None: all)
-r2s_batch_size = 100       # batch mode draws one member per batch: smaller batches, more draws
-# --- the random network and the search (rst_lib.RunConfig fields)
-dataset = "mnist5k"        # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
-data_dir = None            # where torchvision data lives (None: $RST_DATA_DIR or data/)
-download = False
-train_examples = None      # None: the whole training split
-eval_examples = 250        # test examples of the per-epoch check (None: all)
-batch_size = 128
-eval_batch_size = 500
-augment = True
-seed = 0                   # seed of the random weights (one seed: one random network)
-device = "auto"
-model = "conv4"            # conv2/4/6, resnet18, preact_resnet18, resnet34, wide_resnet, ...
-model_kwargs = {}
-width = 0.25
-adaptive_p = 1.0           # RBRN's p: layer keep ratio ~ size^(p-1); 1: uniform
-weight_init = "signed_constant"  # signed_constant (RST) | binary (RBRN) | kaiming_normal
-scale_fan = True
-score_init = "kaiming_uniform"
-score_init_scale = 0.01
-score_fan_mode = "none"
-norm = "bn"
-bn_affine = False
-end_with_bn = True         # RBRN's last BatchNorm on the logits
-epochs = 5
-optimizer = "sgd"
-lr = 0.1
-momentum = 0.9
-weight_decay = 5e-4
-lr_schedule = "cosine"     # cosine | step | multistep | cifar_piecewise | constant
-lr_milestones = []
-lr_gamma = 0.1
-train_attack = "fgsm_rs"   # pgd | fgsm_rs | free | trades | none (natural edge-popup)
-eps = 0.3                  # L-inf budget in [0, 1] pixels ('8/255' works)
-alpha = 0.375              # training attack step (FGSM-RS: 1.25 * eps)
-steps = 7                  # PGD steps of the training attack
-eval_alpha = 0.0375        # PGD step for evaluation (eps / 8)
-eval_steps = 20
-eval_restarts = 1
+# Parameters (papermill overrides them; `rst-workbook params 04_r2s` explains each)
+name = None                   # run name: the folder is <name>-<time> (None: the notebook's name)
+run_dir = None                # the run folder (None: a new one under outputs/<notebook>/) [path]
+progress = True               # progress bars
+resume = True                 # continue trainings already in run_dir (their last.pt)
+tickets = []                  # ticket.pt files / run folders / globs of ONE random network (empty: search here) [paths]
+keep_ratios = [0.05, 0.1, 0.3]  # keep ratios searched here when tickets is empty [fractions]
+mode = "batch"                # R2S draws one member per query batch (batch) or per input (example)
+eot_samples = 10              # gradient samples per step of the adaptive (EOT) attack
+eval_draws = 5                # member draws the switch's accuracy is averaged over
+r2s_examples = 500            # test inputs of the R2S evaluation (None: all) [examples]
+r2s_batch_size = 100          # batch mode draws one member per batch: smaller batches, more draws [examples]
+r2s_autoattack = True         # also AutoAttack's rand version (EOT) on the switch
+seed = 0                      # seed of the random weights, the validation split and the attacks
+device = "auto"               # auto | cpu | cuda | cuda:N
+# --- data
+dataset = "mnist5k"           # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
+data_dir = None               # where the data lives (None: $RST_DATA_DIR or data/) [path]
+download = False              # let torchvision download a missing dataset
+train_examples = None         # training examples used (None: all but the validation split) [examples]
+val_fraction = 0.02           # training split held out to pick the best epoch (RBRN 2 %); 0: pick on test [fraction]
+eval_examples = None          # validation examples of the per-epoch check (None: all) [examples]
+final_examples = None         # test examples of the final numbers (None: all) [examples]
+batch_size = 128              # training batch (the global batch under torchrun) [examples]
+eval_batch_size = 500         # evaluation batch [examples]
+augment = True                # random crop + flip (32x32 color data only)
+# --- model
+model = "conv4"               # conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2
+model_kwargs = {}             # extra model arguments, e.g. {depth: 28, widen_factor: 10}
+width = 0.25                  # channel multiplier
+adaptive_p = 1.0              # RBRN's p: a layer keeps ~ size^(p-1); 1: the same ratio everywhere
+weight_init = "signed_constant"  # signed_constant (RST) | binary (RBRN) | kaiming_normal | ...
+scale_fan = True              # weight scale uses fan x keep ratio (RBRN's correct init)
+score_init = "kaiming_uniform"  # kaiming_uniform (RST) | uniform (U(-a, a), RBRN)
+score_init_scale = 0.01       # a of the uniform score init
+score_fan_mode = "none"       # uniform scores divided by sqrt(fan): none | all | except_last | only_last
+norm = "bn"                   # bn | none
+bn_affine = False             # affine BatchNorm (both seeds: non-affine)
+end_with_bn = True            # RBRN's last BatchNorm on the logits
+# --- optimization
+epochs = 5                    # training epochs [epochs]
+optimizer = "sgd"             # sgd | adam
+lr = 0.1                      # base learning rate
+momentum = 0.9                # SGD momentum
+weight_decay = 0.0005         # weight decay (on the scores in a search, as both seeds)
+lr_schedule = "cosine"        # cosine | step | multistep | cifar_piecewise | constant
+lr_milestones = []            # step / multistep: epochs where the LR is multiplied by lr_gamma [epochs]
+lr_gamma = 0.1                # step / multistep LR factor
+warmup_epochs = 0             # linear LR warm-up [epochs]
+# --- training attack
+train_attack = "fgsm_rs"      # pgd | fgsm_rs | fgsm_carried (RBRN fast) | free | trades | none (natural)
+threat_model = "linf"         # linf | l2
+free_repeats = 4              # Free AT: replays of each minibatch
+trades_beta = 6.0             # TRADES: weight of the KL term
+eps = 0.3                     # attack budget ('8/255' works) [pixels in [0, 1]]
+eps_warmup_epochs = 0         # the training attack's eps (and step) ramps up from 0 [epochs]
+alpha = 0.375                 # training attack step (FGSM-RS: 1.25 x eps) [pixels in [0, 1]]
+steps = 7                     # PGD / TRADES steps of the training attack
+attack_train_mode = None      # BN mode of the training attack (None: train; eval for trades)
+# --- evaluation
+eval_eps = None               # evaluation budget (None: eps) [pixels in [0, 1]]
+eval_alpha = 0.0375           # PGD step of the evaluation (None: alpha) [pixels in [0, 1]]
+eval_steps = 20               # PGD steps of the evaluation
+eval_restarts = 1             # PGD restarts of the evaluation
+eval_early_stop = False       # PGD stops on an example once it is misclassified (RST)
+autoattack = "fast"           # final AutoAttack: none | fast (APGD-CE + APGD-T) | standard
+autoattack_examples = 1000    # test examples of the final AutoAttack [examples]
+# --- monitoring
+collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse [epochs]
+stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
 
 # %%
 from pathlib import Path
@@ -86,10 +106,13 @@ from IPython.display import display, Markdown
 import rst_lib
 from rst_lib import evaluate_r2s, RandomSwitch
 from rst_lib.data import fixed_subset, load_dataset, make_loader
+from rst_lib.evaluation import autoattack_accuracy
+from rst_lib.notebook_support import (config_from, ensure_run_dir, load_tickets, resolve_tickets,
+                                      search_tickets, write_summary)
 from rst_lib.plots import markdown_table, plot_r2s, r2s_rows
-from rst_lib.report import (config_from, ensure_run_dir, load_tickets, resolve_tickets,
-                            search_tickets, write_summary)
-from rst_lib.train import resolve_device, write_json
+from rst_lib.stats import accuracy_text
+from rst_lib.devices import resolve_device
+from rst_lib.files import write_json
 
 cfg = config_from(globals())
 run_dir = ensure_run_dir(run_dir, "04_r2s", name)
@@ -117,6 +140,15 @@ loader = make_loader(fixed_subset(data.test, r2s_examples), r2s_batch_size)
 result = evaluate_r2s(switch, loader, cfg.eval_eps_value, cfg.eval_alpha_value, cfg.eval_steps, device,
                       eot_samples=eot_samples, restarts=cfg.eval_restarts, eval_draws=eval_draws,
                       seed=cfg.seed, progress=progress)
+# AutoAttack's version for randomized defenses (APGD-CE + APGD-DLR, 20 EOT samples a step)
+if r2s_autoattack:
+    n_aa = min(cfg.autoattack_examples, result["n"])
+    result["autoattack_rand_acc"] = autoattack_accuracy(
+        switch, fixed_subset(data.test, r2s_examples), cfg.eval_eps_value, cfg.threat_model,
+        "rand", n_aa, device, seed=cfg.seed)
+    result["autoattack_rand_examples"] = n_aa
+    result["min_robust_acc"] = min(result["min_robust_acc"], result["autoattack_rand_acc"])
+    print(f"AutoAttack (rand) on the switch: {accuracy_text(result['autoattack_rand_acc'], n_aa)}")
 write_json(run_dir / "r2s.json", result)
 rows = r2s_rows(result)
 display(Markdown(markdown_table(rows)))
@@ -129,14 +161,18 @@ plot_r2s(result, f"R2S ({mode} mode, {len(members)} members): PGD-{cfg.eval_step
 # %%
 best_member = max(result["member_whitebox_acc"])
 write_summary(run_dir, {"dataset": cfg.dataset, "model": next(iter(members.values())).config.name,
-                        "clean_acc": result["clean_acc"], "pgd_acc": result["min_robust_acc"],
+                        "clean_acc": result["clean_acc"], "pgd_acc": result["adaptive_eot_acc"],
+                        "autoattack_acc": result.get("autoattack_rand_acc"),
+                        "robust_acc": result["min_robust_acc"], "examples": result["n"],
                         "fixed_member_acc": result["fixed_member_mean_acc"]},
               tickets=[str(p) for p in paths], rows=rows)
 display(Markdown(
     f"R2S with {len(members)} members: clean {result['clean_acc']:.1%}; fixed-member PGD "
     f"{result['fixed_member_mean_acc']:.1%} (mean), switching PGD {result['switching_acc']:.1%}, "
-    f"adaptive EOT-{eot_samples} {result['adaptive_eot_acc']:.1%}. The best single member alone: "
+    f"adaptive EOT-{eot_samples} {result['adaptive_eot_acc']:.1%}"
+    + (f", AutoAttack (rand) {result['autoattack_rand_acc']:.1%}" if r2s_autoattack else "")
+    + f" on {result['n']} test inputs. The best single member alone: "
     f"{best_member:.1%} white-box. **Honest robust accuracy of the switch: "
-    f"{result['min_robust_acc']:.1%}** (lowest of the three)"
+    f"{result['min_robust_acc']:.1%}** (the lowest of these)"
     + (" — the switch does not beat its best member under the adaptive attack."
        if result["min_robust_acc"] <= best_member else " — above its best member.")))

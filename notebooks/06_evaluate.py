@@ -22,63 +22,78 @@
 # and the gradient-masking checks. Empty `ticket`: a quick ticket is searched here first.
 
 # %% tags=["parameters"]
-# Parameters (papermill overrides this cell; see params/06_evaluate/*.yaml)
-name = "evaluate"
-run_dir = None             # None: a new folder under outputs/06_evaluate/ (batch runs pass one)
-progress = True            # progress bars
-ticket = None              # a ticket.pt, a run folder or a last.pt (None: search a quick ticket here)
-eval_dataset = None        # test data (None: the dataset the ticket was found on)
-pgd_steps = [10, 20, 50]   # PGD-k for each k (step eval_alpha, eval_restarts restarts)
-final_examples = 1000      # test inputs of the table (None: all)
-eps_curve = None           # eps values of the curve (None: 0 to 1.5 x the evaluation eps)
-curve_steps = 10           # PGD steps of the curve (step scaled with eps)
-curve_examples = 500       # test inputs of the curve (None: all)
-autoattack = "fast"        # none | fast | standard
-autoattack_examples = 200
-eval_eps = None            # evaluation budget (None: eps)
-masking_checks = True      # the gradient-masking checks of Carlini et al. (2019)
-masking_examples = 200     # their test inputs (None: all)
-masking_more_steps = 100   # PGD steps of the "more steps" check
-masking_restarts = 5       # restarts of the "restarts" check
-# --- a quick search when ticket is None; eps is the evaluation budget (rst_lib.RunConfig fields)
-dataset = "mnist5k"        # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
-data_dir = None            # where torchvision data lives (None: $RST_DATA_DIR or data/)
-download = False
-train_examples = None      # None: the whole training split
-eval_examples = 250        # test examples of the per-epoch check (None: all)
-batch_size = 128
-eval_batch_size = 500
-augment = True
-seed = 0                   # seed of the random weights (one seed: one random network)
-device = "auto"
-model = "conv4"            # conv2/4/6, resnet18, preact_resnet18, resnet34, wide_resnet, ...
-model_kwargs = {}
-width = 0.25
-keep_ratio = 0.1           # fraction of weights KEPT (RBRN's --prune-rate)
-adaptive_p = 1.0           # RBRN's p: layer keep ratio ~ size^(p-1); 1: uniform
-weight_init = "signed_constant"  # signed_constant (RST) | binary (RBRN) | kaiming_normal
-scale_fan = True
-score_init = "kaiming_uniform"
-score_init_scale = 0.01
-score_fan_mode = "none"
-norm = "bn"
-bn_affine = False
-end_with_bn = True         # RBRN's last BatchNorm on the logits
-epochs = 5
-optimizer = "sgd"
-lr = 0.1
-momentum = 0.9
-weight_decay = 5e-4
-lr_schedule = "cosine"     # cosine | step | multistep | cifar_piecewise | constant
-lr_milestones = []
-lr_gamma = 0.1
-train_attack = "fgsm_rs"   # pgd | fgsm_rs | free | trades | none (natural edge-popup)
-eps = 0.3                  # L-inf budget in [0, 1] pixels ('8/255' works)
-alpha = 0.375              # training attack step (FGSM-RS: 1.25 * eps)
-steps = 7                  # PGD steps of the training attack
-eval_alpha = 0.0375        # PGD step for evaluation (eps / 8)
-eval_steps = 20
-eval_restarts = 1
+# Parameters (papermill overrides them; `rst-workbook params 06_evaluate` explains each)
+name = None                   # run name: the folder is <name>-<time> (None: the notebook's name)
+run_dir = None                # the run folder (None: a new one under outputs/<notebook>/) [path]
+progress = True               # progress bars
+ticket = None                 # a ticket.pt or a run folder (finetune tasks; 02 and 06 take it too) [path]
+eval_dataset = None           # test data (None: the dataset the ticket was found on)
+pgd_steps = [10, 20, 50]      # PGD-k for each k (step eval_alpha, eval_restarts restarts)
+eps_curve = None              # eps values of the curve (None: 0 to 1.5 x the evaluation eps) [pixels in [0, 1]]
+curve_steps = 10              # PGD steps of the curve (step scaled with eps)
+curve_examples = 500          # test inputs of the curve (None: all) [examples]
+masking_checks = True         # the gradient-masking checks of Carlini et al. (2019) on the final ticket
+masking_examples = 500        # test inputs of the masking checks (None: all) [examples]
+masking_more_steps = 100      # PGD steps of the 'more steps' check
+masking_restarts = 5          # restarts of the 'restarts' check
+seed = 0                      # seed of the random weights, the validation split and the attacks
+device = "auto"               # auto | cpu | cuda | cuda:N
+# --- data
+dataset = "mnist5k"           # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
+data_dir = None               # where the data lives (None: $RST_DATA_DIR or data/) [path]
+download = False              # let torchvision download a missing dataset
+train_examples = None         # training examples used (None: all but the validation split) [examples]
+val_fraction = 0.02           # training split held out to pick the best epoch (RBRN 2 %); 0: pick on test [fraction]
+eval_examples = None          # validation examples of the per-epoch check (None: all) [examples]
+final_examples = None         # test examples of the final numbers (None: all) [examples]
+batch_size = 128              # training batch (the global batch under torchrun) [examples]
+eval_batch_size = 500         # evaluation batch [examples]
+augment = True                # random crop + flip (32x32 color data only)
+# --- model
+model = "conv4"               # conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2
+model_kwargs = {}             # extra model arguments, e.g. {depth: 28, widen_factor: 10}
+width = 0.25                  # channel multiplier
+keep_ratio = 0.1              # fraction of the weights KEPT (RBRN's --prune-rate) [fraction]
+adaptive_p = 1.0              # RBRN's p: a layer keeps ~ size^(p-1); 1: the same ratio everywhere
+weight_init = "signed_constant"  # signed_constant (RST) | binary (RBRN) | kaiming_normal | ...
+scale_fan = True              # weight scale uses fan x keep ratio (RBRN's correct init)
+score_init = "kaiming_uniform"  # kaiming_uniform (RST) | uniform (U(-a, a), RBRN)
+score_init_scale = 0.01       # a of the uniform score init
+score_fan_mode = "none"       # uniform scores divided by sqrt(fan): none | all | except_last | only_last
+norm = "bn"                   # bn | none
+bn_affine = False             # affine BatchNorm (both seeds: non-affine)
+end_with_bn = True            # RBRN's last BatchNorm on the logits
+# --- optimization
+epochs = 5                    # training epochs [epochs]
+optimizer = "sgd"             # sgd | adam
+lr = 0.1                      # base learning rate
+momentum = 0.9                # SGD momentum
+weight_decay = 0.0005         # weight decay (on the scores in a search, as both seeds)
+lr_schedule = "cosine"        # cosine | step | multistep | cifar_piecewise | constant
+lr_milestones = []            # step / multistep: epochs where the LR is multiplied by lr_gamma [epochs]
+lr_gamma = 0.1                # step / multistep LR factor
+warmup_epochs = 0             # linear LR warm-up [epochs]
+# --- training attack
+train_attack = "fgsm_rs"      # pgd | fgsm_rs | fgsm_carried (RBRN fast) | free | trades | none (natural)
+threat_model = "linf"         # linf | l2
+free_repeats = 4              # Free AT: replays of each minibatch
+trades_beta = 6.0             # TRADES: weight of the KL term
+eps = 0.3                     # attack budget ('8/255' works) [pixels in [0, 1]]
+eps_warmup_epochs = 0         # the training attack's eps (and step) ramps up from 0 [epochs]
+alpha = 0.375                 # training attack step (FGSM-RS: 1.25 x eps) [pixels in [0, 1]]
+steps = 7                     # PGD / TRADES steps of the training attack
+attack_train_mode = None      # BN mode of the training attack (None: train; eval for trades)
+# --- evaluation
+eval_eps = None               # evaluation budget (None: eps) [pixels in [0, 1]]
+eval_alpha = 0.0375           # PGD step of the evaluation (None: alpha) [pixels in [0, 1]]
+eval_steps = 20               # PGD steps of the evaluation
+eval_restarts = 1             # PGD restarts of the evaluation
+eval_early_stop = False       # PGD stops on an example once it is misclassified (RST)
+autoattack = "fast"           # final AutoAttack: none | fast (APGD-CE + APGD-T) | standard
+autoattack_examples = 1000    # test examples of the final AutoAttack [examples]
+# --- monitoring
+collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse [epochs]
+stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
 
 # %%
 from pathlib import Path
@@ -87,13 +102,16 @@ import matplotlib.pyplot as plt
 from IPython.display import display, Markdown
 
 import rst_lib
-from rst_lib import autoattack_accuracy, robustness_report, search
+from rst_lib import autoattack_accuracy, robustness_report, train
 from rst_lib.config import parse_number
 from rst_lib.data import load_dataset
 from rst_lib.evaluation import gradient_masking_report
 from rst_lib.plots import markdown_table, plot_bars, plot_eps_curve
-from rst_lib.report import config_from, ensure_run_dir, load_any, resolve_checkpoint, write_summary
-from rst_lib.train import resolve_device, write_json
+from rst_lib.notebook_support import (config_from, ensure_run_dir, load_any, resolve_checkpoint,
+                                      write_summary)
+from rst_lib.stats import accuracy_text
+from rst_lib.devices import resolve_device
+from rst_lib.files import write_json
 
 ticket = str(resolve_checkpoint(ticket)) if ticket else None   # a run folder -> its ticket.pt
 cfg = config_from(globals())
@@ -106,7 +124,8 @@ print("run directory:", run_dir)
 
 # %%
 if ticket is None:
-    quick = search(cfg.replace(name=f"{name}-ticket", autoattack="none"), run_dir / "ticket", progress)
+    quick = train(cfg.replace(name=f"{cfg.name or 'evaluate'}-ticket", autoattack="none"),
+                  run_dir / "ticket", progress)
     ticket = str(quick.ticket_path)
 net, info = load_any(ticket, device)
 found_with = info["config"]
@@ -135,8 +154,9 @@ if autoattack != "none":
                              device, seed=cfg.seed)
     table.append({"attack": f"AutoAttack ({autoattack})", "test_acc": aa,
                   "examples": min(autoattack_examples or len(data.test), len(data.test))})
-display(Markdown(f"eps = {e:.4g} ({cfg.threat_model}), PGD step {a:.4g}\n\n"
-                 + markdown_table(table, ["attack", "test_acc", "examples"])))
+display(Markdown(f"eps = {e:.4g} ({cfg.threat_model}), PGD step {a:.4g}; 95 % intervals\n\n"
+                 + markdown_table([{"attack": r["attack"], "test accuracy": accuracy_text(r["test_acc"], r["examples"])}
+                                   for r in table])))
 plot_bars([{"model": r["attack"], "acc": r["test_acc"]} for r in table], {"acc": "accuracy"},
           title=f"eps={e:.4g}");
 
@@ -188,7 +208,10 @@ strongest = min(table[1:], key=lambda r: r["test_acc"])
 write_summary(run_dir, {"dataset": ds_name, "model": net.config.name, "keep_ratio": summary_["keep_ratio"],
                         "clean_acc": rep["clean_acc"], "pgd_acc": rep[f"pgd{max(pgd_steps)}_acc"],
                         "autoattack_acc": next((r["test_acc"] for r in table if r["attack"].startswith("AutoAttack")), None),
-                        "ticket": str(info["path"])}, table=table, eps_curve=curve,
+                        "robust_acc": strongest["test_acc"], "robust_attack": strongest["attack"],
+                        "robust_examples": strongest["examples"], "examples": n,
+                        "ticket": str(info["path"]), "masking_flags": len(flags)},
+              table=table, eps_curve=curve,
               gradient_masking_flags=flags)
 display(Markdown(f"`{info['path']}`: clean {rep['clean_acc']:.1%}; the strongest attack here is "
                  f"**{strongest['attack']}: {strongest['test_acc']:.1%}** at eps={e:.4g}. "

@@ -24,14 +24,14 @@
 # params/sweeps/keep-ratios-cpu.yaml`).
 
 # %% tags=["parameters"]
-# Parameters (papermill overrides this cell; see params/07_compare_runs/*.yaml)
-name = "compare"
-run_dir = None             # None: a new folder under outputs/07_compare_runs/ (batch runs pass one)
-progress = True            # progress bars
-runs_root = "../outputs"   # every metrics.json below this folder
-run_dirs = []              # only these run folders / globs instead (empty: all of runs_root)
-tasks = None               # only these tasks, e.g. ["search"] (None: all)
-group_by = ["model", "dataset", "train_attack", "task"]
+# Parameters (papermill overrides them; `rst-workbook params 07_compare_runs` explains each)
+name = None                   # run name: the folder is <name>-<time> (None: the notebook's name)
+run_dir = None                # the run folder (None: a new one under outputs/<notebook>/) [path]
+progress = True               # progress bars
+runs_root = None              # compare every metrics.json below this folder (None: the project's outputs/) [path]
+run_dirs = []                 # only these run folders / globs (empty: all of runs_root) [paths]
+task_filter = None            # only runs of these tasks, e.g. ['search'] (None: all)
+group_by = ["model", "dataset", "train_attack", "task"]  # runs differing only in these are one curve
 
 # %%
 import glob
@@ -39,18 +39,24 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from IPython.display import display, Markdown
+from IPython.display import Markdown, display
 
+from rst_lib.notebook_support import ensure_run_dir, write_summary
 from rst_lib.plots import plot_accuracy_vs_keep_ratio, plot_robust_vs_clean
-from rst_lib.report import collect_metrics, ensure_run_dir, write_summary
+from rst_lib.runs_index import collect_metrics
+from rst_lib.stats import group_over_seeds
+from rst_lib.workbook import PROJECT_ROOT
 
 run_dir = ensure_run_dir(run_dir, "07_compare_runs", name)
-roots = [p for d in run_dirs for p in sorted(glob.glob(str(d)))] if run_dirs else [runs_root]
-rows = [r for r in collect_metrics(roots) if tasks is None or r["task"] in tasks]
-print(f"{len(rows)} finished searches/finetunes under {', '.join(map(str, roots))}")
+roots = ([p for d in run_dirs for p in sorted(glob.glob(str(d)))] if run_dirs
+         else [runs_root or PROJECT_ROOT / "outputs"])
+rows = [r for r in collect_metrics(roots) if task_filter is None or r["task"] in task_filter]
+print(f"{len(rows)} finished trainings under {', '.join(map(str, roots))}")
 
 # %% [markdown]
 # ## 1. All runs
+# `clean` / `PGD` / `AutoAttack` are final numbers on the `split` named (the test split,
+# read once per run); `select_*` are the best epoch's numbers on the split that chose it.
 
 # %%
 df = pd.DataFrame(rows)
@@ -60,16 +66,31 @@ if len(df):
     df = df.sort_values(["model", "dataset", "task", "keep_ratio", "seed"], na_position="last")
     df.to_csv(run_dir / "runs.csv", index=False)
     cols = ["where", "task", "dataset", "model", "keep_ratio", "train_attack", "eps", "seed", "epochs",
-            "clean_acc", "pgd_acc", "autoattack_acc"]
-    fmt = {c: "{:.1%}" for c in ("clean_acc", "pgd_acc", "autoattack_acc")}
-    fmt.update(keep_ratio="{:.3g}", eps="{:.4g}")
+            "split", "examples", "clean_acc", "pgd_acc", "autoattack_acc", "select_split", "select_pgd_acc"]
+    fmt = {c: "{:.1%}" for c in ("clean_acc", "pgd_acc", "autoattack_acc", "select_pgd_acc")}
+    fmt.update(keep_ratio="{:.3g}", eps="{:.4g}", examples="{:.0f}")
     display(df[cols].style.format(fmt, na_rep="").hide(axis="index"))
 else:
     display(Markdown(f"**No finished runs under `{roots}` yet.** Run 01_search (or a sweep) first, "
                      "then re-run this notebook."))
 
 # %% [markdown]
-# ## 2. Accuracy vs keep ratio
+# ## 2. Over seeds: mean ± std
+# Runs that differ only in their seed are one setting; its spread says how much a
+# difference between settings can be trusted.
+
+# %%
+metrics = ["clean_acc", "pgd_acc", "autoattack_acc", "robust_acc"]
+keep = ["task", "dataset", "model", "width", "keep_ratio", "train_attack", "eps", "split", "examples", "seed"]
+grouped = group_over_seeds([{k: r[k] for k in keep + metrics} for r in rows], metrics)
+if grouped:
+    table = pd.DataFrame([{**{k: g[k] for k in keep if k in g}, "seeds": len(g["seeds"]),
+                           **{m: (f"{g[m + '_mean']:.1%} ± {g[m + '_std']:.1%}" if g[m + "_mean"] is not None else "")
+                              for m in metrics}} for g in grouped])
+    display(table.drop(columns=[c for c in ("seed",) if c in table]).style.hide(axis="index"))
+
+# %% [markdown]
+# ## 3. Accuracy vs keep ratio
 
 # %%
 if rows:
@@ -79,17 +100,21 @@ if rows:
     plt.show()
 
 # %% [markdown]
-# ## 3. Summary
+# ## 4. Summary
 
 # %%
-best = max((r for r in rows if r["pgd_acc"] is not None), key=lambda r: r["pgd_acc"], default=None)
-write_summary(run_dir, {"runs": len(rows), "pgd_acc": best["pgd_acc"] if best else None,
-                        "clean_acc": best["clean_acc"] if best else None,
+best = max((g for g in grouped if g["robust_acc_mean"] is not None),
+           key=lambda g: g["robust_acc_mean"], default=None)
+write_summary(run_dir, {"runs": len(rows), "settings": len(grouped),
+                        "robust_acc": best["robust_acc_mean"] if best else None,
+                        "clean_acc": best["clean_acc_mean"] if best else None,
                         "keep_ratio": best["keep_ratio"] if best else None,
                         "model": best["model"] if best else None, "dataset": best["dataset"] if best else None},
-              roots=[str(r) for r in roots])
+              roots=[str(r) for r in roots], over_seeds=grouped)
 if best:
-    display(Markdown(f"{len(rows)} runs in {df.groupby(list(group_by), dropna=False).ngroups} groups. Most robust: "
-                     f"**{best['model']} on {best['dataset']}, keep {best['keep_ratio']:.3g}, {best['task']}: "
-                     f"PGD {best['pgd_acc']:.1%}, clean {best['clean_acc']:.1%}** (`{best['path']}`). "
+    display(Markdown(f"{len(rows)} runs, {len(grouped)} settings. Most robust (mean over "
+                     f"{best['n_seeds']} seed(s)): **{best['model']} on {best['dataset']}, keep "
+                     f"{best['keep_ratio']:.3g}, {best['task']}: robust {best['robust_acc_mean']:.1%} ± "
+                     f"{best['robust_acc_std']:.1%}, clean {best['clean_acc_mean']:.1%}** "
+                     f"({best['split']} split, {best['examples']} examples). "
                      f"Table saved as `{run_dir / 'runs.csv'}`."))

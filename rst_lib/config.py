@@ -13,33 +13,12 @@ import typing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
 
-class ConfigError(ValueError):
-    """A parameter has a bad name, type or value. Raised before any compute."""
-
-
-def check_choice(param: str, value, allowed: Iterable[str]) -> None:
-    allowed = list(allowed)
-    if value not in allowed:
-        raise ConfigError(f"{param}={value!r} is invalid: valid choices are {', '.join(allowed)}")
-
-
-def parse_number(param: str, value) -> float:
-    """Accept 0.03, 8, or a fraction string such as '8/255' (how papers write eps)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{param}={value!r} is invalid: expected a number")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(Fraction(value.replace(" ", "")))
-        except (ValueError, ZeroDivisionError):
-            pass
-    raise ConfigError(f"{param}={value!r} is invalid: expected a number or a fraction like '8/255'")
+from .errors import ConfigError, check_choice, did_you_mean, parse_number  # noqa: F401 (re-exported)
 
 
 DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100", "svhn", "imagefolder")
@@ -54,87 +33,120 @@ LR_SCHEDULES = ("cosine", "step", "multistep", "cifar_piecewise", "constant")
 AUTOATTACK = ("none", "fast", "standard")
 
 
+_CHECKS: list[Callable[["RunConfig"], None]] = []
+
+
+def register_check(check: Callable[["RunConfig"], None]) -> Callable:
+    """Add a check that :meth:`RunConfig.validate` runs last. The layers above the config
+    register theirs when imported (``models``: the architecture can be built with these
+    settings; ``tickets``: a finetune ticket matches the model), so the config itself
+    imports none of them."""
+    _CHECKS.append(check)
+    return check
+
+
+def default(name: str):
+    """The schema's default of a parameter (a fresh copy for lists and dicts)."""
+    f = RunConfig.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def param(default, help: str, unit: str | None = None):
+    """A schema entry: the default, a one-line help and the unit (the type is the
+    annotation). The notebooks' parameters cells, ``rst-workbook params`` and validation
+    all read these."""
+    meta = {"help": help, "unit": unit}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class RunConfig:
-    """Parameters of a search run. Units: eps/alpha in [0, 1] pixel scale ('8/255' works)."""
+    """Every parameter of a run: its default, type, unit and help are declared here once.
 
-    # run
-    name: str = "search"
-    task: str = "search"               # search | finetune | finetune_reinit | finetune_full | dense | bnn
-    ticket: str | None = None          # the ticket to finetune (finetune* tasks)
-    finetune_init: str = "kaiming_normal"  # finetune_reinit: RST's --ft_init; same: the ticket's scheme
-    pretrained: str | None = None      # trained dense checkpoint to search in (robust trained tickets)
-    seed: int = 0
-    device: str = "auto"
-    channels_last: bool = False        # NHWC convs: faster idle, slower on a busy CPU (make bench)
-    output_dir: str = "outputs"
-    # data
-    dataset: str = "mnist5k"
-    data_dir: str | None = None
-    download: bool = False
-    train_examples: int | None = None  # None: the whole training split
-    val_fraction: float = 0.02         # training examples held out to pick the best epoch (RBRN: 2 %); 0: pick on test
-    eval_examples: int | None = None   # per-epoch check on the validation split; None: all of it
-    final_examples: int | None = None  # test examples of the final evaluation; None: all
-    batch_size: int = 128
-    eval_batch_size: int = 500
-    augment: bool = True               # random crop + flip for 32x32 color data only
-    # model (see rst_lib.models.ModelConfig)
-    model: str = "conv4"
-    model_kwargs: dict = field(default_factory=dict)  # e.g. {depth: 34, widen_factor: 10}
-    width: float = 1.0
-    keep_ratio: float = 0.05
-    adaptive_p: float = 1.0            # RBRN's p: layer keep ratio ~ n_l^(p-1); 1 = uniform
-    granularity: str = "weight"        # weight | kernel | filter | row
-    keep_ratio_schedule: str = "none"  # none | staged (RBRN pr_steps) | geometric (per epoch)
-    keep_ratio_stages: int = 1         # staged: stage k of S keeps keep_ratio^(k/S), cosine LR restarts
-    keep_ratio_warmup: int = 0         # geometric: epochs dense before shrinking
-    keep_ratio_steps: int = 0          # geometric: epochs to shrink from 1 to keep_ratio
-    discard: bool = False              # RST discard mode: the lowest scores stop getting gradient
-    discard_every: int = 10            # RST --discard_epoch: epochs between discards
-    discard_rate: float = 0.1          # RST --discard_rate: fraction of scores discarded per discard
-    discard_progressive: bool = False  # RST --progressive_prune: keep ratio 0.9 - discarded (>= keep_ratio)
-    weight_init: str = "signed_constant"
-    scale_fan: bool = True
-    score_init: str = "kaiming_uniform"
-    score_init_scale: float = 0.01
-    score_fan_mode: str = "none"       # none | all | except_last | only_last (RBRN)
-    norm: str = "bn"
-    bn_affine: bool = False
-    end_with_bn: bool = False
-    dense_first: bool = False
-    dense_last: bool = False
-    # optimization (of the scores)
-    epochs: int = 10
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "cosine"
-    lr_milestones: list[int] = field(default_factory=list)  # epochs, for step/multistep
-    lr_gamma: float = 0.1
-    warmup_epochs: float = 0           # linear LR warm-up
-    # inner attack (training) and evaluation attack
-    train_attack: str = "pgd"          # pgd | fgsm_rs | fgsm_carried (RBRN fast) | free | trades | none
-    threat_model: str = "linf"         # linf | l2
-    free_repeats: int = 4              # Free AT: replays of each minibatch
-    trades_beta: float = 6.0           # TRADES: weight of the KL term
-    eps: Any = "8/255"
-    eps_warmup_epochs: float = 0       # inner attack's eps (and step) ramps linearly from 0
-    alpha: Any = "2/255"
-    steps: int = 7
-    attack_train_mode: bool | None = None  # inner attack's BN mode; None: train (pgd/fgsm, both seeds), eval (trades, RBRN)
-    eval_eps: Any = None               # None: eps
-    eval_alpha: Any = None             # None: alpha
-    eval_steps: int = 20
-    eval_restarts: int = 1
-    eval_early_stop: bool = False      # PGD stops perturbing an example once it is misclassified (RST)
-    autoattack: str = "none"           # after the search: none | fast (APGD-CE + APGD-T) | standard
-    autoattack_examples: int = 1000
-    # monitoring
-    collapse_patience: int = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C)
-    stop_on_collapse: bool = True      # stop a collapsed run early (reason in metrics.json)
-    loss_jump_factor: float | None = None  # debug: warn when a batch loss > factor * running mean
+    Defaults are a CPU-sized robust search on the embedded ``mnist5k`` digits (the
+    workbook's defaults); the papers' settings live in ``params/presets/``.
+    Units: eps/alpha in [0, 1] pixel scale ('8/255' works).
+    """
+
+    # --- run
+    name: str | None = param(None, "run name: the folder is <name>-<time> (None: the notebook's name)")
+    task: str = param("search", "search | finetune | finetune_reinit | finetune_full | dense | bnn")
+    ticket: str | None = param(None, "a ticket.pt or a run folder (finetune tasks; 02 and 06 take it too)", "path")
+    finetune_init: str = param("kaiming_normal", "finetune_reinit draws weights so (RST --ft_init); same: the ticket's scheme")
+    pretrained: str | None = param(None, "trained dense checkpoint to search in (robust trained tickets)", "path")
+    seed: int = param(0, "seed of the random weights, the validation split and the attacks")
+    device: str = param("auto", "auto | cpu | cuda | cuda:N")
+    channels_last: bool = param(False, "NHWC conv layout (faster on an idle CPU, slower on a busy one)")
+    # --- data
+    dataset: str = param("mnist5k", "mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder")
+    data_dir: str | None = param(None, "where the data lives (None: $RST_DATA_DIR or data/)", "path")
+    download: bool = param(False, "let torchvision download a missing dataset")
+    train_examples: int | None = param(None, "training examples used (None: all but the validation split)", "examples")
+    val_fraction: float = param(0.02, "training split held out to pick the best epoch (RBRN 2 %); 0: pick on test", "fraction")
+    eval_examples: int | None = param(None, "validation examples of the per-epoch check (None: all)", "examples")
+    final_examples: int | None = param(None, "test examples of the final numbers (None: all)", "examples")
+    batch_size: int = param(128, "training batch (the global batch under torchrun)", "examples")
+    eval_batch_size: int = param(500, "evaluation batch", "examples")
+    augment: bool = param(True, "random crop + flip (32x32 color data only)")
+    # --- model (rst_lib.models.ModelConfig takes these)
+    model: str = param("conv4", "conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2")
+    model_kwargs: dict = param({}, "extra model arguments, e.g. {depth: 28, widen_factor: 10}")
+    width: float = param(0.25, "channel multiplier")
+    keep_ratio: float = param(0.1, "fraction of the weights KEPT (RBRN's --prune-rate)", "fraction")
+    adaptive_p: float = param(1.0, "RBRN's p: a layer keeps ~ size^(p-1); 1: the same ratio everywhere")
+    granularity: str = param("weight", "what one score gates: weight | kernel | filter | row")
+    keep_ratio_schedule: str = param("none", "none | staged (RBRN pr_steps) | geometric (per epoch)")
+    keep_ratio_stages: int = param(1, "staged: stage k of S keeps keep_ratio^(k/S); the cosine LR restarts")
+    keep_ratio_warmup: int = param(0, "geometric: dense epochs before shrinking", "epochs")
+    keep_ratio_steps: int = param(0, "geometric: epochs to shrink from 1 to keep_ratio", "epochs")
+    discard: bool = param(False, "RST discard mode: the lowest scores stop getting gradient")
+    discard_every: int = param(10, "RST --discard_epoch: epochs between discards", "epochs")
+    discard_rate: float = param(0.1, "RST --discard_rate: scores discarded per discard", "fraction")
+    discard_progressive: bool = param(False, "RST --progressive_prune: keep 0.9 - discarded (not below keep_ratio)")
+    weight_init: str = param("signed_constant", "signed_constant (RST) | binary (RBRN) | kaiming_normal | ...")
+    scale_fan: bool = param(True, "weight scale uses fan x keep ratio (RBRN's correct init)")
+    score_init: str = param("kaiming_uniform", "kaiming_uniform (RST) | uniform (U(-a, a), RBRN)")
+    score_init_scale: float = param(0.01, "a of the uniform score init")
+    score_fan_mode: str = param("none", "uniform scores divided by sqrt(fan): none | all | except_last | only_last")
+    norm: str = param("bn", "bn | none")
+    bn_affine: bool = param(False, "affine BatchNorm (both seeds: non-affine)")
+    end_with_bn: bool = param(True, "RBRN's last BatchNorm on the logits")
+    dense_first: bool = param(False, "keep the first layer dense (unmasked)")
+    dense_last: bool = param(False, "keep the last layer dense (unmasked)")
+    # --- optimization (of the scores; of the weights when finetuning)
+    epochs: int = param(5, "training epochs", "epochs")
+    optimizer: str = param("sgd", "sgd | adam")
+    lr: float = param(0.1, "base learning rate")
+    momentum: float = param(0.9, "SGD momentum")
+    weight_decay: float = param(5e-4, "weight decay (on the scores in a search, as both seeds)")
+    lr_schedule: str = param("cosine", "cosine | step | multistep | cifar_piecewise | constant")
+    lr_milestones: list[int] = param([], "step / multistep: epochs where the LR is multiplied by lr_gamma", "epochs")
+    lr_gamma: float = param(0.1, "step / multistep LR factor")
+    warmup_epochs: float = param(0, "linear LR warm-up", "epochs")
+    # --- training attack
+    train_attack: str = param("fgsm_rs", "pgd | fgsm_rs | fgsm_carried (RBRN fast) | free | trades | none (natural)")
+    threat_model: str = param("linf", "linf | l2")
+    free_repeats: int = param(4, "Free AT: replays of each minibatch")
+    trades_beta: float = param(6.0, "TRADES: weight of the KL term")
+    eps: Any = param(0.3, "attack budget ('8/255' works)", "pixels in [0, 1]")
+    eps_warmup_epochs: float = param(0, "the training attack's eps (and step) ramps up from 0", "epochs")
+    alpha: Any = param(0.375, "training attack step (FGSM-RS: 1.25 x eps)", "pixels in [0, 1]")
+    steps: int = param(7, "PGD / TRADES steps of the training attack")
+    attack_train_mode: bool | None = param(None, "BN mode of the training attack (None: train; eval for trades)")
+    # --- evaluation
+    eval_eps: Any = param(None, "evaluation budget (None: eps)", "pixels in [0, 1]")
+    eval_alpha: Any = param(0.0375, "PGD step of the evaluation (None: alpha)", "pixels in [0, 1]")
+    eval_steps: int = param(20, "PGD steps of the evaluation")
+    eval_restarts: int = param(1, "PGD restarts of the evaluation")
+    eval_early_stop: bool = param(False, "PGD stops on an example once it is misclassified (RST)")
+    autoattack: str = param("fast", "final AutoAttack: none | fast (APGD-CE + APGD-T) | standard")
+    autoattack_examples: int = param(1000, "test examples of the final AutoAttack", "examples")
+    # --- monitoring
+    collapse_patience: int = param(2, "epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse", "epochs")
+    stop_on_collapse: bool = param(True, "stop a collapsed run (the reason goes to metrics.json)")
+    loss_jump_factor: float | None = param(None, "debug: warn when a batch loss exceeds factor x its running mean")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -193,10 +205,9 @@ class RunConfig:
             raise ConfigError(f"task={self.task!r} needs ticket: the path of a ticket.pt to finetune")
         for name in ("ticket", "pretrained"):
             path = getattr(self, name)
-            if path is not None and not Path(path).expanduser().is_file():
-                raise ConfigError(f"{name}={path!r} does not exist (expected a file)")
-        if self.ticket and self.task.startswith("finetune"):
-            self._check_ticket_matches()
+            if path is not None and not Path(path).expanduser().exists():
+                raise ConfigError(f"{name}={path!r} does not exist: no file or run folder at "
+                                  f"{str(Path(path).expanduser().resolve())!r}")
         if self.loss_jump_factor is not None and self.loss_jump_factor <= 1:
             raise ConfigError(f"loss_jump_factor={self.loss_jump_factor!r} is invalid: it must be "
                               "> 1 (or null to switch the check off)")
@@ -242,22 +253,9 @@ class RunConfig:
                 and not self.download:
             raise ConfigError(f"data_dir={self.data_dir!r} does not exist; create it, point it "
                               "at your data, or set download: true where downloading is possible")
-        from .models import validate_model_config
-        validate_model_config(self.model_config(num_classes=10, in_channels=1, image_size=28))
+        for check in _CHECKS:  # the model and the ticket (see register_check)
+            check(self)
         return self
-
-    def _check_ticket_matches(self) -> None:
-        """A finetune ticket must be of the configured architecture (read before compute)."""
-        from .tickets import TicketError, ticket_meta
-        try:
-            t = ticket_meta(self.ticket)["model_config"]
-        except TicketError as e:
-            raise ConfigError(f"ticket={self.ticket!r}: {e}") from None
-        diff = [f"{k}: ticket has {t[k]!r}, parameters say {getattr(self, f)!r}"
-                for k, f in (("name", "model"), ("width", "width")) if t.get(k) != getattr(self, f)]
-        if diff:
-            raise ConfigError(f"ticket={self.ticket!r} does not match the model ("
-                              + "; ".join(diff) + ")")
 
     # ------------------------------------------------------------------ derived
 
@@ -268,21 +266,6 @@ class RunConfig:
     @property
     def eval_alpha_value(self) -> float:
         return self.alpha if self.eval_alpha is None else self.eval_alpha
-
-    def model_config(self, num_classes: int, in_channels: int, image_size: int,
-                     mean=(0.0,), std=(1.0,), keep_ratio: float | None | str = "config"):
-        from .models import ModelConfig
-        return ModelConfig(
-            name=self.model, num_classes=num_classes, in_channels=in_channels,
-            image_size=image_size, width=self.width,
-            keep_ratio=self.keep_ratio if keep_ratio == "config" else keep_ratio,
-            adaptive_p=self.adaptive_p, granularity=self.granularity,
-            weight_init=self.weight_init, scale_fan=self.scale_fan, score_init=self.score_init,
-            score_init_scale=self.score_init_scale, score_fan_mode=self.score_fan_mode,
-            model_kwargs=dict(self.model_kwargs),
-            norm=self.norm, bn_affine=self.bn_affine, end_with_bn=self.end_with_bn,
-            dense_first=self.dense_first, dense_last=self.dense_last,
-            mean=list(mean), std=list(std), seed=self.seed)
 
 
 def _check_type(name: str, value, hint) -> None:

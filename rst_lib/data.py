@@ -19,6 +19,10 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+
+from .config import DATASETS
+from .errors import ConfigError
 
 DATA_HELP = ("Provide the data by pointing data_dir at a folder that holds it, "
              "or pass download=True on a machine with internet access.")
@@ -177,7 +181,6 @@ def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = Non
         if not root.is_dir():
             raise DatasetUnavailable(f"imagefolder: {str(root)!r} is not a directory. {DATA_HELP}")
         return _imagefolder(root, augment, image_size)
-    from .config import DATASETS, ConfigError
     raise ConfigError(f"dataset={name!r} is invalid: valid choices are {', '.join(DATASETS)}")
 
 
@@ -253,7 +256,6 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, seed: int =
         return TensorBatches(ds, batch_size, shuffle, seed, rank, world_size, with_index)
     if with_index:
         ds = WithIndex(ds)
-    from torch.utils.data.distributed import DistributedSampler
     # DistributedSampler also for one process: the same permutation whatever the world size.
     sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=shuffle,
                                  seed=seed, drop_last=False)

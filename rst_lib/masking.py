@@ -453,11 +453,14 @@ def keep_ratios(model: nn.Module) -> dict[str, float]:
 
 
 def mask_summary(model: nn.Module) -> dict:
-    """Kept / total weights of every masked layer and of the whole masked part."""
+    """Kept / total weights of every masked layer and of the whole masked part (a score
+    of a ``kernel``/``filter``/``row`` granularity gates a block of weights)."""
     layers = {}
     for name, m in masked_layers(model):
         p = get_mask_param(m)
-        layers[name] = {"kept": p.k, "total": p.scores.numel(), "keep_ratio": p.k / p.scores.numel()}
+        total = raw_weight(m).numel()
+        kept = p.k * (total // p.scores.numel())
+        layers[name] = {"kept": kept, "total": total, "keep_ratio": kept / total}
     kept = sum(v["kept"] for v in layers.values())
     total = sum(v["total"] for v in layers.values())
     return {"layers": layers, "kept": kept, "total": total,

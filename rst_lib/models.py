@@ -20,13 +20,19 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import masking
+from .config import RunConfig, default, register_check
+from .errors import ConfigError, check_choice
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 NORM_OPTIONAL: set[str] = set()  # models that can be built without BatchNorm (norm="none")
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {}  # the model_kwargs each model accepts
 
 
-def register_model(name: str, norm_optional: bool = False):
+def register_model(name: str, norm_optional: bool = False, options: tuple[str, ...] = ()):
     """Register ``fn(*, num_classes, in_channels, image_size, width, bn_affine, norm, **_)``.
+
+    ``options`` names the extra ``model_kwargs`` the factory takes (e.g. ``depth``); any
+    other key is refused with a :class:`ConfigError` before the model is built.
 
     The factory returns a plain ``nn.Module`` built from ``nn.Conv2d`` / ``nn.Linear``
     (``bias=False``) whose modules are registered in forward order: the first conv/linear
@@ -35,6 +41,7 @@ def register_model(name: str, norm_optional: bool = False):
     """
     def deco(fn):
         MODELS[name] = fn
+        MODEL_OPTIONS[name] = tuple(options)
         if norm_optional:
             NORM_OPTIONAL.add(name)
         return fn
@@ -78,29 +85,40 @@ class ModelConfig:
         seed: seed of the random weights (and of the initial scores).
     """
 
-    name: str = "conv4"
+    # Fields shared with RunConfig take its defaults (declared once, in rst_lib.config).
+    name: str = default("model")
     num_classes: int = 10
     in_channels: int = 3
     image_size: int = 32
-    width: float = 1.0
+    width: float = default("width")
     model_kwargs: dict = field(default_factory=dict)
-    keep_ratio: float | None = 0.05
-    adaptive_p: float = 1.0
-    granularity: str = "weight"
-    weight_init: str = "signed_constant"
-    scale_fan: bool = True
-    score_init: str = "kaiming_uniform"
-    score_init_scale: float = 0.01
-    score_fan_mode: str = "none"
-    norm: str = "bn"
-    bn_affine: bool = False
-    end_with_bn: bool = False
-    dense_first: bool = False
-    dense_last: bool = False
+    keep_ratio: float | None = default("keep_ratio")
+    adaptive_p: float = default("adaptive_p")
+    granularity: str = default("granularity")
+    weight_init: str = default("weight_init")
+    scale_fan: bool = default("scale_fan")
+    score_init: str = default("score_init")
+    score_init_scale: float = default("score_init_scale")
+    score_fan_mode: str = default("score_fan_mode")
+    norm: str = default("norm")
+    bn_affine: bool = default("bn_affine")
+    end_with_bn: bool = default("end_with_bn")
+    dense_first: bool = default("dense_first")
+    dense_last: bool = default("dense_last")
     bnn: bool = False
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
-    seed: int = 0
+    seed: int = default("seed")
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig, num_classes: int, in_channels: int, image_size: int,
+                 mean=(0.0,), std=(1.0,)) -> "ModelConfig":
+        """The model part of a run's parameters, for a dataset of this shape."""
+        shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)
+                  if f.name in RunConfig.__dataclass_fields__ and f.name != "name"}
+        shared["model_kwargs"] = dict(cfg.model_kwargs)
+        return cls(**shared, name=cfg.model, num_classes=num_classes, in_channels=in_channels,
+                   image_size=image_size, mean=list(mean), std=list(std))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -297,8 +315,12 @@ def _prunable(body: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def validate_model_config(cfg: ModelConfig) -> None:
-    from .config import ConfigError, check_choice
     check_choice("model", cfg.name, list_models())
+    unknown = sorted(set(cfg.model_kwargs) - set(MODEL_OPTIONS[cfg.name]))
+    if unknown:
+        valid = ", ".join(MODEL_OPTIONS[cfg.name]) or "none"
+        raise ConfigError(f"model_kwargs {', '.join(unknown)} unknown for model {cfg.name!r}: "
+                          f"valid model_kwargs are {valid}")
     check_choice("weight_init", cfg.weight_init, masking.WEIGHT_INITS)
     check_choice("score_init", cfg.score_init, masking.SCORE_INITS)
     check_choice("score_fan_mode", cfg.score_fan_mode, masking.SCORE_FAN_MODES)
@@ -322,9 +344,14 @@ def validate_model_config(cfg: ModelConfig) -> None:
                           f"not {cfg.name!r}")
 
 
+@register_check
+def _check_run_model(cfg: RunConfig) -> None:
+    """The model part of a run's parameters is valid (checked on a 28x28 grey shape)."""
+    validate_model_config(ModelConfig.from_run(cfg, num_classes=10, in_channels=1, image_size=28))
+
+
 def build_model(cfg: ModelConfig) -> RandomNetwork:
     """Build, initialize and mask the network described by ``cfg`` (on the CPU)."""
-    from .config import ConfigError
     validate_model_config(cfg)
     # Every registered factory gets the same keyword arguments and ignores what it does not use.
     kw = dict(num_classes=cfg.num_classes, in_channels=cfg.in_channels, image_size=cfg.image_size,
@@ -374,14 +401,3 @@ def build_model(cfg: ModelConfig) -> RandomNetwork:
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kw) -> RandomNetwork:
     """Build a registered model: ``create_model("conv4", 10, 1, image_size=28, keep_ratio=0.1)``."""
     return build_model(ModelConfig(name=name, num_classes=num_classes, in_channels=in_channels, **kw))
-
-
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    masked = sum(m.parametrizations.weight.original.numel() for _, m in masking.masked_layers(model))
-    kept = sum(masking.get_mask_param(m).k for _, m in masking.masked_layers(model))
-    return {"masked_weights": masked, "kept_weights": kept,
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-
-
-
-from . import zoo  # noqa: E402,F401  - registers the larger architectures

@@ -1,10 +1,18 @@
 """Figures and tables the notebooks show (matplotlib; return the figure for reuse)."""
 from __future__ import annotations
 
+import statistics
+from collections import defaultdict
+from math import comb
+
+import matplotlib.colors as mcolors
+import numpy as np
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 from torch import nn
 
-from . import masking
+from . import mask_stats, masking
+from .stats import wilson_interval
 
 
 def plot_history(history: list[dict], title: str = "search", ax=None):
@@ -48,28 +56,46 @@ def plot_keep_ratios(model: nn.Module, title: str = "kept fraction per layer", a
     return fig
 
 
-def plot_comparison(rows: list[dict], title: str = "same attack, same test inputs", ax=None):
-    """Grouped bars: clean and robust accuracy per model."""
+def plot_comparison(rows: list[dict], title: str = "same attacks, same test inputs", ax=None):
+    """Grouped bars per model: clean, PGD and (when measured) AutoAttack accuracy, each with
+    its 95 % Wilson interval over the ``examples`` it was measured on."""
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig, ax = plt.subplots(figsize=(7, 3.8))
     else:
         fig = ax.figure
-    x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [r["clean_acc"] for r in rows], 0.4, label="clean")
-    ax.bar([i + 0.2 for i in x], [r["pgd_acc"] for r in rows], 0.4, label="PGD")
-    for i, r in enumerate(rows):
-        ax.annotate(f"{r['pgd_acc']:.1%}", (i + 0.2, r["pgd_acc"]), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(x), [r["model"] for r in rows])
-    ax.set(ylabel="test accuracy", ylim=(0, 1), title=title)
-    ax.legend()
+    bars = [("clean_acc", "clean", "examples"), ("pgd_acc", rows[0].get("pgd", "PGD"), "examples")]
+    if any(r.get("autoattack_acc") is not None for r in rows):
+        bars.append(("autoattack_acc", "AutoAttack", "robust_examples"))
+    width = 0.8 / len(bars)
+    for j, (key, label, n_key) in enumerate(bars):
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(rows))]
+        ys = [r.get(key) or 0.0 for r in rows]
+        errs = [_interval_err(r.get(key), r.get(n_key) or r.get("examples")) for r in rows]
+        ax.bar(xs, ys, width, label=label, yerr=list(zip(*errs)) if errs else None, capsize=3)
+        for x, y, r in zip(xs, ys, rows):
+            if r.get(key) is not None:
+                ax.annotate(f"{y:.1%}", (x, y), xytext=(0, 2), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(rows)), [r["model"] for r in rows])
+    ax.set(ylabel="test accuracy (95 % interval)", ylim=(0, 1.08), title=title)
+    ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return fig
+
+
+def _interval_err(acc, n) -> tuple[float, float]:
+    if acc is None or not n:
+        return (0.0, 0.0)
+    lo, hi = wilson_interval(acc, n)
+    return (acc - lo, hi - acc)
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     """A Markdown table; floats in [0, 1] named *_acc shown as percentages."""
     columns = columns or list(rows[0])
     def fmt(k, v):
+        if v is None:
+            return ""
         if isinstance(v, float) and k.endswith("acc"):
             return f"{v:.1%}"
         return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -82,7 +108,6 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
 
 def _integer_ticks(ax):
-    from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
@@ -135,7 +160,6 @@ def plot_bars(rows: list[dict], keys: dict[str, str], label_key: str = "model",
 
 def plot_transfer_matrix(result: dict, title: str = "transferability", ax=None):
     """Heatmap of ``transfer_matrix``: row = source of the attack, column = target model."""
-    import numpy as np
     m = np.array(result["matrix"])
     names = result["names"]
     if ax is None:
@@ -170,6 +194,12 @@ def r2s_rows(result: dict) -> list[dict]:
         {"setting": f"R2S: adaptive EOT-{result['eot_samples']} PGD",
          "clean_acc": result["clean_acc"], "robust_acc": result["adaptive_eot_acc"]},
     ]
+    if "autoattack_rand_acc" in result:
+        rows.append({"setting": "R2S: AutoAttack (rand, EOT-20)", "clean_acc": result["clean_acc"],
+                     "robust_acc": result["autoattack_rand_acc"]})
+    for r in rows:  # every number with its 95 % interval
+        r["examples"] = result.get("autoattack_rand_examples", result["n"]) \
+            if "AutoAttack" in r["setting"] else result["n"]
     return rows
 
 
@@ -236,7 +266,6 @@ def plot_kept_histogram(histograms: dict[str, list[int]], title: str = "kept wei
     ``reference``: label -> density; draws what a uniformly random mask of that density
     would give (binomial(9, density)) as dashed markers in the ticket's color.
     """
-    from math import comb
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 3.4))
     fig = ax.figure
@@ -294,9 +323,9 @@ def plot_eps_curve(rows: list[dict], keys: dict[str, str] | None = None,
 
 def plot_accuracy_vs_keep_ratio(rows: list[dict], group_keys=("model", "dataset", "train_attack", "task"),
                                 title: str = "robust and clean accuracy vs keep ratio", axes=None):
-    """The papers' main figure: clean (left) and PGD (right) accuracy against the keep
-    ratio (log scale), one line per group of runs; several seeds give mean and min-max."""
-    from collections import defaultdict
+    """The papers' main figure: clean (left) and robust (right: AutoAttack where measured,
+    else PGD) test accuracy against the keep ratio (log scale), one line per group of runs;
+    several seeds give the mean and a band of mean ± std."""
     groups: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r.get("keep_ratio") is None:
@@ -308,7 +337,7 @@ def plot_accuracy_vs_keep_ratio(rows: list[dict], group_keys=("model", "dataset"
     fig = axes[0].figure
     for i, (g, by_ratio) in enumerate(sorted(groups.items())):
         ratios = sorted(by_ratio)
-        for ax, key in zip(axes, ("clean_acc", "pgd_acc")):
+        for ax, key in zip(axes, ("clean_acc", "robust_acc")):
             vals = [[r[key] for r in by_ratio[k] if r.get(key) is not None] for k in ratios]
             xs = [k for k, v in zip(ratios, vals) if v]
             vals = [v for v in vals if v]
@@ -317,9 +346,10 @@ def plot_accuracy_vs_keep_ratio(rows: list[dict], group_keys=("model", "dataset"
             mean = [sum(v) / len(v) for v in vals]
             ax.plot(xs, mean, "o-", color=f"C{i}", label=g)
             if any(len(v) > 1 for v in vals):
-                ax.fill_between(xs, [min(v) for v in vals], [max(v) for v in vals], color=f"C{i}",
-                                alpha=0.2)
-    for ax, name in zip(axes, ("clean accuracy", "PGD accuracy")):
+                std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
+                ax.fill_between(xs, [m - d for m, d in zip(mean, std)],
+                                [m + d for m, d in zip(mean, std)], color=f"C{i}", alpha=0.2)
+    for ax, name in zip(axes, ("clean accuracy", "robust accuracy (AutoAttack, else PGD)")):
         ax.set_xscale("log")
         ax.set(xlabel="keep ratio (fraction of weights kept)", ylabel="test accuracy",
                title=name, ylim=(0, 1))
@@ -340,7 +370,6 @@ def mask_explorer(tickets: dict, layer: str | None = None):
     """
     import ipywidgets as w
 
-    from . import mask_stats
 
     labels = list(tickets)
     convs = [n for n, m in mask_stats.kernel_counts(tickets[labels[0]]).items()]
@@ -380,10 +409,9 @@ def mask_explorer(tickets: dict, layer: str | None = None):
 
 def plot_robust_vs_clean(rows: list[dict], group_keys=("model", "dataset", "train_attack", "task"),
                          title: str = "robust vs clean accuracy (color: keep ratio)", ax=None):
-    """Every run as a point (clean, PGD accuracy), colored by keep ratio (log scale),
-    one marker per group."""
-    import matplotlib.colors as mcolors
-    pts = [r for r in rows if r.get("clean_acc") is not None and r.get("pgd_acc") is not None]
+    """Every run as a point (clean, robust accuracy: AutoAttack where measured, else PGD),
+    colored by keep ratio (log scale), one marker per group."""
+    pts = [r for r in rows if r.get("clean_acc") is not None and r.get("robust_acc") is not None]
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
     fig = ax.figure
@@ -395,12 +423,12 @@ def plot_robust_vs_clean(rows: list[dict], group_keys=("model", "dataset", "trai
     sc = None
     for i, g in enumerate(groups):
         mine = [r for r in pts if " / ".join(str(r.get(k)) for k in group_keys) == g]
-        sc = ax.scatter([r["clean_acc"] for r in mine], [r["pgd_acc"] for r in mine],
+        sc = ax.scatter([r["clean_acc"] for r in mine], [r["robust_acc"] for r in mine],
                         c=[float(r.get("keep_ratio") or 1.0) for r in mine], cmap="viridis", norm=norm,
                         marker=markers[i % len(markers)], edgecolors="k", linewidths=0.5, label=g)
     if sc is not None and norm is not None:
         fig.colorbar(sc, ax=ax, label="keep ratio")
-    ax.set(xlabel="clean accuracy", ylabel="PGD accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.set(xlabel="clean accuracy", ylabel="robust accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
     ax.grid(alpha=0.3)
     if groups:
         ax.legend(fontsize=7)

@@ -50,7 +50,8 @@ from tqdm.auto import tqdm
 
 from .attacks import PGD
 from .masking import frozen_masks
-from .transfer import NamedModels, check_same_network, named_models, seeded_rng
+from .devices import seeded_rng
+from .transfer import NamedModels, check_same_network, named_models
 
 MODES = ("batch", "example")
 
@@ -158,9 +159,6 @@ class RandomSwitch(nn.Module):
             yield self
         finally:
             self.generator = previous
-
-    def reseed(self, seed: int) -> None:
-        self.generator.manual_seed(seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]

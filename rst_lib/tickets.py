@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -28,6 +27,9 @@ import torch
 from torch import nn
 
 from . import masking
+from .config import RunConfig, register_check
+from .errors import ConfigError
+from .files import torch_save
 from .models import ModelConfig, RandomNetwork, build_model
 
 FORMAT = "rst-ticket"
@@ -35,8 +37,9 @@ VERSION = 2          # 2: masks as {"encoding": ...} dicts (bits or Elias-Fano)
 READABLE = (1, 2)    # 1: masks as packed bits only
 
 
-class TicketError(ValueError):
-    """A ticket file is not a valid ticket (wrong format, corrupted, or unsafe)."""
+class TicketError(ConfigError):
+    """A ticket file is not a valid ticket (missing, empty, truncated, not a ticket, or
+    unsafe). A bad ticket is a bad parameter: it is reported before any compute."""
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
@@ -128,20 +131,6 @@ def _is_score_key(key: str) -> bool:
     return key.endswith(".scores")
 
 
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def ticket_payload(model: RandomNetwork, meta: dict | None = None) -> dict:
     cfg: ModelConfig = model.config
     reference = build_model(cfg).state_dict()
@@ -167,36 +156,64 @@ def ticket_payload(model: RandomNetwork, meta: dict | None = None) -> dict:
 
 def save_ticket(model: RandomNetwork, path: str | os.PathLike, meta: dict | None = None) -> Path:
     """Save ``model`` as a ticket at ``path`` (atomically). ``meta``: JSON-able extras."""
-    atomic_torch_save(ticket_payload(model, meta), path)
-    return Path(path)
+    return torch_save(ticket_payload(model, meta), path)
+
+
+def resolve_ticket(path: str | os.PathLike) -> Path:
+    """The ticket file of ``path``: the file itself, or ``ticket.pt`` in a run folder."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / "ticket.pt").is_file():
+            return p / "ticket.pt"
+        raise TicketError(f"{str(p.resolve())!r} is a folder without a ticket.pt (give a ticket "
+                          "file or the run folder of a search)")
+    if not p.is_file():
+        raise TicketError(f"no ticket at {str(p.resolve())!r}")
+    return p
+
+
+def _unreadable(path: Path, error: BaseException) -> TicketError:
+    """Why a file is not a loadable ticket, said for what it is."""
+    head = path.read_bytes()[:4] if path.stat().st_size else b""
+    where = repr(str(path.resolve()))
+    if not head:
+        return TicketError(f"{where} is empty (0 bytes): the run that wrote it was probably "
+                           "killed while saving; use its run folder's other ticket or search again")
+    if isinstance(error, pickle.UnpicklingError) and head.startswith(b"PK"):
+        return TicketError(f"{where} was refused: it holds Python objects that could run code "
+                           "when loaded, and a ticket holds only tensors. Load only tickets that "
+                           "rst-workbook wrote")
+    if head[:1] in (b"{", b"["):
+        return TicketError(f"{where} is a JSON file, not a ticket (tickets are ticket.pt files)")
+    if head.startswith(b"PK"):
+        return TicketError(f"{where} is truncated or corrupted (an incomplete archive); "
+                           "copy it again or use another ticket")
+    return TicketError(f"{where} is not a ticket: it is not a PyTorch archive written by "
+                       "rst-workbook")
 
 
 def read_ticket(path: str | os.PathLike) -> dict:
-    """Load and check a ticket file's payload without building the model."""
-    path = Path(path)
-    if not path.is_file():
-        raise TicketError(f"no ticket file at {str(path)!r}")
+    """Load and check a ticket file's payload (a ticket file or a run folder) without
+    building the model."""
+    path = resolve_ticket(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise TicketError(
-            f"{str(path)!r} was refused: it contains objects other than tensors and plain "
-            f"containers, which could run code when loaded. Only load tickets you trust to "
-            f"have been written by rst_lib. ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise TicketError(f"{str(path)!r} is not a readable ticket (truncated or corrupted?): "
-                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
+            ValueError) as e:
+        raise _unreadable(path, e) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise TicketError(f"{str(path)!r} is not an rst-workbook ticket (format field missing)")
+        raise TicketError(f"{str(path.resolve())!r} is a PyTorch file but not an rst-workbook "
+                          "ticket (no ticket format field): a checkpoint or state dict?")
     if payload.get("version") not in READABLE:
-        raise TicketError(f"{str(path)!r} has ticket version {payload.get('version')!r}; "
+        raise TicketError(f"{str(path.resolve())!r} has ticket version {payload.get('version')!r}; "
                           f"this rst_lib reads versions {', '.join(map(str, READABLE))}")
     return payload
 
 
 def load_ticket(path: str | os.PathLike, device: str | torch.device = "cpu",
                 expect: ModelConfig | None = None) -> RandomNetwork:
-    """Rebuild the ticket's network (in eval mode). ``expect``: refuse other architectures."""
+    """Rebuild the ticket's network (in eval mode) from a ticket file or a run folder.
+    ``expect``: refuse other architectures."""
     payload = read_ticket(path)
     cfg = ModelConfig.from_dict(json.loads(payload["model_config"]))
     if expect is not None:
@@ -236,3 +253,15 @@ def ticket_meta(path: str | os.PathLike) -> dict:
 def checkpoint_size_bytes(model: nn.Module) -> int:
     """Bytes of a plain fp32 checkpoint of the whole state (weights + scores + buffers)."""
     return sum(v.numel() * v.element_size() for v in model.state_dict().values())
+
+
+@register_check
+def _check_run_ticket(cfg: RunConfig) -> None:
+    """A finetune ticket is readable and of the configured architecture (before compute)."""
+    if not (cfg.ticket and cfg.task.startswith("finetune")):
+        return
+    t = ticket_meta(cfg.ticket)["model_config"]
+    diff = [f"{k}: ticket has {t[k]!r}, parameters say {getattr(cfg, f)!r}"
+            for k, f in (("name", "model"), ("width", "width")) if t.get(k) != getattr(cfg, f)]
+    if diff:
+        raise ConfigError(f"ticket={cfg.ticket!r} does not match the model (" + "; ".join(diff) + ")")

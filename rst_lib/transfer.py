@@ -11,13 +11,14 @@ and every target is evaluated on it), plus one forward pass per target per sourc
 """
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .devices import seeded_rng
 from .masking import frozen_masks, masked_layers, raw_weight
 
 NamedModels = Mapping[str, nn.Module] | Iterable[tuple[str, nn.Module]] | Iterable[nn.Module]
@@ -93,24 +94,6 @@ def check_same_network(models: NamedModels, up_to_scale: bool = True) -> None:
                 raise ValueError(
                     f"{name!r} and {ref_name!r} are not tickets of the same random network: "
                     f"the random weights of {layer!r} differ (different seed or weight init?)")
-
-
-@contextmanager
-def seeded_rng(seed: int | None, device: str | torch.device = "cpu"):
-    """Run the block with the global torch RNG seeded to ``seed``; restore it afterwards.
-
-    Forks the CPU generator and, for a CUDA ``device``, that device's generator, so the
-    caller's random stream is untouched. ``seed=None`` leaves the RNG alone.
-    """
-    if seed is None:
-        yield
-        return
-    dev = torch.device(device)
-    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] \
-        if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 @torch.no_grad()

@@ -107,7 +107,7 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
-@register_model("wide_resnet")
+@register_model("wide_resnet", options=("depth", "widen_factor"))
 def wide_resnet(depth: int = 28, widen_factor: float = 10, **kw):
     """WRN-``depth``-``widen_factor`` (defaults: WRN-28-10); ``depth`` must be 6n + 4."""
     return WideResNet(depth, widen_factor, **kw)
@@ -116,8 +116,6 @@ def wide_resnet(depth: int = 28, widen_factor: float = 10, **kw):
 @register_model("wrn28_10")
 def wrn28_10(**kw):
     """WRN-28-10: 4 blocks per stage, about 36.5M weights at width 1."""
-    kw.pop("depth", None)
-    kw.pop("widen_factor", None)
     return WideResNet(28, 10, **kw)
 
 
@@ -130,8 +128,6 @@ def wrn32_10(**kw):
     weights at width 1. (Madry's TF code uses parameter-free avg-pool + zero-pad shortcuts;
     here the shortcuts are the 1x1 convs of the TRADES code.)
     """
-    kw.pop("depth", None)
-    kw.pop("widen_factor", None)
     return WideResNet(34, 10, **kw)
 
 
@@ -295,7 +291,7 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-@register_model("mlp", norm_optional=True)
+@register_model("mlp", norm_optional=True, options=("depth", "hidden"))
 def mlp(**kw):
     """MLP with ``depth`` hidden layers (default 2) of ``hidden`` units (default 256) x width."""
     return MLP(**kw)

@@ -9,7 +9,7 @@ import papermill
 import pytest
 
 from rst_lib.config import ConfigError
-from rst_lib.runner import run_notebook
+from rst_lib.runs import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

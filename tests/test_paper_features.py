@@ -7,17 +7,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rst_lib import RunConfig, create_model, load_ticket, masking, save_ticket, search
+from rst_lib import RunConfig, create_model, load_ticket, masking, save_ticket, train
 from rst_lib.attacks import FGSM, PGD, TradesPGD
 from rst_lib.config import ConfigError, load_config
 from rst_lib.data import load_dataset
 from rst_lib.masking import allocate_keep_ratios, add_mask, get_mask_param, score_shape
-from rst_lib.train import build_search, lr_factor, scheduled_keep_ratios
+from rst_lib.tasks import build_task
+from rst_lib.schedules import lr_factor, scheduled_keep_ratios
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
             train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, epochs=1)
+            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, epochs=1, autoattack="none", final_examples=200)
 
 
 # ------------------------------------------------------------------------ masking options
@@ -126,7 +127,7 @@ def test_geometric_keep_ratio_schedule(data):
     assert scheduled_keep_ratios(final, 5, 1, 2) == pytest.approx(final)
     cfg = RunConfig(**{**TINY, "epochs": 3, "keep_ratio_schedule": "geometric",
                        "keep_ratio_steps": 2}).validate()
-    result = search(cfg, None, progress=False, data=data)
+    result = train(cfg, None, progress=False, data=data)
     kept = [h["keep_ratio"] for h in result.history]
     assert kept[0] > kept[1] > 0 and abs(kept[2] - 0.2) < 0.01 and abs(kept[1] - 0.2) < 0.01
     assert kept[0] == pytest.approx(0.2 ** 0.5, abs=0.01)
@@ -165,7 +166,7 @@ def test_every_inner_attack_trains(data, attack, threat_model):
     cfg = RunConfig(**{**TINY, "train_attack": attack, "threat_model": threat_model, "eps": eps,
                        "alpha": eps / 4, "steps": 2, "free_repeats": 2, "epochs": 2,
                        "train_examples": 512}).validate()
-    result = search(cfg, None, progress=False, data=data)
+    result = train(cfg, None, progress=False, data=data)
     first, last = result.history
     assert math.isfinite(last["train_loss"]) and last["train_loss"] < first["train_loss"]
     assert last["clean_acc"] > 0.2
@@ -190,14 +191,14 @@ def _raw(model):
 @pytest.fixture(scope="module")
 def ticket(tmp_path_factory, data):
     run_dir = tmp_path_factory.mktemp("search")
-    search(RunConfig(**TINY).validate(), run_dir, progress=False, data=data)
+    train(RunConfig(**TINY).validate(), run_dir, progress=False, data=data)
     return run_dir / "ticket.pt"
 
 
 def test_finetune_inherited_changes_weights_only(ticket, data):
     before = load_ticket(ticket)
     cfg = RunConfig(**{**TINY, "task": "finetune", "ticket": str(ticket), "lr": 0.01}).validate()
-    after = search(cfg, None, progress=False, data=data).model
+    after = train(cfg, None, progress=False, data=data).model
     masks_before, masks_after = masking.get_masks(before), masking.get_masks(after)
     assert all(torch.equal(masks_before[k], masks_after[k]) for k in masks_before)  # mask fixed
     w0, w1 = _raw(before), _raw(after)
@@ -212,7 +213,7 @@ def test_finetune_inherited_changes_weights_only(ticket, data):
 def test_finetune_reinit_redraws_weights(ticket, data):
     original = load_ticket(ticket)
     cfg = RunConfig(**{**TINY, "task": "finetune_reinit", "ticket": str(ticket)}).validate()
-    _, reinit = build_search(cfg, data)
+    _, reinit = build_task(cfg, data)
     assert all(torch.equal(a, b) for a, b in zip(masking.get_masks(original).values(),
                                                   masking.get_masks(reinit).values()))
     w0, w1 = _raw(original), _raw(reinit)
@@ -224,7 +225,7 @@ def test_finetune_reinit_redraws_weights(ticket, data):
 def test_finetune_full_starts_from_the_ticket(ticket, data):
     original = load_ticket(ticket)
     cfg = RunConfig(**{**TINY, "task": "finetune_full", "ticket": str(ticket)}).validate()
-    _, full = build_search(cfg, data)
+    _, full = build_task(cfg, data)
     assert not list(masking.masked_layers(full))
     x = data.test.tensors[0][:16]
     with torch.no_grad():
@@ -238,9 +239,9 @@ def test_dense_and_bnn_baselines(data):
     for task, lr, init in (("dense", 0.01, "signed_constant"), ("bnn", 0.1, "kaiming_normal")):
         cfg = RunConfig(**{**TINY, "task": task, "lr": lr, "epochs": 3, "weight_init": init,
                            "train_examples": 512}).validate()
-        _, start = build_search(cfg, data)
+        _, start = build_task(cfg, data)
         w0 = [p.detach().clone() for p in start.parameters()]
-        result = search(cfg, None, progress=False, data=data)
+        result = train(cfg, None, progress=False, data=data)
         assert not list(masking.masked_layers(result.model))
         assert all(not torch.equal(a, b) for a, b in zip(w0, result.model.parameters()))
         first, last = result.history[0], result.history[-1]
@@ -252,14 +253,14 @@ def test_dense_and_bnn_baselines(data):
 
 def test_robust_trained_ticket_searches_inside_trained_weights(tmp_path, data):
     dense_dir = tmp_path / "dense"
-    search(RunConfig(**{**TINY, "task": "dense", "lr": 0.01}).validate(), dense_dir,
+    train(RunConfig(**{**TINY, "task": "dense", "lr": 0.01}).validate(), dense_dir,
            progress=False, data=data)
     cfg = RunConfig(**{**TINY, "pretrained": str(dense_dir / "ticket.pt")}).validate()
-    _, model = build_search(cfg, data)
+    _, model = build_task(cfg, data)
     trained = load_ticket(dense_dir / "ticket.pt")
     first = next(m for _, m in masking.masked_layers(model))
     assert torch.equal(masking.raw_weight(first), trained.body.features[0].weight)
-    found = search(cfg, None, progress=False, data=data).model
+    found = train(cfg, None, progress=False, data=data).model
     for (_, a), (_, b) in zip(masking.masked_layers(model), masking.masked_layers(found)):
         assert torch.equal(masking.raw_weight(a), masking.raw_weight(b))  # trained weights frozen
         assert not torch.equal(get_mask_param(a).scores, get_mask_param(b).scores)
@@ -279,7 +280,7 @@ def test_trainer_parameter_errors(tmp_path):
 def test_autoattack_is_at_most_pgd(data):
     from rst_lib.evaluation import robustness_report
     cfg = RunConfig(**{**TINY, "train_examples": 1000, "train_attack": "none", "epochs": 2}).validate()
-    model = search(cfg, None, progress=False, data=data).model
+    model = train(cfg, None, progress=False, data=data).model
     report = robustness_report(model, data.test, eps=0.1, alpha=0.025, pgd_steps=(10,),
                                autoattack="fast", n_examples=64, progress=False)
     assert report["autoattack_acc"] <= report["pgd10_acc"] <= report["clean_acc"]
@@ -288,31 +289,6 @@ def test_autoattack_is_at_most_pgd(data):
 
 # ------------------------------------------------------------------------------- presets
 
-PRESETS = sorted((ROOT / "params" / "presets").glob("*.yaml"))
-
-
-def test_presets_exist():
-    names = {p.stem for p in PRESETS}
-    assert {"rst-preactresnet18-cifar10", "rst-preactresnet18-cifar10-fast",
-            "rbrn-resnet34-cifar10", "rbrn-resnet34-cifar10-fast"} <= names
-
-
-@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
-def test_presets_run_one_tiny_step_with_their_own_settings(preset, data):
-    cfg = load_config(preset)
-    # their own settings, on tiny data: MNIST digits padded to 32x32 RGB, 1 batch, 1 epoch
-    from torch.utils.data import TensorDataset
-    from rst_lib.data import DataBundle
-    x, y = data.train.tensors[0][:8], data.train.tensors[1][:8]
-    x = F.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1)
-    tiny = DataBundle("tiny", TensorDataset(x, y), TensorDataset(x, y), 10, 3, 32,
-                      (0.5,) * 3, (0.25,) * 3, [str(i) for i in range(10)])
-    small = cfg.replace(epochs=1, batch_size=8, eval_steps=1, width=1 / 16, autoattack="none",
-                        keep_ratio_steps=0)
-    result = search(small, None, progress=False, data=tiny)
-    assert math.isfinite(result.history[0]["train_loss"])
-    assert masking.mask_summary(result.model)["kept"] > 0
-    assert cfg.model in ("preact_resnet18", "resnet34")
 
 
 def test_mask_statistics_see_block_masks_per_weight():

@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from rst_lib import RunConfig, create_model, load_dataset, search
+from rst_lib import RunConfig, create_model, load_dataset, train
 from rst_lib.config import ConfigError
-from rst_lib.train import LossJumpWarning, load_checkpoint
+from rst_lib.training import LossJumpWarning, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
             train_examples=512, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2)
+            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, autoattack="none", final_examples=200)
 
 
 def test_unknown_dataset_name_lists_valid_ones():
@@ -30,7 +30,7 @@ def test_unknown_dataset_name_lists_valid_ones():
 
 def test_finetune_ticket_of_another_architecture_is_refused_before_compute(tmp_path, data):
     run = tmp_path / "run"
-    search(RunConfig(**TINY, epochs=1).validate(), run, progress=False, data=data)
+    train(RunConfig(**TINY, epochs=1).validate(), run, progress=False, data=data)
     with pytest.raises(ConfigError, match="does not match the model .*ticket has 'conv2', "
                                           "parameters say 'resnet18'"):
         RunConfig(**{**TINY, "model": "resnet18", "task": "finetune",
@@ -39,17 +39,17 @@ def test_finetune_ticket_of_another_architecture_is_refused_before_compute(tmp_p
 
 def test_run_directory_is_never_overwritten(tmp_path, data):
     cfg = RunConfig(**TINY, epochs=1).validate()
-    search(cfg, tmp_path, progress=False, data=data)
+    train(cfg, tmp_path, progress=False, data=data)
     before = (tmp_path / "metrics.json").read_text()
     with pytest.raises(FileExistsError, match="never overwritten"):
-        search(cfg, tmp_path, progress=False, data=data)
+        train(cfg, tmp_path, progress=False, data=data)
     assert (tmp_path / "metrics.json").read_text() == before
 
 
 def test_nan_loss_stops_with_the_step_and_is_recorded(tmp_path, data):
     cfg = RunConfig(**{**TINY, "task": "dense", "lr": 1e30, "train_attack": "none", "epochs": 2}).validate()
     with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at epoch \d+, batch \d+"):
-        search(cfg, tmp_path, progress=False, data=data)
+        train(cfg, tmp_path, progress=False, data=data)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "batch" in metrics["warnings"][-1]
 
@@ -59,7 +59,7 @@ def test_loss_jump_debug_mode(data):
                        "end_with_bn": False, "batch_size": 32,
                        "loss_jump_factor": 1.5, "optimizer": "sgd", "momentum": 0.0}).validate()
     with pytest.warns(LossJumpWarning, match="loss jump at epoch 1, batch"):
-        result = search(cfg, None, progress=False, data=data)
+        result = train(cfg, None, progress=False, data=data)
     assert any("loss jump" in w for w in result.warnings)
     with pytest.raises(ConfigError, match="loss_jump_factor=0.5"):
         RunConfig(loss_jump_factor=0.5).validate()
@@ -83,9 +83,9 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
 SCRIPT = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(1)
-    from rst_lib import RunConfig, search
+    from rst_lib import RunConfig, train
     cfg = RunConfig(**{tiny!r}, epochs=6).validate()
-    search(cfg, sys.argv[1], progress=False, resume=len(sys.argv) > 2)
+    train(cfg, sys.argv[1], progress=False, resume=len(sys.argv) > 2)
 """)
 
 
@@ -132,7 +132,7 @@ class _Quantized(nn.Module):
 def test_gradient_masking_checks(data):
     from rst_lib.evaluation import gradient_masking_report
     cfg = RunConfig(**{**TINY, "train_attack": "none", "epochs": 2, "train_examples": 1000}).validate()
-    model = search(cfg, None, progress=False, data=data).model
+    model = train(cfg, None, progress=False, data=data).model
     honest = gradient_masking_report(model, data.test, 0.1, 0.025, n_examples=100, steps=5,
                                      more_steps=10, restarts=2, progress=False)
     masked = gradient_masking_report(_Quantized(model), data.test, 0.1, 0.025, n_examples=100,
@@ -147,9 +147,9 @@ def test_gradient_masking_checks(data):
 DDP_SCRIPT = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(1)
-    from rst_lib import RunConfig, search
+    from rst_lib import RunConfig, train
     cfg = RunConfig(**{cfg!r}).validate()
-    search(cfg, sys.argv[1], progress=False)
+    train(cfg, sys.argv[1], progress=False)
 """)
 
 
@@ -159,7 +159,7 @@ def test_two_process_ddp_equals_single_process_with_the_same_global_batch(tmp_pa
     cfg = {**TINY, "norm": "none", "end_with_bn": False, "train_attack": "none", "epochs": 2,
            "batch_size": 64, "eval_batch_size": 32, "lr": 0.05}
     script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(cfg=cfg))  # same as `torchrun -m rst_lib.train`
+    script.write_text(DDP_SCRIPT.format(cfg=cfg))  # same as `torchrun -m rst_lib.training`
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     single, double = tmp_path / "single", tmp_path / "ddp"
     subprocess.run([sys.executable, str(script), str(single)], check=True, env=env, timeout=600)

@@ -11,9 +11,12 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from rst_lib.report import (collect_metrics, load_any, render_html, resolve_tickets, run_rows,
-                            search_tickets, ticket_label, write_index)
-from rst_lib.runner import run_notebook
+from rst_lib.runs_index import collect_metrics, run_rows, write_index
+
+from rst_lib.notebook_support import load_any, resolve_tickets, search_tickets, ticket_label
+
+from rst_lib.report import render_html
+from rst_lib.runs import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -71,7 +74,10 @@ def test_index_lists_runs_with_metrics_status_and_links(tmp_path):
     (a / "metrics.json").write_text(json.dumps({
         "status": "finished", "config": {"task": "search", "model": "conv4", "dataset": "mnist5k",
                                          "keep_ratio": 0.1, "seed": 0, "width": 0.25},
-        "best": {"clean_acc": 0.942, "pgd_acc": 0.409}, "mask": {"keep_ratio": 0.1}, "history": [{}] * 5}))
+        "best": {"clean_acc": 0.95, "pgd_acc": 0.5, "split": "val", "examples": 80},
+        "final": {"split": "test", "examples": 1000, "clean_acc": 0.942, "pgd_acc": 0.409,
+                  "autoattack_acc": 0.196, "robust_acc": 0.196},
+        "selection_split": "val", "mask": {"keep_ratio": 0.1}, "history": [{}] * 5}))
     (a / "natural").mkdir()
     (a / "natural" / "metrics.json").write_text(json.dumps({
         "status": "running", "config": {"task": "search"}, "best": {}}))
@@ -79,7 +85,9 @@ def test_index_lists_runs_with_metrics_status_and_links(tmp_path):
                   error="ValueError: boom <script>")
     (b / "summary.json").write_text(json.dumps({"headline": {"clean_acc": 0.5, "pgd_acc": 0.25}}))
     rows = {r["run"]: r for r in run_rows(tmp_path)}
+    # the index shows the final test numbers (not the validation split's best epoch)
     assert rows["01_search/a"]["pgd_acc"] == 0.409 and rows["01_search/a"]["model"] == "conv4"
+    assert rows["01_search/a"]["autoattack_acc"] == 0.196 and rows["01_search/a"]["examples"] == 1000
     assert rows["03_transferability/b"]["status"] == "failed"
     html = write_index(tmp_path).read_text()
     assert '<a href="01_search/a/report.html">' in html and "40.9%" in html and "94.2%" in html
@@ -89,6 +97,8 @@ def test_index_lists_runs_with_metrics_status_and_links(tmp_path):
     found = collect_metrics(tmp_path)
     assert len(found) == 1 and found[0]["run"] == str(a.resolve()) and found[0]["epochs"] == 5
     assert found[0]["notebook"] == "01_search" and found[0]["keep_ratio"] == 0.1
+    assert (found[0]["split"], found[0]["robust_acc"], found[0]["select_split"],
+            found[0]["select_pgd_acc"]) == ("test", 0.196, "val", 0.5)
 
 
 def test_resolve_tickets_accepts_files_run_dirs_globs_and_sweep_folders(tmp_path):

@@ -6,17 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rst_lib import RunConfig, create_model, masking, search
+from rst_lib import RunConfig, create_model, masking, train
 from rst_lib.attacks import PGD, CarriedFGSM, project
 from rst_lib.data import make_loader
 from rst_lib.masking import get_mask_param
-from rst_lib.train import (at_target_sparsity, build_search, discard_fraction, keep_ratios_at,
-                           lr_factor, make_optimizer, make_train_attack, staged_keep_ratios,
-                           train_epoch)
+from rst_lib.schedules import (at_target_sparsity, discard_fraction, keep_ratios_at, lr_factor, staged_keep_ratios)
+from rst_lib.tasks import build_task, make_optimizer, make_train_attack
+from rst_lib.training import train_epoch
 
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
             train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, final_examples=64)
+            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, final_examples=64, autoattack="none")
 
 
 @pytest.fixture
@@ -86,10 +86,10 @@ def test_carried_fgsm_continues_from_each_examples_stored_perturbation(model, ba
 
 def test_fgsm_carried_search_keeps_one_buffer_across_epochs(data):
     cfg = RunConfig(**{**TINY, "train_attack": "fgsm_carried", "alpha": 0.05}, epochs=2).validate()
-    _, model = build_search(cfg, data)
+    _, model = build_task(cfg, data)
     attack = make_train_attack(model, cfg, 256)
     assert isinstance(attack, CarriedFGSM) and not attack.eval_mode  # train mode, as RBRN
-    result = search(cfg, None, progress=False, data=data)
+    result = train(cfg, None, progress=False, data=data)
     assert all(math.isfinite(h["train_loss"]) for h in result.history)
     loader = make_loader(data.train, 64, with_index=True)
     x, y, i = next(iter(loader))
@@ -100,7 +100,7 @@ def test_fgsm_carried_search_keeps_one_buffer_across_epochs(data):
 
 def test_trades_attack_runs_the_model_in_eval_mode(data, batch):
     cfg = RunConfig(**{**TINY, "train_attack": "trades"}).validate()
-    _, model = build_search(cfg, data)
+    _, model = build_task(cfg, data)
     attack = make_train_attack(model, cfg, 256)
     modes = []
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -119,7 +119,7 @@ def test_discard_stops_the_gradient_of_the_lowest_scores_per_layer(data):
     """RST utils/conv_type.py discard_low_score / clear_low_score_grad: the lowest fraction
     of |scores| of each layer stops receiving gradient; they still compete for the mask."""
     cfg = RunConfig(**{**TINY, "discard": True, "weight_decay": 0.0, "momentum": 0.0}).validate()
-    _, model = build_search(cfg, data)
+    _, model = build_task(cfg, data)
     masks_before = masking.get_masks(model)
     masking.discard_low_scores(model, 0.5)
     assert all(torch.equal(masks_before[k], v) for k, v in masking.get_masks(model).items())
@@ -153,7 +153,7 @@ def test_discard_schedule_and_progressive_keep_ratios():
 
 def test_search_with_discard_runs_and_records_the_discarded_scores(data):
     cfg = RunConfig(**TINY, epochs=2, discard=True, discard_every=1, discard_rate=0.3).validate()
-    result = search(cfg, None, progress=False, data=data)
+    result = train(cfg, None, progress=False, data=data)
     p = get_mask_param(next(m for _, m in masking.masked_layers(result.model)))
     assert int(p.discarded.sum()) == int(0.6 * p.scores.numel())  # 2 discards of 30 %
 
@@ -178,7 +178,7 @@ def test_staged_schedule_stages_ratios_and_restarts_the_cosine(data):
     assert lr_factor(one, 3) == pytest.approx(0.5)
 
     tiny = RunConfig(**TINY, epochs=3, keep_ratio_schedule="staged", keep_ratio_stages=3).validate()
-    result = search(tiny, None, progress=False, data=data)
+    result = train(tiny, None, progress=False, data=data)
     kept = [h["keep_ratio"] for h in result.history]
     assert kept == pytest.approx([0.2 ** (1 / 3), 0.2 ** (2 / 3), 0.2], abs=0.01)
     assert result.best["epoch"] == 3  # only the last stage competes for the best ticket
@@ -187,7 +187,7 @@ def test_staged_schedule_stages_ratios_and_restarts_the_cosine(data):
 def test_adaptive_allocation_matches_rbrn_on_resnet34():
     """code/arch/net_utils.py set_model_prune_rate at --prune-rate 0.01 --pr-scale 0.1 on the
     CIFAR ResNet34: the stem is capped at 1, the classifier keeps ~77.5 %."""
-    model = create_model("resnet34", 10, 3, keep_ratio=0.01, adaptive_p=0.1)
+    model = create_model("resnet34", 10, 3, width=1.0, keep_ratio=0.01, adaptive_p=0.1)
     ratios = masking.keep_ratios(model)
     first, last = list(ratios)[0], list(ratios)[-1]
     assert ratios[first] == 1.0
@@ -201,12 +201,12 @@ def test_adaptive_allocation_matches_rbrn_on_resnet34():
 
 def test_finetune_reinit_draws_kaiming_normal_by_default(tmp_path, data):
     rst = {**TINY, "scale_fan": False}  # RST's configs leave --scale-fan off
-    ticket = search(RunConfig(**rst, epochs=1).validate(), tmp_path / "t", progress=False,
+    ticket = train(RunConfig(**rst, epochs=1).validate(), tmp_path / "t", progress=False,
                     data=data).ticket_path
     cfg = RunConfig(**{**rst, "task": "finetune_reinit", "ticket": str(ticket)}).validate()
     assert cfg.finetune_init == "kaiming_normal"
-    _, reinit = build_search(cfg, data)
-    _, same = build_search(cfg.replace(finetune_init="same"), data)
+    _, reinit = build_task(cfg, data)
+    _, same = build_task(cfg.replace(finetune_init="same"), data)
     for (name, a), (_, b) in zip(masking.masked_layers(reinit), masking.masked_layers(same)):
         w, w_same = masking.raw_weight(a), masking.raw_weight(b)
         fan = w[0].numel()

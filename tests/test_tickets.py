@@ -112,8 +112,41 @@ def test_corrupted_and_foreign_files(tmp_path, tiny_model, batch):
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(TicketError, match="not an rst-workbook ticket"):
         load_ticket(other)
-    with pytest.raises(TicketError, match="no ticket file"):
+    with pytest.raises(TicketError, match="no ticket at"):
         load_ticket(tmp_path / "missing.pt")
+
+
+def test_unreadable_tickets_are_told_apart_and_never_advise_unsafe_loading(tmp_path):
+    """Empty, truncated, random bytes, a renamed JSON file and a pickle that would run code
+    each get their own message; none suggests weights_only=False."""
+    import os
+    import pickle
+    cases = {"empty.pt": (b"", "is empty"), "random.pt": (os.urandom(4000), "not a ticket: it is not"),
+             "json.pt": (b'{"status": "finished"}', "is a JSON file")}
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+    torch.save({"evil": _Evil()}, tmp_path / "unsafe.pt")
+    cases["unsafe.pt"] = (None, "could run code")
+    for name, (_, message) in cases.items():
+        with pytest.raises(TicketError, match=message) as info:
+            load_ticket(tmp_path / name)
+        assert "weights_only" not in str(info.value)
+        assert str((tmp_path / name).resolve()) in str(info.value)  # the full path
+    assert pickle  # (the unsafe file above is an ordinary pickle of a class)
+
+
+def test_load_ticket_accepts_a_run_folder(tmp_path, tiny_model, batch):
+    model = _searched(tiny_model, batch)
+    save_ticket(model, tmp_path / "run" / "ticket.pt")
+    x, _ = batch
+    assert torch.equal(load_ticket(tmp_path / "run")(x), model.eval()(x))
+    with pytest.raises(TicketError, match="folder without a ticket.pt"):
+        load_ticket(tmp_path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this would run",))
 
 
 def test_architecture_mismatch_is_refused(tmp_path, tiny_model, batch):

@@ -4,20 +4,23 @@ import math
 import pytest
 import torch
 
-from rst_lib import RunConfig, load_ticket, masking, search
+from rst_lib import RunConfig, load_ticket, masking, train
 from rst_lib.data import load_dataset, make_loader, fixed_subset
-from rst_lib.train import evaluate, is_collapsed, lr_factor, resolve_device
+from rst_lib.evaluation import evaluate
+from rst_lib.training import is_collapsed
+from rst_lib.schedules import lr_factor
+from rst_lib.devices import resolve_device
 
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
             train_examples=600, eval_examples=100, batch_size=64, train_attack="fgsm_rs",
-            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1)
+            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, autoattack="none")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, data):
     cfg = RunConfig(**TINY, epochs=3).validate()
     run_dir = tmp_path_factory.mktemp("run")
-    return cfg, run_dir, search(cfg, run_dir, progress=False, data=data)
+    return cfg, run_dir, train(cfg, run_dir, progress=False, data=data)
 
 
 def test_tiny_search_improves_over_first_epoch(tiny_run):
@@ -31,9 +34,9 @@ def test_tiny_search_improves_over_first_epoch(tiny_run):
 
 def test_search_changes_scores_only(data):
     cfg = RunConfig(**{**TINY, "train_examples": 128}, epochs=1).validate()
-    from rst_lib.train import build_search
-    _, before = build_search(cfg, data)
-    result = search(cfg, None, progress=False, data=data)
+    from rst_lib.tasks import build_task
+    _, before = build_task(cfg, data)
+    result = train(cfg, None, progress=False, data=data)
     for (_, a), (_, b) in zip(masking.masked_layers(before), masking.masked_layers(result.model)):
         assert torch.equal(masking.raw_weight(a), masking.raw_weight(b))
         assert not torch.equal(masking.get_mask_param(a).scores, masking.get_mask_param(b).scores)
@@ -80,7 +83,7 @@ def test_test_split_is_read_only_by_the_final_evaluation(data, monkeypatch):
     final_evaluation: best epoch and early stop see only the validation split."""
     import dataclasses
     from torch.utils.data import Dataset
-    import rst_lib.train as train_mod
+    import rst_lib.training as train_mod
     events = []
 
     class Watched(Dataset):
@@ -103,22 +106,22 @@ def test_test_split_is_read_only_by_the_final_evaluation(data, monkeypatch):
     monkeypatch.setattr(train_mod, "final_evaluation", final)
     watched = dataclasses.replace(data, test=Watched(data.test))
     cfg = RunConfig(**{**TINY, "train_examples": 256, "final_examples": 50}, epochs=2).validate()
-    result = search(cfg, None, progress=False, data=watched)
+    result = train(cfg, None, progress=False, data=watched)
     assert events[0] == "final evaluation" and events.count("final evaluation") == 1
     assert events.count("test read") == 50 and result.final["examples"] == 50
     # with val_fraction=0 the per-epoch check reads the test split (and says so)
     events.clear()
-    on_test = search(cfg.replace(val_fraction=0.0), None, progress=False, data=watched)
+    on_test = train(cfg.replace(val_fraction=0.0), None, progress=False, data=watched)
     assert events[0] == "test read" and on_test.best["split"] == "test"
     assert any("val_fraction=0" in w for w in on_test.warnings)
 
 
 def test_same_seed_same_numbers(tiny_run, data):
     cfg, _, result = tiny_run
-    again = search(cfg, None, progress=False, data=data)
+    again = train(cfg, None, progress=False, data=data)
     assert again.history[0]["train_loss"] == result.history[0]["train_loss"]
     assert [h["pgd_acc"] for h in again.history] == [h["pgd_acc"] for h in result.history]
-    other = search(cfg.replace(seed=1), None, progress=False, data=data)
+    other = train(cfg.replace(seed=1), None, progress=False, data=data)
     assert other.history[0]["train_loss"] != result.history[0]["train_loss"]
 
 
@@ -127,7 +130,7 @@ def test_resume_finishes_like_an_uninterrupted_run(tmp_path, data, tiny_run):
     short = cfg.replace(epochs=3)
     run_dir = tmp_path / "r"
     # run 2 epochs of the 3-epoch schedule by stopping after epoch 2 via a resumable checkpoint
-    import rst_lib.train as T
+    import rst_lib.training as T
     calls = {"n": 0}
     original = T.evaluate
 
@@ -139,11 +142,11 @@ def test_resume_finishes_like_an_uninterrupted_run(tmp_path, data, tiny_run):
     T.evaluate = stop_after_two
     try:
         with pytest.raises(KeyboardInterrupt):
-            search(short, run_dir, progress=False, data=data)
+            train(short, run_dir, progress=False, data=data)
     finally:
         T.evaluate = original
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"
-    resumed = search(short, run_dir, progress=False, data=data, resume=True)
+    resumed = train(short, run_dir, progress=False, data=data, resume=True)
     assert [h["pgd_acc"] for h in resumed.history] == [h["pgd_acc"] for h in full.history]
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
 
@@ -175,12 +178,12 @@ def _noise_bundle(n_train=2000, n_test=200, size=12):
 
 
 def test_uniform_logit_collapse_is_detected_and_stops_the_run(tmp_path):
-    from rst_lib.train import CollapseWarning
+    from rst_lib.training import CollapseWarning
     data = _noise_bundle()
     cfg = RunConfig(**{**NOISE, "collapse_patience": 2, "train_attack": "none"},
                     epochs=12).validate()
     with pytest.warns(CollapseWarning, match="not learning"):
-        result = search(cfg, tmp_path / "run", progress=False, data=data)
+        result = train(cfg, tmp_path / "run", progress=False, data=data)
     n = len(result.history)
     assert 2 <= n < 12  # stopped early, after `patience` epochs at chance
     assert all(is_collapsed(h["train_loss"], h["clean_acc"], 10) for h in result.history[-2:])
@@ -199,13 +202,13 @@ def test_collapse_without_stopping_runs_all_epochs():
     cfg = RunConfig(**{**NOISE, "collapse_patience": 2, "train_attack": "none",
                        "stop_on_collapse": False}, epochs=12).validate()
     with pytest.warns(Warning, match="not learning"):
-        result = search(cfg, None, progress=False, data=data)
+        result = train(cfg, None, progress=False, data=data)
     assert len(result.history) == 12 and result.stopped is None
     assert sum("collapsed" in w for w in result.warnings) == 1
 
 
 def test_collapse_message_offers_the_remedies_that_are_off():
-    from rst_lib.train import collapse_message
+    from rst_lib.training import collapse_message
     row = {"epoch": 3, "train_loss": 2.30, "clean_acc": 0.1, "eval_split": "val"}
     plain = RunConfig(train_attack="pgd", end_with_bn=False).validate()
     msg = collapse_message(plain, row, 10, 2)
@@ -237,8 +240,8 @@ def test_device_auto_resolves_on_cpu_machine():
 
 def test_channels_last_search_matches_default_layout(tmp_path, data):
     cfg = RunConfig(**{**TINY, "train_examples": 128}, epochs=1).validate()
-    plain = search(cfg, None, progress=False, data=data)
-    nhwc = search(cfg.replace(channels_last=True), tmp_path / "run", progress=False, data=data)
+    plain = train(cfg, None, progress=False, data=data)
+    nhwc = train(cfg.replace(channels_last=True), tmp_path / "run", progress=False, data=data)
     conv_scores = [masking.get_mask_param(m).scores for _, m in masking.masked_layers(nhwc.model)
                    if masking.get_mask_param(m).scores.dim() == 4]
     assert conv_scores and all(s.is_contiguous(memory_format=torch.channels_last)
@@ -255,8 +258,8 @@ def test_channels_last_search_matches_default_layout(tmp_path, data):
 def test_best_epoch_ties_on_robust_accuracy_go_to_clean_accuracy(monkeypatch, data):
     """Early epochs often all sit at 0 % PGD accuracy: the kept ticket is then the one
     with the best clean accuracy, not simply the first epoch."""
-    import rst_lib.train as train_mod
-    scripted = iter([(0.5, 0.0), (0.8, 0.0), (0.6, 0.0), (0.7, 0.0)])  # 3 epochs, final
+    import rst_lib.training as train_mod
+    scripted = iter([(0.5, 0.0), (0.8, 0.0), (0.6, 0.0)])  # the 3 epochs' validation checks
 
     def fake_evaluate(*args, **kwargs):
         clean, pgd = next(scripted)
@@ -264,7 +267,7 @@ def test_best_epoch_ties_on_robust_accuracy_go_to_clean_accuracy(monkeypatch, da
 
     monkeypatch.setattr(train_mod, "evaluate", fake_evaluate)
     cfg = RunConfig(**{**TINY, "train_examples": 64}, epochs=3).validate()
-    result = search(cfg, None, progress=False, data=data)
+    result = train(cfg, None, progress=False, data=data)
     assert result.best == {"epoch": 2, "clean_acc": 0.8, "pgd_acc": 0.0, "split": "val",
                            "examples": 80}
-    assert result.final["clean_acc"] == 0.7
+    assert result.final["split"] == "test"  # the final numbers are measured, not scripted

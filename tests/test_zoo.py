@@ -26,6 +26,7 @@ def _one_thread():
 
 def _make(name, **kw):
     kw.setdefault("keep_ratio", 0.1)
+    kw.setdefault("end_with_bn", False)
     return rst_lib.create_model(name, num_classes=7, in_channels=3,
                                 image_size=SIZE, width=WIDTH, **kw)
 

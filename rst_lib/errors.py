@@ -1,0 +1,37 @@
+"""Errors and value checks shared by every layer (no project imports: the bottom layer)."""
+from __future__ import annotations
+
+import difflib
+from fractions import Fraction
+from typing import Iterable
+
+
+class ConfigError(ValueError):
+    """A parameter has a bad name, type or value. Raised before any compute."""
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for a near miss among ``options``, else ''."""
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_choice(param: str, value, allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{param}={value!r} is invalid{did_you_mean(value, allowed)}: valid "
+                          f"choices are {', '.join(allowed)}")
+
+
+def parse_number(param: str, value) -> float:
+    """Accept 0.03, 8, or a fraction string such as '8/255' (how papers write eps)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{param}={value!r} is invalid: expected a number")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise ConfigError(f"{param}={value!r} is invalid: expected a number or a fraction like '8/255'")

@@ -1,0 +1,92 @@
+"""Run files: one atomic writer, one JSON reader, fresh run folders, SIGTERM as Ctrl-C.
+
+Every file a run writes goes through :func:`atomic_write` (a temporary file in the same
+folder, then a rename: a reader never sees half a file, a killed run never leaves one)
+and gets the user's normal permissions (``0666 & ~umask``, like ``open()``), so
+colleagues on a shared cluster can read ``metrics.json`` or ``ticket.pt``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it to
+    ``path`` with the permissions a plain ``open(path, "w")`` would give."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2))
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON file's mapping, or ``{}`` when it is missing or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def torch_save(obj, path: str | os.PathLike) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def new_run_dir(root: str | os.PathLike, name: str) -> Path:
+    """A fresh directory ``root/<name>-<timestamp>[-N]``; an old run is never reused."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        path = root / (f"{name}-{stamp}" + (f"-{i}" if i else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run directory under {root}")
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Inside the block SIGTERM (a plain ``kill``) raises KeyboardInterrupt, so a run
+    records "interrupted" and stops its kernel or children as on Ctrl-C."""
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
