@@ -96,7 +96,7 @@ def bench_search_step(args, rows: list[Row]) -> None:
             results[key]["ours_plaintopk_over_dense"] = f / d
             rows.append(Row("  same, ours with plain torch.topk masks", fmt_s(f), fmt_s(s),
                             fmt_s(d), f / d, "ours/dense", cpu_ratio=fc / dc, note="rst_lib with "
-                            "torch.topk on all scores instead of masking.topk_mask (same masks)"))
+                            "torch.topk on all scores instead of topk.topk_mask (same masks)"))
     common.write_result("search_step", {"machine": args.machine, "results": results})
     unit = "CUDA max_memory_allocated" if args.device == "cuda" else "peak RSS (VmHWM)"
     common.write_result("peak_memory", {
@@ -296,7 +296,7 @@ def _mask_micro(args) -> dict:
     from torch.utils import benchmark
 
     import seed_style
-    from rst_lib import masking
+    from rst_lib import masking, topk
     from steps import TopKSubnet, build_ours
     torch.set_num_threads(args.threads)
     out = {}
@@ -312,7 +312,7 @@ def _mask_micro(args) -> dict:
             return [TopKSubnet.apply(s.abs(), k) for s, k in scores]
 
         def banded_all():  # what rst_lib's masks run
-            return [masking.topk_mask(s.abs().flatten(), k) for s, k in scores]
+            return [topk.topk_mask(s.abs().flatten(), k) for s, k in scores]
 
         def kth_all():  # threshold at the k-th largest |s| (keeps > k entries on ties)
             return [(s.abs() >= s.abs().flatten().kthvalue(s.numel() - k + 1).values).float()
@@ -346,7 +346,7 @@ def bench_ideas(args, rows: list[Row]) -> None:
                     note=f"kthvalue {fmt_s(r18['kthvalue'])}, cached {r18['cached'] * 1e6:.0f} us"))
     rows.append(Row("idea banded top-k: all masks resnet18", fmt_s(r18["topk_mask"]),
                     "", "", r18["topk_over_topk_mask"], "topk/topk_mask",
-                    note=f"rst_lib.masking.topk_mask vs torch.topk; same masks: "
+                    note=f"rst_lib.topk.topk_mask vs torch.topk; same masks: "
                     f"{r18['same_masks']}"))
     model, batch = ("conv4", 32) if not args.ideas_model else args.ideas_model
     repeats = args.repeats or (1 if args.quick else 2)

@@ -18,7 +18,7 @@ Ablations (the issue's "ideas", each a single change measured against ``ours``):
   (``torch.autograd.grad(loss, delta)``) instead of ``loss.backward()``;
 * ``ours_cl`` / ``dense_cl``: ours / dense with ``channels_last`` model and inputs;
 * ``ours_plaintopk``: ours with every mask's top-k done by plain ``torch.topk`` on all the
-  scores instead of ``rst_lib.masking.topk_mask``'s sampled threshold band;
+  scores instead of ``rst_lib.topk.topk_mask``'s sampled threshold band;
 * ``ours_floatmask``: ours with the cached mask stored as float32 (4 bytes per weight, not 1);
 * ``ours_amp``: ours under ``torch.autocast`` (CUDA only).
 """
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 import rst_lib
 from rst_lib import masking
+from rst_lib import inits, topk
 from rst_lib.attacks import PGD
 from rst_lib.evaluation import evaluate
 
@@ -103,13 +104,13 @@ class TopKSubnet(torch.autograd.Function):
 @contextlib.contextmanager
 def plain_topk_masks():
     """rst_lib masks computed with plain ``torch.topk`` on all scores instead of
-    ``masking.topk_mask``'s sampled threshold band (monkeypatch local to the benchmark)."""
-    orig = masking.FAST_TOPK_MIN
-    masking.FAST_TOPK_MIN = 1 << 62
+    ``topk.topk_mask``'s sampled threshold band (monkeypatch local to the benchmark)."""
+    orig = topk.FAST_TOPK_MIN
+    topk.FAST_TOPK_MIN = 1 << 62
     try:
         yield
     finally:
-        masking.FAST_TOPK_MIN = orig
+        topk.FAST_TOPK_MIN = orig
 
 
 @contextlib.contextmanager

@@ -103,9 +103,11 @@ from IPython.display import display, Markdown
 import rst_lib
 from rst_lib import mask_stats as ms
 from rst_lib.data import fixed_subset, load_dataset, make_loader
-from rst_lib.plots import (markdown_table, mask_explorer, plot_filter_map, plot_kept_histogram,
-                           plot_kernel_patterns, plot_layer_density)
-from rst_lib.notebook_support import (config_from, ensure_run_dir, load_tickets, resolve_tickets, search_tickets, write_summary)
+from rst_lib.mask_plots import (mask_explorer, plot_filter_map, plot_kept_histogram,
+                                plot_kernel_patterns, plot_layer_density)
+from rst_lib.notebook_support import (config_from, ensure_run_dir, load_tickets, resolve_tickets,
+                                      search_tickets, write_summary)
+from rst_lib.plots import markdown_table
 from rst_lib.devices import resolve_device
 from rst_lib.files import write_json
 
@@ -163,10 +165,7 @@ for label, m in members.items():
 
 # %%
 if interactive:  # an explorer for JupyterLab; the figures above are the static version
-    try:
-        display(mask_explorer(members, layer_name))
-    except Exception as e:  # no widget support in this front end
-        print(f"interactive explorer unavailable ({type(e).__name__}: {e}); static figures above")
+    display(mask_explorer(members, layer_name))
 
 # %% [markdown]
 # ## 5. Summary

@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+import papermill
+
 from .config import RunConfig, load_params
 from .errors import ConfigError, did_you_mean
 from .files import sigterm_as_interrupt
@@ -125,12 +127,9 @@ def _command(args) -> int:
         try:
             run_dir = run_notebook(notebook, None, params, _output_root(args.output_root),
                                    progress=not args.no_progress, run_dir=args.run_dir)
-        except (ConfigError, KeyboardInterrupt, FileNotFoundError):
-            raise
-        except Exception as e:  # noqa: BLE001 - the notebook failed: run.json and report say where
-            text = str(e).strip()
-            print(f"rst-workbook: the notebook failed: {type(e).__name__}: "
-                  f"{text.splitlines()[-1] if text else ''}", file=sys.stderr)
+        except papermill.PapermillExecutionError as e:  # run.json and the report say where
+            print(f"rst-workbook: the notebook failed in cell {e.exec_count}: {e.ename}: "
+                  f"{e.evalue}", file=sys.stderr)
             return 1
         print(f"run directory: {run_dir}")
         print(f"report:        {run_dir / 'report.html'}")

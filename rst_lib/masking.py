@@ -28,7 +28,6 @@ sign(score), where d loss / d mask = d loss / d masked_weight * weight.
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -36,10 +35,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-WEIGHT_INITS = ("signed_constant", "unsigned_constant", "kaiming_normal", "kaiming_uniform",
-                "xavier_normal", "xavier_constant", "binary", "uniform")
-SCORE_INITS = ("kaiming_uniform", "uniform")
-SCORE_FAN_MODES = ("none", "all", "except_last", "only_last")
+from .topk import topk_mask
+
 GRANULARITIES = ("weight", "kernel", "filter", "row")
 
 
@@ -67,66 +64,6 @@ def score_shape(weight_shape: torch.Size, granularity: str) -> tuple[int, ...]:
 def keep_count(keep_ratio: float, n: int) -> int:
     """Number of kept entries of a layer with ``n`` scores: round(keep_ratio * n), >= 1."""
     return max(1, min(n, int(round(keep_ratio * n))))
-
-
-def fan_in(weight: torch.Tensor) -> int:
-    """Inputs feeding one output unit (in_channels / groups * kernel area)."""
-    return weight[0].numel()
-
-
-# Below this many scores torch.topk is already cheap; above, a sampled threshold band wins.
-FAST_TOPK_MIN = 1 << 15
-
-
-def topk_mask(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the ``k`` largest entries of the flat tensor ``values`` (exactly k).
-
-    On the CPU, large tensors go through :func:`_banded_topk_mask` (2.4-5x faster than
-    ``torch.topk`` in ``make bench``, same result); ``torch.topk`` otherwise.
-    """
-    n = values.numel()
-    if values.device.type == "cpu" and n >= FAST_TOPK_MIN and 0 < k < n // 2:
-        mask = _banded_topk_mask(values, k)
-        if mask is not None:
-            return mask
-    mask = torch.zeros(n, dtype=torch.bool, device=values.device)
-    mask[torch.topk(values, k, sorted=False).indices] = True
-    return mask
-
-
-def _banded_topk_mask(a: torch.Tensor, k: int, stride: int = 31,
-                      margin_sd: float = 6.0) -> torch.Tensor | None:
-    """Exact top-k mask via a threshold band estimated from a strided sample, or None.
-
-    A sample of every ``stride``-th entry (a prime, so it does not line up with kernel or
-    channel sizes) brackets the k-th largest value between two sample order statistics
-    ``margin_sd`` standard deviations apart. Entries above the bracket are kept outright;
-    ``torch.topk`` runs only on the few inside it. The bracket is checked exactly: if it
-    misses (or ties sit on its edge) this returns None and the caller uses ``torch.topk``.
-    """
-    n = a.numel()
-    sample = a[::stride]
-    m = sample.numel()
-    expected = k * m / n                       # rank of the k-th largest within the sample
-    margin = int(margin_sd * math.sqrt(expected)) + 8
-    hi_rank, lo_rank = int(expected) - margin, int(expected) + margin + 1
-    if lo_rank >= m:
-        return None
-    ranked = torch.topk(sample, lo_rank, sorted=True).values
-    lo = ranked[-1]
-    if hi_rank >= 1:
-        keep = a > ranked[hi_rank - 1]
-        band = (a > lo) & ~keep
-    else:
-        keep = torch.zeros(n, dtype=torch.bool)
-        band = a > lo
-    need = k - int(keep.sum())
-    band_idx = band.nonzero().squeeze(1)
-    if need < 0 or need > band_idx.numel():    # the k-th largest is outside (lo, hi]
-        return None
-    if need:
-        keep[band_idx[torch.topk(a[band_idx], need, sorted=False).indices]] = True
-    return keep
 
 
 def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -265,74 +202,6 @@ class BinarizeSTE(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return _SignSTE.apply(w)
-
-
-# --------------------------------------------------------------------------- inits
-
-
-def init_weight_(weight: torch.Tensor, kind: str, generator: torch.Generator,
-                 keep_ratio: float = 1.0, scale_fan: bool = False) -> None:
-    """Draw frozen random weights in place (fan mode: fan_in; ReLU gain for kaiming/constant).
-
-    * ``signed_constant``: +-gain/sqrt(fan) (edge-popup / RST).
-    * ``unsigned_constant``: +gain/sqrt(fan) everywhere.
-    * ``kaiming_normal``: N(0, gain^2/fan); ``kaiming_uniform``: U(-b, b), b = gain*sqrt(3/fan).
-    * ``xavier_normal``: N(0, 2/(fan_in+fan_out)); ``xavier_constant``: +-sqrt(2/(fan_in+fan_out)).
-    * ``binary``: exactly +1/-1 (RBRN); the scale is left to the BatchNorm layers.
-    * ``uniform``: U(-1, 1).
-
-    ``scale_fan`` multiplies the fan(s) by the layer's keep ratio (RBRN's "correct" rule), so
-    that the kept weights, not all of them, keep activations at unit scale. The older
-    edge-popup code multiplied by (1 - kept fraction), which only agrees at 50 %.
-    Weights are drawn on the CPU from ``generator`` so a seed gives the same network on
-    every device, and the draw depends only on the shape (never on ``keep_ratio``).
-    """
-    if kind not in WEIGHT_INITS:
-        raise ValueError(f"unknown weight_init {kind!r}; valid: {', '.join(WEIGHT_INITS)}")
-    shape = weight.shape
-    scale = keep_ratio if scale_fan else 1.0
-    fan = fan_in(weight) * scale
-    fan_avg2 = (fan_in(weight) + shape[0] * (weight[0, 0].numel() if weight.dim() > 1 else 1)) * scale
-    gain = math.sqrt(2.0)  # ReLU
-    if kind in ("kaiming_normal", "xavier_normal"):
-        std = gain / math.sqrt(fan) if kind == "kaiming_normal" else math.sqrt(2.0 / fan_avg2)
-        w = torch.randn(shape, generator=generator) * std
-    elif kind in ("kaiming_uniform", "uniform"):
-        bound = gain * math.sqrt(3.0 / fan) if kind == "kaiming_uniform" else 1.0
-        w = (torch.rand(shape, generator=generator) * 2 - 1) * bound
-    else:
-        sign = torch.randint(0, 2, shape, generator=generator).float() * 2 - 1
-        if kind == "binary":
-            w = sign
-        elif kind == "unsigned_constant":
-            w = torch.ones(shape) * (gain / math.sqrt(fan))
-        elif kind == "xavier_constant":
-            w = sign * math.sqrt(2.0 / fan_avg2)
-        else:  # signed_constant
-            w = sign * (gain / math.sqrt(fan))
-    with torch.no_grad():
-        weight.copy_(w)
-
-
-def init_scores_(scores: torch.Tensor, kind: str, generator: torch.Generator,
-                 scale: float = 0.01, fan_scaled: bool = False) -> None:
-    """Initialize scores in place.
-
-    * ``kaiming_uniform``: U(-1/sqrt(fan), 1/sqrt(fan)) (kaiming uniform with a = sqrt(5),
-      the edge-popup / RST default).
-    * ``uniform``: U(-scale, scale), RBRN's small init ``a``; ``fan_scaled`` divides the
-      bound by sqrt(fan) (RBRN's fan-scaled score mode for this layer).
-    """
-    if kind not in SCORE_INITS:
-        raise ValueError(f"unknown score_init {kind!r}; valid: {', '.join(SCORE_INITS)}")
-    fan = fan_in(scores)
-    if kind == "kaiming_uniform":
-        bound = 1.0 / math.sqrt(fan)
-    else:
-        bound = scale / math.sqrt(fan) if fan_scaled else scale
-    s = (torch.rand(scores.shape, generator=generator) * 2 - 1) * bound
-    with torch.no_grad():
-        scores.copy_(s)
 
 
 # ----------------------------------------------------------------- model-level helpers

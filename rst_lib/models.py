@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import masking
+from . import inits, masking
 from .config import RunConfig, default, register_check
 from .errors import ConfigError, check_choice
 
@@ -67,7 +67,7 @@ class ModelConfig:
         adaptive_p: RBRN's per-layer rule ``r_l ~ n_l^(p-1)`` (see
             :func:`masking.allocate_keep_ratios`); 1.0 keeps the same ratio in every layer.
         granularity: what one score gates: ``weight``, ``kernel``, ``filter`` or ``row``.
-        weight_init: see :data:`masking.WEIGHT_INITS` (``signed_constant`` = RST,
+        weight_init: see :data:`inits.WEIGHT_INITS` (``signed_constant`` = RST,
             ``binary`` = RBRN).
         scale_fan: fan multiplied by the layer's keep ratio in the weight scale (RBRN).
         score_init: ``kaiming_uniform`` (RST) or ``uniform`` (U(-a, a), RBRN ``a``).
@@ -321,9 +321,9 @@ def validate_model_config(cfg: ModelConfig) -> None:
         valid = ", ".join(MODEL_OPTIONS[cfg.name]) or "none"
         raise ConfigError(f"model_kwargs {', '.join(unknown)} unknown for model {cfg.name!r}: "
                           f"valid model_kwargs are {valid}")
-    check_choice("weight_init", cfg.weight_init, masking.WEIGHT_INITS)
-    check_choice("score_init", cfg.score_init, masking.SCORE_INITS)
-    check_choice("score_fan_mode", cfg.score_fan_mode, masking.SCORE_FAN_MODES)
+    check_choice("weight_init", cfg.weight_init, inits.WEIGHT_INITS)
+    check_choice("score_init", cfg.score_init, inits.SCORE_INITS)
+    check_choice("score_fan_mode", cfg.score_fan_mode, inits.SCORE_FAN_MODES)
     check_choice("granularity", cfg.granularity, masking.GRANULARITIES)
     if not 0.0 <= cfg.adaptive_p <= 1.0:
         raise ConfigError(f"adaptive_p={cfg.adaptive_p!r} is invalid: it must be in [0, 1] "
@@ -382,7 +382,7 @@ def build_model(cfg: ModelConfig) -> RandomNetwork:
     last_masked = masked_idx[-1] if masked_idx else None
     for i, (name, layer) in enumerate(layers):
         kr = ratios.get(i, 1.0)
-        masking.init_weight_(layer.weight, cfg.weight_init, g_weight, kr, cfg.scale_fan)
+        inits.init_weight_(layer.weight, cfg.weight_init, g_weight, kr, cfg.scale_fan)
         if cfg.keep_ratio is None:
             if cfg.bnn:
                 parametrize.register_parametrization(layer, "weight", masking.BinarizeSTE())
@@ -394,7 +394,7 @@ def build_model(cfg: ModelConfig) -> RandomNetwork:
         is_last = i == last_masked
         fan_scaled = (cfg.score_fan_mode == "all" or (cfg.score_fan_mode == "except_last" and not is_last)
                       or (cfg.score_fan_mode == "only_last" and is_last))
-        masking.init_scores_(mask.scores, cfg.score_init, g_score, cfg.score_init_scale, fan_scaled)
+        inits.init_scores_(mask.scores, cfg.score_init, g_score, cfg.score_init_scale, fan_scaled)
     return model
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import glob
 import os
+import pickle
+import zipfile
 import time
 from pathlib import Path
 from typing import Iterable
@@ -142,7 +144,7 @@ def load_any(path: str | os.PathLike, device="cpu", data=None):
         ticket_error = e
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - report the ticket error, the more useful one
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError):  # report the ticket error, the more useful one
         raise ticket_error from None
     metrics = read_json(p.parent / "metrics.json")
     if not (isinstance(ck, dict) and "model" in ck and metrics.get("config")):

@@ -9,6 +9,7 @@ the outcome in ``run.json`` and refreshes ``outputs/index.html``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -185,7 +186,8 @@ def run_notebook(notebook: str | os.PathLike, params_file: str | os.PathLike | N
             try:
                 _render_report(run_dir, out_nb, status, output_root)
                 status["report"] = "report.html"
-            except Exception as e:  # noqa: BLE001 - keep the run's record even so
+            except Exception as e:  # noqa: BLE001 - keep the run's record; the traceback is logged
+                logging.getLogger("rst_lib").exception("could not render %s", run_dir / "report.html")
                 status["report_error"] = f"{type(e).__name__}: {e}"
         write_json(run_dir / "run.json", status)
         if index:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import papermill
 import torch
 import yaml
 from tqdm.auto import tqdm
@@ -340,8 +341,8 @@ def _cell_main(argv: list[str]) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # noqa: BLE001 - recorded in run.json
-        print(f"the notebook failed: {type(e).__name__}: {e}", file=sys.stderr)
+    except papermill.PapermillExecutionError as e:  # the notebook failed: run.json says where
+        print(f"the notebook failed: {e.ename}: {e.evalue}", file=sys.stderr)
         return 1
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
+import zipfile
 
 import torch
 from torch import nn
@@ -26,7 +28,7 @@ def load_dense_weights(model: nn.Module, path: str | os.PathLike) -> int:
     except TicketError:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
+        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
             raise TicketError(f"pretrained={str(path)!r} is neither a ticket nor a plain "
                               f"state_dict of tensors ({type(e).__name__})") from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state

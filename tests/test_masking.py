@@ -7,8 +7,8 @@ from torch import nn
 
 from rst_lib import masking
 from rst_lib.attacks import PGD
-from rst_lib.masking import (TopKMask, add_mask, frozen_masks, get_mask_param, init_scores_,
-                             init_weight_, keep_count, masked_layers)
+from rst_lib.inits import init_scores_, init_weight_
+from rst_lib.masking import TopKMask, add_mask, frozen_masks, get_mask_param, keep_count, masked_layers
 
 
 def full_sort_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
@@ -169,7 +169,7 @@ def _reference_topk_mask(values, k):
 @pytest.mark.parametrize("n,ratio", [(1 << 15, 0.05), (100_000, 0.001), (100_000, 0.05),
                                      (300_000, 0.3), (300_000, 0.49), (2_359_296, 0.05)])
 def test_banded_topk_mask_is_exactly_torch_topk(n, ratio):
-    from rst_lib.masking import _banded_topk_mask, topk_mask
+    from rst_lib.topk import _banded_topk_mask, topk_mask
     g = torch.Generator().manual_seed(n)
     k = max(1, round(ratio * n))
     for values in (torch.rand(n, generator=g),
@@ -186,7 +186,7 @@ def test_banded_topk_mask_is_exactly_torch_topk(n, ratio):
 
 
 def test_topk_mask_with_ties_and_masks_from_set_mask():
-    from rst_lib.masking import topk_mask
+    from rst_lib.topk import topk_mask
     g = torch.Generator().manual_seed(1)
     values = (torch.rand(200_000, generator=g) < 0.05).float()  # 0/1 scores, as set_mask leaves
     k = int(values.sum())

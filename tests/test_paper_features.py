@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rst_lib import RunConfig, create_model, load_ticket, masking, save_ticket, train
+from rst_lib import inits, topk
 from rst_lib.attacks import FGSM, PGD, TradesPGD
 from rst_lib.config import ConfigError, load_config
 from rst_lib.data import load_dataset
@@ -58,7 +59,7 @@ def test_granularity_in_models_and_tickets(tmp_path):
         assert torch.equal(model(x), loaded(x))
 
 
-@pytest.mark.parametrize("kind", masking.WEIGHT_INITS)
+@pytest.mark.parametrize("kind", inits.WEIGHT_INITS)
 def test_every_weight_init_builds_and_is_seeded(kind):
     a = create_model("conv2", 10, 1, image_size=12, width=0.125, weight_init=kind, seed=5)
     b = create_model("conv2", 10, 1, image_size=12, width=0.125, weight_init=kind, seed=5)
@@ -76,7 +77,7 @@ def test_every_weight_init_builds_and_is_seeded(kind):
 def test_scale_fan_multiplies_the_fan_by_the_keep_ratio():
     g = torch.Generator().manual_seed(0)
     w = torch.empty(16, 8, 3, 3)
-    masking.init_weight_(w, "kaiming_normal", g, keep_ratio=0.04, scale_fan=True)
+    inits.init_weight_(w, "kaiming_normal", g, keep_ratio=0.04, scale_fan=True)
     assert abs(w.std().item() - math.sqrt(2 / (72 * 0.04))) < 0.1 * math.sqrt(2 / (72 * 0.04))
 
 

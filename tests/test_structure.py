@@ -1,0 +1,116 @@
+"""The package's shape: layered imports without cycles, imports at the top of modules,
+one schema for every parameter, and the library leaving global state alone."""
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import rst_lib
+from rst_lib import RunConfig, create_model
+from rst_lib.errors import ConfigError
+
+PACKAGE = Path(rst_lib.__file__).parent
+# imported inside functions on purpose: optional or heavy, needed by one code path only
+LAZY_OK = {"torchvision", "mlxtend", "PIL", "pyautoattack", "autoattack", "ipywidgets"}
+
+
+def _module_imports(path: Path) -> tuple[set[str], list[str]]:
+    """(project modules imported at the top, names imported inside functions)."""
+    tree = ast.parse(path.read_text())
+    top, inner = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names = [node.module] if node.module else [a.name for a in node.names]
+            if node in tree.body:
+                top.update(names)
+            else:
+                inner += names
+        elif isinstance(node, (ast.Import, ast.ImportFrom)) and node not in tree.body:
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            inner += [m for m in mods if m.split(".")[0] not in LAZY_OK]
+    return top, inner
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in PACKAGE.glob("*.py"):
+        top, _ = _module_imports(path)
+        graph[path.stem] = {m.split(".")[0] for m in top} - {path.stem}
+    return graph
+
+
+def test_the_package_has_no_import_cycle():
+    graph = _graph()
+    state: dict[str, int] = {}
+
+    def visit(node, trail):
+        if state.get(node) == 1:
+            raise AssertionError("import cycle: " + " -> ".join(trail + [node]))
+        if state.get(node) == 2:
+            return
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt, trail + [node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        visit(node, [])
+    assert {"errors", "config", "training", "evaluation"} <= set(graph)
+
+
+def test_the_cycle_test_can_see_a_cycle(monkeypatch):
+    graph = _graph()
+    graph["errors"] = {"training"}  # errors is the bottom layer; an arrow up closes a loop
+    monkeypatch.setattr(__import__(__name__), "_graph", lambda: graph)
+    with pytest.raises(AssertionError, match="import cycle"):
+        test_the_package_has_no_import_cycle()
+
+
+def test_errors_is_the_bottom_layer_and_imports_are_at_the_top():
+    assert _graph()["errors"] == set()
+    for path in sorted(PACKAGE.glob("*.py")):
+        _, inner = _module_imports(path)
+        assert not inner, f"{path.name} imports {inner} inside a function"
+
+
+def test_no_module_is_a_grab_bag_by_size():
+    sizes = {p.name: len(p.read_text().splitlines()) for p in PACKAGE.glob("*.py")}
+    assert max(sizes.values()) <= 420, sizes
+
+
+def test_unknown_model_kwargs_are_refused_naming_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"model_kwargs dept unknown .* valid model_kwargs are depth, widen_factor"):
+        RunConfig(model="wide_resnet", model_kwargs={"dept": 34}).validate()
+    with pytest.raises(ConfigError, match="valid model_kwargs are none"):
+        RunConfig(model="conv4", model_kwargs={"depth": 3}).validate()
+    RunConfig(model="wide_resnet", model_kwargs={"depth": 16, "widen_factor": 2}).validate()
+
+
+def test_model_config_defaults_come_from_the_run_schema():
+    from rst_lib.config import default
+    from rst_lib.models import ModelConfig
+    m = ModelConfig()
+    for name in ("width", "keep_ratio", "weight_init", "end_with_bn", "score_init"):
+        assert getattr(m, name) == default(name)
+
+
+def test_library_calls_leave_the_global_rng_and_batchnorm_settings_alone(data):
+    from rst_lib.controls import compare_models, random_mask_control
+    from rst_lib.evaluation import recalibrate_bn, robustness_report
+    from rst_lib.data import make_loader
+    cfg = RunConfig(model="conv2", width=0.125, keep_ratio=0.2, epochs=1, train_examples=128,
+                    eval_examples=32, final_examples=32, autoattack="none", eval_steps=2).validate()
+    model = create_model("conv2", 10, 1, image_size=28, width=0.125, keep_ratio=0.2)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.momentum = 0.3  # not the default: the library must not reset it
+    state = torch.get_rng_state()
+    rst_lib.train(cfg, None, progress=False, data=data)
+    random_mask = random_mask_control(cfg, data)
+    compare_models({"m": random_mask}, cfg, data, progress=False)
+    robustness_report(model, data.test, 0.1, 0.02, n_examples=32, progress=False)
+    recalibrate_bn(model, make_loader(data.train, 64), torch.device("cpu"), max_batches=2)
+    assert torch.equal(state, torch.get_rng_state())
+    assert all(m.momentum == 0.3 for m in bns)
