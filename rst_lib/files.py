@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
+import struct
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +60,12 @@ def read_json(path: str | os.PathLike) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+# What torch.load raises on a file that is not a loadable archive: refused pickles, cut
+# archives, random bytes (struct.error), a folder or an unreadable file.
+TORCH_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile,
+                     OSError, ValueError, struct.error)
 
 
 def torch_save(obj, path: str | os.PathLike) -> Path:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import glob
 import os
-import pickle
-import zipfile
 import time
 from pathlib import Path
 from typing import Iterable
@@ -15,7 +13,7 @@ import torch
 
 from .config import RunConfig
 from .data import load_dataset
-from .files import new_run_dir, read_json, write_json
+from .files import TORCH_LOAD_ERRORS, new_run_dir, read_json, write_json
 from .stats import accuracy_text
 from .tasks import build_task
 from .tickets import TicketError, load_ticket, resolve_ticket, ticket_meta
@@ -144,7 +142,7 @@ def load_any(path: str | os.PathLike, device="cpu", data=None):
         ticket_error = e
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError):  # report the ticket error, the more useful one
+    except TORCH_LOAD_ERRORS:  # report the ticket error, the more useful one
         raise ticket_error from None
     metrics = read_json(p.parent / "metrics.json")
     if not (isinstance(ck, dict) and "model" in ck and metrics.get("config")):

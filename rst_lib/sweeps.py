@@ -91,7 +91,7 @@ def _find(path: str, near: Path | None, kind: str, suffixes=("",)) -> Path:
                       + (f" and above {near.parent}" if near else "") + ")")
 
 
-SWEEP_KEYS = ("notebook", "name", "params", "set", "grid", "cells", "jobs", "output_root")
+SWEEP_KEYS = ("notebook", "name", "params", "set", "grid", "seeds", "cells", "jobs", "output_root")
 
 
 def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.PathLike | None = None,
@@ -130,6 +130,13 @@ def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.Path
     base = load_params(params_file, {})
     base.update(fixed)
     base.update(load_params(None, overrides))
+    seeds = spec.get("seeds")
+    if seeds is not None:
+        if "seed" in grid or not isinstance(seeds, list) or not seeds or any(
+                isinstance(v, bool) or not isinstance(v, int) for v in seeds):
+            raise ConfigError(f"{path}: 'seeds' must be a non-empty list of integers (and the "
+                              "grid must not also hold seed)")
+        grid = {**grid, "seed": seeds}  # every cell once per seed: 07 shows mean +- std
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
     combos += [dict(c) for c in extra_cells]
     if not combos:

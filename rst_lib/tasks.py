@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
-import zipfile
 
 import torch
 from torch import nn
@@ -15,6 +13,7 @@ from .attacks import make_attack
 from .config import ConfigError, RunConfig
 from .data import DataBundle, load_dataset
 from .devices import resolve_device
+from .files import TORCH_LOAD_ERRORS
 from .models import ModelConfig, build_model
 from .tickets import TicketError, load_ticket, read_ticket
 
@@ -28,7 +27,7 @@ def load_dense_weights(model: nn.Module, path: str | os.PathLike) -> int:
     except TicketError:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        except TORCH_LOAD_ERRORS as e:
             raise TicketError(f"pretrained={str(path)!r} is neither a ticket nor a plain "
                               f"state_dict of tensors ({type(e).__name__})") from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from torch import nn
 from . import masking
 from .config import RunConfig, register_check
 from .errors import ConfigError
-from .files import torch_save
+from .files import TORCH_LOAD_ERRORS, torch_save
 from .models import ModelConfig, RandomNetwork, build_model
 
 FORMAT = "rst-ticket"
@@ -198,8 +197,7 @@ def read_ticket(path: str | os.PathLike) -> dict:
     path = resolve_ticket(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
-            ValueError) as e:
+    except TORCH_LOAD_ERRORS as e:
         raise _unreadable(path, e) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise TicketError(f"{str(path.resolve())!r} is a PyTorch file but not an rst-workbook "

@@ -14,7 +14,6 @@ import os
 import pickle
 import time
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from .config import ConfigError, RunConfig
 from .data import DataBundle, fixed_subset, make_loader
 from .devices import Distributed, resolve_device, seeded_rng, setup_distributed
 from .evaluation import eval_attacks, evaluate, final_evaluation
-from .files import torch_save, write_json
+from .files import TORCH_LOAD_ERRORS, torch_save, write_json
 from .models import RandomNetwork
 from .schedules import at_target_sparsity, discard_fraction, eps_factor, keep_ratios_at, lr_factor
 from .tasks import build_task, make_optimizer, make_train_attack, trainable_parameters
@@ -52,7 +51,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except pickle.UnpicklingError:
         raise ValueError(f"{path} was refused: it holds objects other than tensors and plain "
                          "containers, which could run code when loaded") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    except TORCH_LOAD_ERRORS as e:
         raise ValueError(f"{path} is truncated or corrupted ({type(e).__name__}); delete it to "
                          "restart the run, or resume from a copy") from None
     missing = {"model", "optimizer", "rng", "history", "best", "epoch"} - set(ck)
