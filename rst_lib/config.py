@@ -158,7 +158,8 @@ class RunConfig:
         names = set(cls.field_names())
         unknown = sorted(set(params) - names)
         if unknown and strict:
-            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; valid parameters: "
+            hint = did_you_mean(unknown[0], names) if len(unknown) == 1 else ""
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}{hint}; valid parameters: "
                               f"{', '.join(cls.field_names())}")
         cfg = cls(**{k: v for k, v in params.items() if k in names})
         return cfg.validate()
@@ -318,17 +319,28 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
+def read_yaml_mapping(path: str | Path, kind: str) -> dict:
+    """A YAML file holding a mapping; a syntax error names the file, line and column."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{kind} {str(path.resolve())!r} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path.resolve()}{where}: YAML syntax error: {problem}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path.resolve()}: expected a mapping of parameter: value")
+    return loaded
+
+
 def load_params(path: str | Path | None = None, overrides: Iterable[str] | dict = ()) -> dict:
     """Read a YAML parameter file (flat mapping) and apply overrides; no validation."""
     params: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"parameter file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of parameter: value")
-        params.update(loaded)
+        params.update(read_yaml_mapping(path, "parameter file"))
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
     for k, v in items:
         params[k] = v

@@ -165,6 +165,32 @@ def _imagefolder(root: Path, augment: bool, image_size: int | None) -> DataBundl
                       list(tr.classes), tr_eval)
 
 
+# What torchvision's loaders read under the data folder (checked before any compute).
+TORCHVISION_FILES = {"cifar10": ["cifar-10-batches-py"], "cifar100": ["cifar-100-python"],
+                     "svhn": ["train_32x32.mat", "test_32x32.mat"], "mnist": ["MNIST"]}
+
+
+def check_available(name: str, data_dir: str | os.PathLike | None = None,
+                    download: bool = False) -> None:
+    """Raise :class:`DatasetUnavailable` (naming the full path) when ``load_dataset`` would
+    not find the data: a check that reads no image, for before a kernel starts."""
+    if name == "mnist5k" or (download and name != "imagefolder"):
+        return
+    root = (Path(data_dir).expanduser() if data_dir is not None else default_data_dir()).resolve()
+    if name == "imagefolder":
+        if data_dir is None:
+            raise DatasetUnavailable("dataset=imagefolder needs data_dir: a folder with train/ and "
+                                     "test/ (or val/) holding one subfolder per class")
+        if not (root / "train").is_dir() or not any((root / d).is_dir() for d in ("test", "val")):
+            raise DatasetUnavailable(f"dataset=imagefolder: {str(root)!r} must hold train/ and "
+                                     f"test/ (or val/) class folders. {DATA_HELP}")
+        return
+    missing = [f for f in TORCHVISION_FILES.get(name, []) if not (root / f).exists()]
+    if missing:
+        raise DatasetUnavailable(f"dataset={name}: no {missing[0]} under data_dir {str(root)!r}. "
+                                 f"{DATA_HELP}")
+
+
 def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = None,
                  download: bool = False, augment: bool = True,
                  image_size: int | None = None) -> DataBundle:

@@ -92,9 +92,13 @@ def plot_filter_map(kernel_counts, title: str = "kept weights per kernel", axes=
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), gridspec_kw={"width_ratios": [3, 1]})
     fig = axes[0].figure
-    im = axes[0].imshow(counts, aspect="auto", cmap="magma", interpolation="nearest")
+    top = max(1, int(counts.max()))
+    # kept weights per kernel are integers 0..k*k: one color per count, a discrete colorbar
+    cmap = plt.get_cmap("magma", top + 1)
+    im = axes[0].imshow(counts, aspect="auto", cmap=cmap, interpolation="nearest",
+                        vmin=-0.5, vmax=top + 0.5)
     axes[0].set(xlabel="input channel", ylabel="filter (output channel)", title=title)
-    fig.colorbar(im, ax=axes[0], label="kept weights")
+    fig.colorbar(im, ax=axes[0], label="kept weights", ticks=range(0, top + 1, max(1, (top + 1) // 10)))
     per_filter = counts.sum(1)
     axes[1].barh(range(len(per_filter)), per_filter, color="C1")
     axes[1].invert_yaxis()

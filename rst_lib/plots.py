@@ -15,7 +15,8 @@ from .stats import wilson_interval
 
 
 def plot_history(history: list[dict], title: str = "search", ax=None):
-    """Clean and robust test accuracy (and training loss) per epoch."""
+    """Clean and PGD accuracy of the per-epoch check (on the split each row names:
+    validation by default) and the training loss, per epoch."""
     if ax is None:
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
     else:
@@ -23,7 +24,8 @@ def plot_history(history: list[dict], title: str = "search", ax=None):
     epochs = [h["epoch"] for h in history]
     ax[0].plot(epochs, [h["clean_acc"] for h in history], "o-", label="clean")
     ax[0].plot(epochs, [h["pgd_acc"] for h in history], "s-", label="PGD")
-    ax[0].set(xlabel="epoch", ylabel="test accuracy", title=f"{title}: accuracy", ylim=(0, 1))
+    split = history[0].get("eval_split", "test") if history else "test"
+    ax[0].set(xlabel="epoch", ylabel=f"{split} accuracy", title=f"{title}: accuracy", ylim=(0, 1))
     ax[0].legend()
     ax[0].grid(alpha=0.3)
     ax[1].plot(epochs, [h["train_loss"] for h in history], "o-", color="C2")
@@ -31,6 +33,8 @@ def plot_history(history: list[dict], title: str = "search", ax=None):
     ax[1].grid(alpha=0.3)
     for a in ax:
         _integer_ticks(a)
+        if len(epochs) == 1:  # one epoch: a readable axis around it, not 0.945...1.050
+            a.set_xlim(epochs[0] - 1, epochs[0] + 1)
     fig.tight_layout()
     return fig
 
@@ -45,12 +49,13 @@ def plot_keep_ratios(model: nn.Module, title: str = "kept fraction per layer", a
         fig = ax.figure
     ratios = [summary[n]["keep_ratio"] for n in names]
     bars = ax.bar(range(len(names)), ratios, color="C0")
-    for b, n in zip(bars, names):
-        ax.annotate(f"{summary[n]['kept']:,}/{summary[n]['total']:,}", (b.get_x() + b.get_width() / 2,
-                    b.get_height()), ha="center", va="bottom", fontsize=7, rotation=90)
+    for b, n in zip(bars, names):  # kept / total weights, above each bar with a gap
+        ax.annotate(f"{summary[n]['kept']:,} / {summary[n]['total']:,}",
+                    (b.get_x() + b.get_width() / 2, b.get_height()), xytext=(0, 4),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=9, rotation=90)
     ax.set_xticks(range(len(names)), [n.replace("body.", "") for n in names], rotation=60,
-                  ha="right", fontsize=8)
-    ax.set(ylabel="kept fraction", title=title, ylim=(0, max(ratios) * 1.6))
+                  ha="right", fontsize=9)
+    ax.set(ylabel="kept fraction", title=title, ylim=(0, min(1.0, max(ratios)) * 2.0))
     fig.tight_layout()
     return fig
 

@@ -42,6 +42,10 @@ body.rst-hide-code .jp-CodeCell .jp-OutputPrompt { visibility: hidden; }
 .celltag_parameters.rst-unfolded .jp-InputArea-editor { max-height: none; }
 .celltag_parameters.rst-unfolded .jp-InputArea-editor::after { content: none; }
 .celltag_injected-parameters .jp-InputArea-editor { border-left: 3px solid #1a7f37; }
+.rst-params { margin: 0 12px 10px; font: 13px/1.4 system-ui, sans-serif; }
+.rst-params table { border-collapse: collapse; margin-top: 4px; }
+.rst-params th, .rst-params td { text-align: left; padding: 1px 10px 1px 0; vertical-align: top; }
+.rst-params th { font-weight: 500; color: #59636e; }
 @media print { .rst-toolbar button { display: none; } .rst-toolbar { position: static; } }
 </style>
 {% endblock extra_css %}
@@ -54,6 +58,11 @@ body.rst-hide-code .jp-CodeCell .jp-OutputPrompt { visibility: hidden; }
   <button type="button" id="rst-toggle-code" onclick="rstToggleCode()">Hide code</button>
   {% if resources.rst.index_href %}<a href="{{ resources.rst.index_href | e }}">all runs</a>{% endif %}
 </div>
+{% if resources.rst.params %}
+<details class="rst-params" open><summary>Parameters of this run</summary>
+<table>{% for k, v in resources.rst.params %}<tr><th>{{ k | e }}</th><td>{{ v | e }}</td></tr>{% endfor %}</table>
+</details>
+{% endif %}
 {% endblock body_header %}
 {% block footer_js %}
 <script>
@@ -77,13 +86,16 @@ Array.prototype.forEach.call(document.querySelectorAll(".celltag_parameters"), f
 
 def render_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike | None = None,
                 title: str | None = None, status: str | None = None,
-                items: Iterable[str] = (), index_href: str | None = None) -> Path:
+                items: Iterable[str] = (), index_href: str | None = None,
+                params: dict | None = None, relative_to: str | os.PathLike | None = None) -> Path:
     """Render an executed notebook to one self-contained HTML file.
 
     Figures are embedded as base64 images; the page loads nothing from the network. A
     toolbar shows ``title``, ``status`` and ``items`` (short strings), a button hides or
     shows the code cells (also ``report.html#hide-code``), and ``index_href`` links to
-    the run index.
+    the run index. ``params`` (the run's parameters) are listed above the notebook, so they
+    stay visible with the code hidden. Paths under ``relative_to`` (the project) are shown
+    relative to it: a shared report names no one's home folder.
     """
     notebook_path = Path(notebook_path)
     html_path = Path(html_path) if html_path else notebook_path.with_suffix(".html")
@@ -93,7 +105,17 @@ def render_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike |
                             extra_loaders=[DictLoader({"rst_report.html.j2": REPORT_TEMPLATE})],
                             template_file="rst_report.html.j2")
     resources = {"rst": {"title": title or notebook_path.stem, "status": status or "",
-                         "facts": list(items), "index_href": index_href}}
+                         "facts": list(items), "index_href": index_href,
+                         "params": [(k, _shown(v)) for k, v in (params or {}).items()]}}
     body, _ = exporter.from_notebook_node(nb, resources=resources)
+    if relative_to is not None:
+        root = str(Path(relative_to).resolve())
+        body = body.replace(root + "/", "").replace(root, ".")
     write_text(html_path, body)
     return html_path
+
+
+def _shown(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

@@ -15,23 +15,36 @@ import re
 import shutil
 import socket
 import sys
+import tempfile
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
 import papermill
 import yaml
 from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
 
 from .config import load_params
 from .errors import ConfigError
 from .files import new_run_dir, read_json, write_json, write_text
 from .report import render_html
 from .runs_index import headline, write_index
-from .workbook import _abspath, normalize_params, validate_notebook_params
+from .workbook import PROJECT_ROOT, _abspath, normalize_params, validate_notebook_params
 
 KERNEL_NAME = "rst-workbook"  # installed into the venv by `make`; falls back to python3
 FINISHED = "finished"
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """Kernels talk over local IPC sockets (in the temp folder), not TCP: nothing listens on
+    the network, and ipykernel does not warn "running over TCP without encryption"."""
+
+    def __init__(self, **kw):
+        kw.setdefault("transport", "ipc")
+        kw.setdefault("ip", os.path.join(tempfile.gettempdir(), f"rst-kernel-{uuid.uuid4().hex}"))
+        super().__init__(**kw)
 
 
 class RunExists(ConfigError):
@@ -116,10 +129,14 @@ def _render_report(run_dir: Path, out_nb: Path, status: dict, output_root: Path)
     for k, label in (("clean_acc", "clean"), ("pgd_acc", "PGD"), ("autoattack_acc", "AutoAttack")):
         if isinstance(h.get(k), (int, float)):
             items.append(f"{label} {h[k]:.1%}")
+    if h.get("examples"):  # the header says what the final table says, on the same inputs
+        items.append(f"{h['examples']} test examples")
     index = output_root / "index.html"
     href = os.path.relpath(index, run_dir) if output_root.exists() else None
+    params = {k: v for k, v in status.get("params", {}).items() if k != "run_dir"}
     render_html(out_nb, run_dir / "report.html", title=Path(status["notebook"]).stem,
-                status=status["status"], items=[i for i in items if i], index_href=href)
+                status=status["status"], items=[i for i in items if i], index_href=href,
+                params=params, relative_to=PROJECT_ROOT)
 
 
 def run_notebook(notebook: str | os.PathLike, params_file: str | os.PathLike | None = None,
@@ -167,7 +184,7 @@ def run_notebook(notebook: str | os.PathLike, params_file: str | os.PathLike | N
     try:
         papermill.execute_notebook(str(notebook), str(out_nb), parameters=params,
                                    kernel_name=_kernel_name(), progress_bar=progress,
-                                   cwd=str(notebook.parent.resolve()))
+                                   cwd=str(run_dir), kernel_manager_class=LocalKernelManager)
         status["status"] = FINISHED
     except papermill.PapermillExecutionError as e:
         first = next((line for line in str(e.source).splitlines() if line.strip()), "")

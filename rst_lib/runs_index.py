@@ -43,9 +43,14 @@ def headline(run_dir: str | os.PathLike) -> dict:
 
 
 def find_runs(root: str | os.PathLike) -> list[Path]:
-    """Run directories (those holding a ``run.json``) under ``root``, sorted by path."""
+    """Run folders under ``root``, sorted by path: every folder holding a ``run.json`` (a
+    notebook run), and every folder holding a ``metrics.json`` outside those (a training
+    run made from Python, ``train(cfg, run_dir)``)."""
     root = Path(root)
-    return sorted(p.parent for p in root.rglob("run.json") if p.is_file())
+    notebook_runs = {p.parent for p in root.rglob("run.json") if p.is_file()}
+    python_runs = {p.parent for p in root.rglob("metrics.json") if p.is_file()
+                   and not any(q in notebook_runs for q in [p.parent, *p.parent.parents])}
+    return sorted(notebook_runs | python_runs)
 
 
 def run_rows(root: str | os.PathLike) -> list[dict]:
@@ -54,6 +59,12 @@ def run_rows(root: str | os.PathLike) -> list[dict]:
     rows = []
     for d in find_runs(root):
         info = read_json(d / "run.json")
+        if not info:  # made from Python: its metrics.json is the record
+            metrics = read_json(d / "metrics.json")
+            info = {"notebook": "(python)", "status": metrics.get("status", "?"),
+                    "seconds": round(metrics["search_seconds"]) if metrics.get("search_seconds") else None,
+                    "started": datetime.fromtimestamp((d / "metrics.json").stat().st_mtime)
+                    .strftime("%Y-%m-%d %H:%M:%S")}
         rel = d.relative_to(root).as_posix()
         report = d / info.get("report", "report.html")
         rows.append({

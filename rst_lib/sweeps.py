@@ -33,10 +33,9 @@ from pathlib import Path
 
 import papermill
 import torch
-import yaml
 from tqdm.auto import tqdm
 
-from .config import load_params
+from .config import load_params, read_yaml_mapping
 from .errors import ConfigError
 from .files import read_json, sigterm_as_interrupt, write_json
 from .runs import FINISHED, RunExists, prepare_run_dir, run_notebook, run_status, _index
@@ -102,11 +101,7 @@ def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.Path
     (``key=value`` strings or a dict) apply to every cell.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {str(path)!r} does not exist")
-    spec = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path}: expected a mapping with notebook, params, set, grid")
+    spec = read_yaml_mapping(path, "sweep file")
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: "

@@ -13,6 +13,9 @@ from pathlib import Path
 import papermill
 
 from .config import RunConfig, param
+from .data import check_available
+from .tickets import read_ticket
+from .training import load_checkpoint
 from .errors import ConfigError, did_you_mean, parse_number
 
 # The project this package belongs to (an editable install): notebooks/ and outputs/.
@@ -113,13 +116,18 @@ def validate_notebook_params(notebook: str | os.PathLike, params: dict) -> None:
         raise ConfigError(f"{notebook} has no cell tagged 'parameters'")
     unknown = sorted(set(params) - set(specs) - {"run_dir"})
     if unknown:
-        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for {Path(notebook).name}; "
+        hint = did_you_mean(unknown[0], specs) if len(unknown) == 1 else ""
+        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}{hint} for {Path(notebook).name}; "
                           f"valid parameters: {', '.join(sorted(specs))}")
     fields = set(RunConfig.field_names())
     merged = {k: s["value"] for k, s in specs.items()
               if k in fields and s["value"] is not _NO_DEFAULT}
     merged.update({k: v for k, v in params.items() if k in fields})
-    RunConfig.from_dict(merged)
+    cfg = RunConfig.from_dict(merged)
+    check_available(cfg.dataset, cfg.data_dir, cfg.download)  # the data is there
+    for path in ([params["ticket"]] if params.get("ticket") else []) + list(
+            params.get("tickets") or []):
+        _check_model_file(path)
     for name, value in params.items():
         spec = specs.get(name)
         if name in fields or spec is None or spec["value"] is _NO_DEFAULT:
@@ -130,13 +138,32 @@ def validate_notebook_params(notebook: str | os.PathLike, params: dict) -> None:
         _check_like(name, value, default, none_ok="None" in spec["help"])
 
 
+def _check_model_file(path: str) -> None:
+    """A ticket (file or run folder) or a run's ``last.pt`` that will load: refused here,
+    before a kernel starts, with what is wrong with it."""
+    if any(ch in str(path) for ch in "*?["):
+        return  # a glob: its matches are resolved in the notebook
+    p = Path(path)
+    if p.is_dir() and not (p / "ticket.pt").is_file() and (p / "last.pt").is_file():
+        p = p / "last.pt"
+    if p.name == "last.pt" and p.is_file():
+        try:
+            load_checkpoint(p)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return
+    if p.is_dir() and not (p / "ticket.pt").is_file() and list(p.glob("*/ticket.pt")):
+        return  # a sweep folder: its tickets are loaded in the notebook
+    read_ticket(p)
+
+
 def _abspath(p) -> str:
     return os.path.abspath(os.path.expanduser(str(p)))
 
 
 def normalize_params(notebook: str | os.PathLike, params: dict,
                      output_root: str | os.PathLike = "outputs") -> dict:
-    """Batch defaults and absolute paths (the kernel runs with cwd = the notebook's folder).
+    """Batch defaults and absolute paths (the kernel runs in the run folder).
 
     * ``progress`` / ``interactive`` default to False when the notebook has them;
     * ``runs_root`` defaults to ``output_root``;
