@@ -16,7 +16,7 @@ from rst_lib.config import ConfigError, RunConfig, load_config, parse_override
     ({"steps": 0}, r"steps=0 is invalid: it must be >= 1"),
     ({"batch_size": 0}, r"batch_size=0 is invalid: it must be >= 1"),
     ({"epochs": "10"}, r"epochs='10' is invalid: expected int, got str"),
-    ({"keepratio": 0.1}, r"unknown parameter\(s\) keepratio; valid parameters: .*keep_ratio"),
+    ({"keepratio": 0.1}, r"unknown parameter\(s\) keepratio \(did you mean 'keep_ratio'\?\); valid parameters: .*keep_ratio"),
     ({"data_dir": "/no/such/dir", "dataset": "cifar10"}, r"data_dir='/no/such/dir' does not exist"),
     ({"dataset": "imagefolder"}, r"imagefolder.*needs data_dir"),
     ({"device": "tpu"}, r"device='tpu' is invalid"),

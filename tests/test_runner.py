@@ -64,7 +64,8 @@ def test_none_accepted_where_documented_and_paths_made_absolute(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     (tmp_path / "run1").mkdir()
     ticket = tmp_path / "run1" / "ticket.pt"
-    ticket.write_bytes(b"not really a ticket")  # existence is all validation checks
+    from rst_lib import create_model, save_ticket
+    save_ticket(create_model("conv2", 10, 1, image_size=28, width=0.125), ticket)  # a real one
     params = normalize_params(NB / "06_evaluate.ipynb",
                               {"ticket": "run1", "final_examples": None, "eval_dataset": None})
     validate_notebook_params(NB / "06_evaluate.ipynb", params)
