@@ -354,8 +354,13 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
 
 
 def collapse_message(cfg: RunConfig, row: dict, num_classes: int, epochs: int) -> str:
-    """Why a run is said to have collapsed, and what the workbook offers against it."""
+    """Why a run is said to have collapsed, and the remedies the workbook offers that this
+    run does not use yet (the likeliest first)."""
     remedies = []
+    if cfg.norm == "none" or not cfg.scale_fan:
+        # frozen random weights with few kept: activations shrink layer by layer to nothing
+        remedies += ["BatchNorm layers (norm: bn)"] if cfg.norm == "none" else []
+        remedies += ["weights scaled to the kept fan (scale_fan: true)"] if not cfg.scale_fan else []
     if cfg.train_attack != "none" and not cfg.eps_warmup_epochs:
         remedies.append("an eps warm-up (eps_warmup_epochs: 5, linear from 0)")
     if not cfg.warmup_epochs:

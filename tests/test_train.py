@@ -217,6 +217,10 @@ def test_collapse_message_offers_the_remedies_that_are_off():
     tried = plain.replace(eps_warmup_epochs=5, warmup_epochs=2, end_with_bn=True)
     msg = collapse_message(tried, row, 10, 2)
     assert "eps_warmup_epochs" not in msg and "end_with_bn" not in msg
+    # no BatchNorm and no fan scaling: activations vanish; those remedies come first
+    vanishing = plain.replace(norm="none", scale_fan=False)
+    msg = collapse_message(vanishing, row, 10, 2)
+    assert msg.index("norm: bn") < msg.index("scale_fan: true") < msg.index("eps_warmup_epochs")
 
 
 def test_lr_schedules():
