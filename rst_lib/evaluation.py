@@ -24,6 +24,12 @@ from .masking import frozen_masks
 
 
 @torch.no_grad()
+def count_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """How many of ``x`` the model classifies as ``y``."""
+    return int((model(x).argmax(1) == y).sum().item())
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, attacks: dict | None = None,
              progress: bool = True, desc: str = "eval", dist: Distributed | None = None,
              num_classes: int | None = None) -> dict:

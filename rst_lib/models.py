@@ -310,7 +310,8 @@ class RandomNetwork(nn.Module):
         return self.last_bn(out) if self.last_bn is not None else out
 
 
-def _prunable(body: nn.Module) -> list[tuple[str, nn.Module]]:
+def conv_linear_layers(body: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every conv / linear layer in module order (the prunable ones)."""
     return [(n, m) for n, m in body.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
@@ -368,7 +369,7 @@ def build_model(cfg: ModelConfig) -> RandomNetwork:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model {cfg.name!r} cannot be built with {cfg.model_kwargs or 'these settings'}: {e}") from None
     model = RandomNetwork(cfg, body)
-    layers = _prunable(body)
+    layers = conv_linear_layers(body)
     dense = [cfg.keep_ratio is None or (cfg.dense_first and i == 0)
              or (cfg.dense_last and i == len(layers) - 1) for i in range(len(layers))]
     masked_idx = [i for i, d in enumerate(dense) if not d]

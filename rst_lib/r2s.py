@@ -49,8 +49,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .attacks import PGD
-from .masking import frozen_masks
 from .devices import seeded_rng
+from .evaluation import count_correct
+from .masking import frozen_masks
 from .transfer import NamedModels, check_same_network, named_models
 
 MODES = ("batch", "example")
@@ -214,11 +215,6 @@ class EOTPGD(PGD):
 # ------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    return int((model(x).argmax(1) == y).sum().item())
-
-
 def _switch_correct(switch: RandomSwitch, x: torch.Tensor, y: torch.Tensor, seed: int,
                     batch: int, draws: int) -> float:
     """Correct answers of the switch averaged over ``draws`` evaluation draws.
@@ -228,7 +224,7 @@ def _switch_correct(switch: RandomSwitch, x: torch.Tensor, y: torch.Tensor, seed
     """
     g = torch.Generator().manual_seed(stream_seed(seed, _EVAL_SWITCH, batch))
     with switch.using_generator(g):
-        return sum(_correct(switch, x, y) for _ in range(draws)) / draws
+        return sum(count_correct(switch, x, y) for _ in range(draws)) / draws
 
 
 def _attack_batch(attack, x, y, seed: int, batch: int, device) -> torch.Tensor:
@@ -286,8 +282,8 @@ def evaluate_r2s(switch: RandomSwitch, loader, eps: float, alpha: float, steps: 
             clean += _switch_correct(switch, x, y, seed, b, eval_draws)
             for i, (member, attack) in enumerate(zip(switch.members, member_attacks)):
                 x_adv = _attack_batch(attack, x, y, seed, b, device)
-                member_clean[i] += _correct(member, x, y)
-                member_whitebox[i] += _correct(member, x_adv, y)
+                member_clean[i] += count_correct(member, x, y)
+                member_whitebox[i] += count_correct(member, x_adv, y)
                 fixed[i] += _switch_correct(switch, x_adv, y, seed, b, eval_draws)
             with switch.using_generator(attack_stream):
                 x_switching = _attack_batch(switching_attack, x, y, seed, b, device)

@@ -14,7 +14,7 @@ from .config import ConfigError, RunConfig
 from .data import DataBundle, load_dataset
 from .devices import resolve_device
 from .files import TORCH_LOAD_ERRORS
-from .models import ModelConfig, build_model
+from .models import ModelConfig, build_model, conv_linear_layers
 from .tickets import TicketError, load_ticket, read_ticket
 
 
@@ -35,9 +35,7 @@ def load_dense_weights(model: nn.Module, path: str | os.PathLike) -> int:
         raise TicketError(f"pretrained={str(path)!r} holds no state_dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     loaded = 0
-    for name, layer in model.named_modules():
-        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-            continue
+    for name, layer in conv_linear_layers(model):
         tensor = state.get(f"{name}.weight", state.get(f"{name}.parametrizations.weight.original"))
         if tensor is None:
             continue
@@ -86,7 +84,7 @@ def build_task(cfg: RunConfig, data: DataBundle | None = None, device=None):
     if cfg.task == "finetune_full":
         model = build_model(dataclasses.replace(t, keep_ratio=None))
         with torch.no_grad():
-            for (_, src), (_, dst) in zip(_conv_linear(ticket), _conv_linear(model)):
+            for (_, src), (_, dst) in zip(conv_linear_layers(ticket), conv_linear_layers(model)):
                 masking.raw_weight(dst).copy_(src.weight)  # masked weights, now all trainable
         model.load_state_dict({k: v for k, v in ticket.state_dict().items()
                                if "running_" in k or "num_batches" in k}, strict=False)
@@ -100,10 +98,6 @@ def build_task(cfg: RunConfig, data: DataBundle | None = None, device=None):
         masking.get_mask_param(layer).scores.requires_grad_(False)  # the mask stays fixed
         masking.raw_weight(layer).requires_grad_(True)
     return data, ticket.train().to(device)
-
-
-def _conv_linear(model: nn.Module):
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .devices import seeded_rng
+from .evaluation import count_correct
 from .masking import frozen_masks, masked_layers, raw_weight
 
 NamedModels = Mapping[str, nn.Module] | Iterable[tuple[str, nn.Module]] | Iterable[nn.Module]
@@ -96,11 +97,6 @@ def check_same_network(models: NamedModels, up_to_scale: bool = True) -> None:
                     f"the random weights of {layer!r} differ (different seed or weight init?)")
 
 
-@torch.no_grad()
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    return int((model(x).argmax(1) == y).sum().item())
-
-
 def transfer_matrix(models: NamedModels, loader, attack_factory: Callable[[nn.Module], Callable],
                     device: str | torch.device = "cpu", progress: bool = True,
                     require_same_network: bool = True, seed: int | None = 0) -> dict:
@@ -147,10 +143,10 @@ def transfer_matrix(models: NamedModels, loader, attack_factory: Callable[[nn.Mo
                     x, y = x.to(device), y.to(device)
                     if i == 0:
                         for j, target in enumerate(targets):
-                            clean[j] += _correct(target, x, y)
+                            clean[j] += count_correct(target, x, y)
                     x_adv = attack(x, y)
                     for j, target in enumerate(targets):
-                        correct[i][j] += _correct(target, x_adv, y)
+                        correct[i][j] += count_correct(target, x_adv, y)
                     seen += len(y)
             if i == 0:
                 n = seen
