@@ -129,3 +129,13 @@ def test_load_ticket_accepts_a_run_folder_and_train_runs_appear_in_the_index(tmp
 class _Evil:
     def __reduce__(self):
         return (print, ("this would run",))
+
+
+def test_p_takes_several_files_and_overrides_in_order(tmp_path):
+    from rst_lib.cli import _params
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("keep_ratio: 0.1\nepochs: 3\n")
+    b.write_text("epochs: 4\n")
+    params = _params([str(a), str(b), "epochs=6", "eps=8/255"], {"keep_ratio", "epochs", "eps"})
+    assert params == {"keep_ratio": 0.1, "epochs": 6, "eps": "8/255"}
+    assert _params([str(a), str(b)], set())["epochs"] == 4  # a later file wins
