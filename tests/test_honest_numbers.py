@@ -91,5 +91,7 @@ def test_final_evaluation_reports_autoattack_as_the_robust_accuracy(data):
     assert final["split"] == "test" and final["examples"] == 40
     assert final["robust_acc"] == final["autoattack_acc"] and final["robust_examples"] == 30
     assert final["robust_attack"] == "AutoAttack (fast)" and math.isfinite(final["pgd_acc"])
+    # AutoAttack runs on what PGD did not break: never above PGD on the same inputs
+    assert final["autoattack_acc"] <= final["pgd_acc_on_autoattack_examples"]
     no_aa = final_evaluation(model, cfg.replace(autoattack="none"), data, progress=False)
     assert no_aa["robust_acc"] == no_aa["pgd_acc"] and no_aa["robust_attack"] == "PGD-3"
