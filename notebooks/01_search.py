@@ -174,7 +174,8 @@ write_summary(run_dir, {**result.final, "dataset": cfg.dataset, "model": cfg.mod
               stopped=result.stopped, warnings=result.warnings)
 display(Markdown(
     f"**{cfg.model} on {cfg.dataset}, {cfg.keep_ratio:.1%} of the random weights kept, none trained** "
-    f"({cfg.train_attack} search, {len(result.history)} of {cfg.epochs} epochs): "
+    f"({cfg.train_attack} search, epoch {result.best['epoch']} of {len(result.history)} run"
+    f"{' (stopped early)' if result.stopped else ''}): "
     f"**{result.final['robust_acc']:.1%} under {result.final['robust_attack']}**, "
     f"{result.final['pgd']} {result.final['pgd_acc']:.1%}, clean {result.final['clean_acc']:.1%} at "
     f"eps={cfg.eval_eps_value:.4g} on {result.final['examples']} test inputs. "

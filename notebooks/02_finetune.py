@@ -163,7 +163,7 @@ main = inh or rows[-1]
 write_summary(run_dir, {**main, "dataset": cfg.dataset, "model": ticket_model.config.name,
                         "keep_ratio": mask_summary(ticket_model)["keep_ratio"], "ticket": ticket},
               final=rows)
-text = f"Ticket `{ticket}`; {len(runs)} finetunes of {cfg.epochs} epochs each. "
+text = f"Ticket `{ticket}`; {len(runs)} finetune(s), {cfg.epochs} epoch(s) each. "
 if inh and rei:
     gap = inh["robust_acc"] - rei["robust_acc"]
     text += (f"Inherited weights: {inh['robust_attack']} {inh['robust_acc']:.1%} (clean "
