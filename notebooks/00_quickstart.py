@@ -41,19 +41,19 @@ eval_examples = None        # validation examples of the per-epoch check (None: 
 final_examples = None       # test examples of the final numbers (None: all) [examples]
 # --- model
 model = "conv4"             # conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2
-width = 0.25                # channel multiplier
+width = 0.5                 # channel multiplier
 keep_ratio = 0.1            # fraction of the weights KEPT (RBRN's --prune-rate) [fraction]
-end_with_bn = True          # RBRN's last BatchNorm on the logits
+end_with_bn = False         # RBRN's last BatchNorm on the logits
 # --- optimization
-epochs = 5                  # training epochs [epochs]
-lr = 0.1                    # base learning rate
+epochs = 6                  # training epochs [epochs]
+lr = 0.2                    # base learning rate
 warmup_epochs = 0           # linear LR warm-up [epochs]
 # --- training attack
-train_attack = "fgsm_rs"    # pgd | fgsm_rs | fgsm_carried (RBRN fast) | free | trades | none (natural)
+train_attack = "pgd"        # pgd | fgsm_rs | fgsm_carried (RBRN fast) | free | trades | none (natural)
 eps = 0.3                   # attack budget ('8/255' works) [pixels in [0, 1]]
-eps_warmup_epochs = 0       # the training attack's eps (and step) ramps up from 0 [epochs]
-alpha = 0.375               # training attack step (FGSM-RS: 1.25 x eps) [pixels in [0, 1]]
-steps = 7                   # PGD / TRADES steps of the training attack
+eps_warmup_epochs = 2       # the training attack's eps (and step) ramps up from 0 [epochs]
+alpha = 0.1                 # training attack step (FGSM-RS: 1.25 x eps) [pixels in [0, 1]]
+steps = 3                   # PGD / TRADES steps of the training attack
 # --- evaluation
 eval_alpha = 0.0375         # PGD step of the evaluation (None: alpha) [pixels in [0, 1]]
 eval_steps = 20             # PGD steps of the evaluation
