@@ -210,7 +210,7 @@ def test_collapse_without_stopping_runs_all_epochs():
 def test_collapse_message_offers_the_remedies_that_are_off():
     from rst_lib.training import collapse_message
     row = {"epoch": 3, "train_loss": 2.30, "clean_acc": 0.1, "eval_split": "val"}
-    plain = RunConfig(train_attack="pgd", end_with_bn=False).validate()
+    plain = RunConfig(train_attack="pgd", end_with_bn=False, eps_warmup_epochs=0).validate()
     msg = collapse_message(plain, row, 10, 2)
     for remedy in ("eps_warmup_epochs", "warmup_epochs: 2", "end_with_bn: true"):
         assert remedy in msg
