@@ -55,7 +55,7 @@ def plot_keep_ratios(model: nn.Module, title: str = "kept fraction per layer", a
                     textcoords="offset points", ha="center", va="bottom", fontsize=9, rotation=90)
     ax.set_xticks(range(len(names)), [n.replace("body.", "") for n in names], rotation=60,
                   ha="right", fontsize=9)
-    ax.set(ylabel="kept fraction", title=title, ylim=(0, min(1.0, max(ratios)) * 2.0))
+    ax.set(ylabel="kept fraction", title=title, ylim=(0, min(1.0, max(ratios)) * 2.6))
     fig.tight_layout()
     return fig
 
