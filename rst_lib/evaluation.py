@@ -107,9 +107,8 @@ def final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
     test = fixed_subset(data.test, cfg.final_examples)
     x, y = _tensors(test, None)
     with seeded_rng(cfg.seed, device):  # per input: clean and PGD outcome, in test order
-        clean_ok = _adv_correct(model, x, y, lambda xb, yb: xb, cfg.eval_batch_size, device)
-        pgd_ok = _adv_correct(model, x, y, eval_attacks(model, cfg)["pgd"], cfg.eval_batch_size,
-                              device)
+        clean_ok, pgd_ok = _correct_flags(model, x, y, eval_attacks(model, cfg)["pgd"],
+                                          cfg.eval_batch_size, device)
     out = {"split": "test", "examples": len(test), "clean_acc": _fraction(clean_ok),
            "pgd_acc": _fraction(pgd_ok), "pgd": f"PGD-{cfg.eval_steps}",
            "eps": cfg.eval_eps_value, "threat_model": cfg.threat_model}
@@ -183,16 +182,18 @@ def _fraction(flags: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _adv_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, batch_size: int,
-                 device) -> torch.Tensor:
-    """Per input: is it still classified correctly under ``attack``? (bool, on the CPU)"""
+def _correct_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, batch_size: int,
+                   device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per input, in one pass: classified correctly clean, and under ``attack``? (bool, CPU)"""
     model = model.to(device).eval()
-    flags = []
+    clean, adv = [], []
     with frozen_masks(model):
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-            flags.append((model(attack(xb, yb)).argmax(1) == yb).cpu())
-    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+            clean.append((model(xb).argmax(1) == yb).cpu())
+            adv.append((model(attack(xb, yb)).argmax(1) == yb).cpu())
+    empty = torch.zeros(0, dtype=torch.bool)
+    return (torch.cat(clean) if clean else empty), (torch.cat(adv) if adv else empty)
 
 
 def _autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,

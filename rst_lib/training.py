@@ -357,10 +357,11 @@ def collapse_message(cfg: RunConfig, row: dict, num_classes: int, epochs: int) -
     """Why a run is said to have collapsed, and the remedies the workbook offers that this
     run does not use yet (the likeliest first)."""
     remedies = []
-    if cfg.norm == "none" or not cfg.scale_fan:
-        # frozen random weights with few kept: activations shrink layer by layer to nothing
-        remedies += ["BatchNorm layers (norm: bn)"] if cfg.norm == "none" else []
-        remedies += ["weights scaled to the kept fan (scale_fan: true)"] if not cfg.scale_fan else []
+    # frozen random weights with few kept: without these, activations shrink to nothing
+    if cfg.norm == "none":
+        remedies.append("BatchNorm layers (norm: bn)")
+    if not cfg.scale_fan:
+        remedies.append("weights scaled to the kept fan (scale_fan: true)")
     if cfg.train_attack != "none" and not cfg.eps_warmup_epochs:
         remedies.append("an eps warm-up (eps_warmup_epochs: 5, linear from 0)")
     if not cfg.warmup_epochs:
