@@ -30,7 +30,7 @@ def random_mask_control(cfg: RunConfig, data: DataBundle) -> RandomNetwork:
     _, model = build_task(cfg, data, device)
     train_part, _ = data.validation_split(cfg.val_fraction, cfg.seed)
     loader = make_loader(fixed_subset(train_part, cfg.train_examples), cfg.batch_size,
-                         shuffle=True, seed=cfg.seed)
+                         shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers, device=device)
     recalibrate_bn(model, loader, device)
     return model
 

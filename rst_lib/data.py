@@ -8,6 +8,10 @@ first 400 for training and the last 100 for testing (4,000 / 1,000), fixed forev
 ``data_dir`` (downloaded only with ``download=True``); ``imagefolder`` reads any folder
 with ``train/`` and ``test/`` (or ``val/``) class subfolders — ImageNet-100,
 Tiny-ImageNet, or the CIFAR-10 JPEG copy in ``../shared/data/cifar10-jpeg``.
+
+With ``cache=True`` the torchvision sets and small-image ImageFolder sets come from a uint8
+cache (:mod:`rst_lib.data_cache`), batched and augmented on the run's device; resized
+ImageFolder sets are read with PIL by DataLoader worker processes (``num_workers``).
 """
 from __future__ import annotations
 
@@ -21,7 +25,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from .config import DATASETS
+from .config import DATASETS, register_check
+from .data_cache import (MAX_CACHED_SIZE, Augment, CachedImages, NotCacheable, augment_seed,
+                         cache_folder, decode_image_files, files_fingerprint, load_or_build, log,
+                         random_crop_flip, torchvision_tensors, tree_files)
 from .errors import ConfigError
 
 DATA_HELP = ("Provide the data by pointing data_dir at a folder that holds it, "
@@ -96,43 +103,64 @@ def load_mnist5k() -> DataBundle:
                       [str(i) for i in range(10)])
 
 
-def _torchvision(name: str, root: Path, download: bool, augment: bool) -> DataBundle:
+# Cached sets' augmentation: the PIL path's RandomCrop(32, padding=4) (+ flip, not for digits)
+TORCHVISION_AUGMENT = {"cifar10": Augment(4, True), "cifar100": Augment(4, True), "svhn": Augment(4, False)}
+
+
+def _torchvision_set(name: str, root: Path, split: str, transform, download: bool):
+    """One split of a torchvision set; its errors become :class:`DatasetUnavailable`."""
     import torchvision
+    try:
+        if name == "svhn":
+            return torchvision.datasets.SVHN(str(root), split, transform=transform, download=download)
+        cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
+               "mnist": torchvision.datasets.MNIST}[name]
+        return cls(str(root), train=split == "train", transform=transform, download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted ..."
+        raise DatasetUnavailable(f"{name}: no usable copy under {str(root)!r} ({e}). {DATA_HELP}") from None
+    except OSError as e:  # download attempted without network
+        raise DatasetUnavailable(f"{name}: could not download into {str(root)!r} ({e}). "
+                                 f"{DATA_HELP}") from None
+
+
+def _torchvision(name: str, root: Path, download: bool, augment: bool, cache: bool = False,
+                 cache_dir: str | os.PathLike | None = None) -> DataBundle:
     from torchvision import transforms as T
     if not root.exists() and not download:
         raise DatasetUnavailable(f"{name}: data directory {str(root)!r} does not exist. {DATA_HELP}")
     color = name != "mnist"
     size = 32 if color else 28
+    mean, std = STATS[name]
+    if cache and download and not all((root / f).exists() for f in TORCHVISION_FILES[name]):
+        for split in ("train", "test"):
+            _torchvision_set(name, root, split, None, True)
+    files = tree_files(root, TORCHVISION_FILES[name])
+    if cache and all(f.exists() for f in files):  # else the path below says what is missing
+        fp, folder = files_fingerprint(files, root, extra=name), cache_folder(root, cache_dir)
+
+        def decode(split):
+            ds = _torchvision_set(name, root, split, None, False)
+            return (*torchvision_tensors(ds), list(getattr(ds, "classes", map(str, range(10)))))
+        parts = [load_or_build(folder, f"{name}-{split}", fp, lambda s=split: decode(s), str(root))
+                 for split in ("train", "test")]
+        return _cached_bundle(name, parts, TORCHVISION_AUGMENT.get(name) if augment else None,
+                              3 if color else 1, size, (mean, std))
     train_tf = [T.ToTensor()]
     if augment and name in ("cifar10", "cifar100"):
         train_tf = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor()]
     elif augment and name == "svhn":  # digits: no flips
         train_tf = [T.RandomCrop(32, padding=4), T.ToTensor()]
     train_tf, test_tf = T.Compose(train_tf), T.ToTensor()
-    try:
-        if name == "svhn":
-            tr = torchvision.datasets.SVHN(str(root), "train", transform=train_tf, download=download)
-            tr_eval = torchvision.datasets.SVHN(str(root), "train", transform=test_tf)
-            te = torchvision.datasets.SVHN(str(root), "test", transform=test_tf, download=download)
-            classes = [str(i) for i in range(10)]
-        else:
-            cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
-                   "mnist": torchvision.datasets.MNIST}[name]
-            tr = cls(str(root), train=True, transform=train_tf, download=download)
-            tr_eval = cls(str(root), train=True, transform=test_tf)
-            te = cls(str(root), train=False, transform=test_tf, download=download)
-            classes = list(tr.classes)
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted ..."
-        raise DatasetUnavailable(f"{name}: no usable copy under {str(root)!r} ({e}). {DATA_HELP}") from None
-    except OSError as e:  # download attempted without network
-        raise DatasetUnavailable(f"{name}: could not download into {str(root)!r} ({e}). "
-                                 f"{DATA_HELP}") from None
-    mean, std = STATS[name]
+    tr = _torchvision_set(name, root, "train", train_tf, download)
+    tr_eval = _torchvision_set(name, root, "train", test_tf, False)
+    te = _torchvision_set(name, root, "test", test_tf, download)
+    classes = list(getattr(tr, "classes", map(str, range(10))))  # SVHN: digits
     return DataBundle(name, tr, te, len(classes), 3 if color else 1, size, mean, std, classes,
                       tr_eval)
 
 
-def _imagefolder(root: Path, augment: bool, image_size: int | None) -> DataBundle:
+def _imagefolder(root: Path, augment: bool, image_size: int | None, cache: bool = False,
+                 cache_dir: str | os.PathLike | None = None) -> DataBundle:
     import torchvision
     from PIL import Image
     from torchvision import transforms as T
@@ -147,6 +175,11 @@ def _imagefolder(root: Path, augment: bool, image_size: int | None) -> DataBundl
         raise DatasetUnavailable(f"imagefolder: no images under {str(test_dir)!r}")
     native = Image.open(probe.samples[0][0]).size[0]
     size = image_size or native
+    if cache and size == native and native <= MAX_CACHED_SIZE:
+        try:
+            return _imagefolder_cached(root, train_dir, test_dir, probe, augment, size, cache_dir)
+        except NotCacheable as e:
+            log.warning("imagefolder %s is not cached (%s): its images are read with PIL", root, e)
     if size == native:
         train_tf = ([T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()]
                     if augment else [])
@@ -163,6 +196,40 @@ def _imagefolder(root: Path, augment: bool, image_size: int | None) -> DataBundl
     stats = STATS["cifar10"] if (len(tr.classes) == 10 and size == 32) else STATS["imagenet"]
     return DataBundle(root.name or "imagefolder", tr, te, len(tr.classes), 3, size, *stats,
                       list(tr.classes), tr_eval)
+
+
+def _imagefolder_cached(root: Path, train_dir: Path, test_dir: Path, probe, augment: bool,
+                        size: int, cache_dir) -> DataBundle:
+    """The small-image ImageFolder set from its uint8 cache (built on first use): the same
+    images, labels and order as ``ImageFolder`` + ``ToTensor()``; augmentation
+    ``RandomCrop(size, padding=size // 8)`` + flip, applied per batch by the loader."""
+    import torchvision
+    folder = cache_folder(root, cache_dir)
+    stem = root.resolve().name or "imagefolder"
+    parts = []
+    for split_dir, ds in ((train_dir, torchvision.datasets.ImageFolder(str(train_dir))),
+                          (test_dir, probe)):
+        fp = files_fingerprint([p for p, _ in ds.samples], root, extra="\n".join(ds.classes))
+        parts.append(load_or_build(folder, f"{stem}-{split_dir.name}", fp,
+                                   lambda ds=ds: (*decode_image_files(ds.samples), list(ds.classes)),
+                                   str(split_dir)))
+    (x, _, classes), (xt, _, test_classes) = parts
+    if classes != test_classes:
+        raise DatasetUnavailable(f"imagefolder: train and test class folders differ under {str(root)!r}")
+    if x.shape[1:] != xt.shape[1:] or x.shape[-1] != size:
+        raise NotCacheable(f"train images {tuple(x.shape[1:])}, test images {tuple(xt.shape[1:])}")
+    stats = STATS["cifar10"] if (len(classes) == 10 and size == 32) else STATS["imagenet"]
+    return _cached_bundle(root.name or "imagefolder", parts,
+                          Augment(size // 8, True) if augment else None, 3, size, stats)
+
+
+def _cached_bundle(name: str, parts, augment: Augment | None, channels: int, size: int,
+                   stats) -> DataBundle:
+    """A bundle of cached (train, test) parts; ``train_eval``: the training images unaugmented."""
+    (x, y, classes), (xt, yt, _) = parts
+    train = CachedImages(x, y, augment, classes)
+    return DataBundle(name, train, CachedImages(xt, yt, None, classes), len(classes), channels,
+                      size, *stats, classes, train.with_augment(None))
 
 
 # What torchvision's loaders read under the data folder (checked before any compute).
@@ -193,24 +260,31 @@ def check_available(name: str, data_dir: str | os.PathLike | None = None,
 
 def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = None,
                  download: bool = False, augment: bool = True,
-                 image_size: int | None = None) -> DataBundle:
-    """Load a dataset by name (see module docstring). Images are float tensors in [0, 1]."""
+                 image_size: int | None = None, cache: bool = True,
+                 cache_dir: str | os.PathLike | None = None) -> DataBundle:
+    """Load a dataset by name (see module docstring). Images are float tensors in [0, 1].
+
+    ``cache``: small datasets come from their uint8 cache (built on first use) as
+    :class:`~rst_lib.data_cache.CachedImages`; ``cache_dir`` overrides where it is kept
+    (default ``data_dir/.rst-cache``, see :func:`~rst_lib.data_cache.cache_folder`)."""
     if name == "mnist5k":
         return load_mnist5k()
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if name in ("cifar10", "cifar100", "svhn", "mnist"):
-        return _torchvision(name, root, download, augment)
+        return _torchvision(name, root, download, augment, cache, cache_dir)
     if name == "imagefolder":
         if data_dir is None:
             raise DatasetUnavailable("imagefolder needs data_dir: a folder with train/ and "
                                      "test/ (or val/) holding one subfolder per class")
         if not root.is_dir():
             raise DatasetUnavailable(f"imagefolder: {str(root)!r} is not a directory. {DATA_HELP}")
-        return _imagefolder(root, augment, image_size)
+        return _imagefolder(root, augment, image_size, cache, cache_dir)
     raise ConfigError(f"dataset={name!r} is invalid: valid choices are {', '.join(DATASETS)}")
 
 
 def _subset(ds: Dataset, idx: torch.Tensor) -> Dataset:
+    if isinstance(ds, CachedImages):
+        return ds.subset(idx)
     if isinstance(ds, TensorDataset):
         return TensorDataset(*(t[idx] for t in ds.tensors))
     return Subset(ds, idx.tolist())
@@ -256,6 +330,51 @@ class TensorBatches:
             yield tuple(t[idx] for t in self.ds.tensors) + ((idx,) if self.with_index else ())
 
 
+class CachedBatches(TensorBatches):
+    """Batches of a :class:`~rst_lib.data_cache.CachedImages` set in :func:`shard_order`'s
+    order. The uint8 images are moved to ``device`` once; each batch is gathered, augmented
+    (``ds.augment``: crop and flip of the whole batch, draws from a generator seeded by
+    (seed, rank), never the global RNG) and converted to float in [0, 1] on ``device``."""
+
+    def __init__(self, ds: CachedImages, batch_size: int, shuffle: bool, seed: int,
+                 rank: int = 0, world_size: int = 1, with_index: bool = False,
+                 device: torch.device | str | None = None):
+        super().__init__(ds, batch_size, shuffle, seed, rank, world_size, with_index)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        images, targets = self.ds.on(self.device)
+        order = shard_order(len(self.ds), self.shuffle, self.seed, self.rank, self.world_size)
+        aug = self.ds.augment
+        gen = torch.Generator().manual_seed(augment_seed(self.seed, self.rank)) if aug else None
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i:i + self.batch_size]
+            at = idx.to(images.device)
+            x = images[at].to(self.device, non_blocking=True)
+            if aug is not None:
+                x = random_crop_flip(x, aug, gen)
+            y = targets[at].to(self.device, non_blocking=True)
+            yield (x.float().div_(255), y) + ((idx,) if self.with_index else ())
+
+
+def resolve_num_workers(num_workers: int | str) -> int:
+    """DataLoader worker processes: ``auto`` is one per CPU this process may use but one
+    (for the training process), at most 8; none with 2 CPUs or fewer, where one worker
+    was slower than decoding in the main process (bench/data_pipeline.py)."""
+    if num_workers != "auto":
+        return int(num_workers)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 0 if cpus <= 2 else min(8, cpus - 1)
+
+
+@register_check
+def _check_num_workers(cfg) -> None:
+    w = getattr(cfg, "num_workers", 0)
+    if not (w == "auto" or (isinstance(w, int) and not isinstance(w, bool) and w >= 0)):
+        raise ConfigError(f"num_workers={w!r} is invalid: use auto or a number of worker "
+                          "processes >= 0")
+
+
 class WithIndex(Dataset):
     """(x, y, index) items: per-example state (a carried perturbation) needs the index."""
 
@@ -270,20 +389,29 @@ class WithIndex(Dataset):
 
 
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
-                num_workers: int = 0, rank: int = 0, world_size: int = 1,
-                with_index: bool = False):
+                num_workers: int | str = 0, rank: int = 0, world_size: int = 1,
+                with_index: bool = False, device: torch.device | str | None = None):
     """Batches of (images, labels); ``seed`` fixes the order (use seed + epoch per epoch).
 
     ``rank``/``world_size`` shard the examples for distributed training
     (``DistributedSampler`` semantics); ``batch_size`` is then per rank. ``with_index``
     adds each example's index in ``ds`` as a third element.
+
+    A cached set (:class:`~rst_lib.data_cache.CachedImages`) gives :class:`CachedBatches`:
+    batches made and augmented on ``device`` (None: the CPU). Other datasets go through a
+    ``DataLoader`` with ``num_workers`` worker processes (``"auto"``:
+    :func:`resolve_num_workers`), kept alive between passes, and pinned memory for CUDA.
     """
+    if isinstance(ds, CachedImages):
+        return CachedBatches(ds, batch_size, shuffle, seed, rank, world_size, with_index, device)
     if isinstance(ds, TensorDataset):
         return TensorBatches(ds, batch_size, shuffle, seed, rank, world_size, with_index)
     if with_index:
         ds = WithIndex(ds)
+    workers = resolve_num_workers(num_workers)
+    cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
     # DistributedSampler also for one process: the same permutation whatever the world size.
     sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=shuffle,
                                  seed=seed, drop_last=False)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=cuda, persistent_workers=workers > 0)

@@ -115,7 +115,8 @@ def search_tickets(cfg, keep_ratios: Iterable[float], root: str | os.PathLike,
     reuses a search already there (an interrupted notebook run picks up where it stopped).
     Returns the ticket paths, in the order of ``keep_ratios``.
     """
-    data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.augment)
+    data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.augment,
+                                cache=cfg.data_cache, cache_dir=cfg.data_cache_dir)
     paths = []
     for r in keep_ratios:
         c = cfg.replace(keep_ratio=float(r), name=f"{cfg.name}-keep{float(r):g}")

@@ -63,7 +63,8 @@ def build_task(cfg: RunConfig, data: DataBundle | None = None, device=None):
     * ``dense``: the dense network, all weights train (adversarial training baseline).
     * ``bnn``: dense binary weights (sign of trained latent weights; RBRN's BNN baseline).
     """
-    data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.augment)
+    data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.augment,
+                                cache=cfg.data_cache, cache_dir=cfg.data_cache_dir)
     device = device or resolve_device(cfg.device)
     mcfg = ModelConfig.from_run(cfg, data.num_classes, data.in_channels, data.image_size,
                                 data.mean, data.std)

@@ -241,9 +241,11 @@ def _fields(cls) -> list[str]:
 
 
 RUN_SECTIONS = {  # RunConfig's fields in the order and groups of its declaration
-    "run": ["task", "ticket", "finetune_init", "pretrained", "seed", "device", "channels_last"],
+    "run": ["task", "ticket", "finetune_init", "pretrained", "seed", "device", "channels_last",
+            "precision", "eval_precision", "compile"],
     "data": ["dataset", "data_dir", "download", "train_examples", "val_fraction", "eval_examples",
-             "final_examples", "batch_size", "eval_batch_size", "augment"],
+             "final_examples", "batch_size", "eval_batch_size", "augment", "data_cache",
+             "data_cache_dir", "num_workers"],
     "model": _fields(RunConfig)[_fields(RunConfig).index("model"):_fields(RunConfig).index("epochs")],
     "optimization": _fields(RunConfig)[_fields(RunConfig).index("epochs"):_fields(RunConfig).index("train_attack")],
     "training attack": _fields(RunConfig)[_fields(RunConfig).index("train_attack"):_fields(RunConfig).index("eval_eps")],
