@@ -8,6 +8,12 @@ Benchmarks (``--only`` takes a comma-separated list of these names):
 * ``ticket_size``  resnet18 ticket at keep ratio 0.05 vs a full fp32 checkpoint.
 * ``cifar10``      time to a robust ticket on real CIFAR-10 (skipped without the data).
 * ``ideas``        the issue's optimization ideas, each measured on its own.
+* ``data_pipeline`` loader images/s on the CIFAR-10 JPEGs, old PIL path vs the uint8 cache,
+                   against what a search step consumes (bench/data_pipeline.py).
+* ``amp``          ours' search step in fp32 vs bf16 autocast, side by side (CPU or GPU).
+* ``gpu_table``    ``--device cuda``: resnet18/34 b256 search steps in fp32, bf16, bf16 +
+                   compile, ours / dense / seed-style, images/s, peak memory, and the RBRN
+                   ResNet34 preset's estimated time (bench/gpu_table.py; skipped on the CPU).
 
 Every timing is measured side by side: one worker process per variant, the variants run one
 after the other in rotating order for each round, after one warm-up call each (same shapes,
@@ -30,7 +36,8 @@ import common  # noqa: E402
 from common import Row, fmt_bytes, fmt_mb, fmt_s  # noqa: E402
 
 CIFAR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg"
-ALL = ("search_step", "eval_pgd20", "ticket_size", "cifar10", "ideas")
+ALL = ("search_step", "eval_pgd20", "ticket_size", "cifar10", "ideas", "data_pipeline")
+ALL += ("amp", "gpu_table")  # bench/gpu_table.py
 
 # (model, batch, repeats) of the search-step benchmark; a resnet18 step takes tens of seconds
 # on a 2-core CPU (the seed-style one about twice that), so resnet18 gets one round fewer.
@@ -418,7 +425,7 @@ def bench_ideas(args, rows: list[Row]) -> None:
         "clean_forward_share_of_eval": clean_share,
         "peak_memory_mask_cache": {"model": mem_model, "batch": mem_batch, "variants": mem},
         "torch_compile": compiled,
-        "autocast": "measured only on CUDA" if args.device != "cuda" else speedups.get(
+        "autocast": "see amp.json (the amp benchmark)" if args.device != "cuda" else speedups.get(
             "autocast (ours / ours_amp)"),
     })
     if args.compile and "speedup" in compiled:
@@ -461,6 +468,27 @@ def _compile_probe(args) -> dict:
         return {"compile_s": compile_s, **times, "speedup": times["eager"] / times["compiled"]}
     except Exception as e:  # compile needs a working C++ toolchain; report, do not fail
         return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+
+
+# ------------------------------------------------------------------------ data pipeline
+
+
+def bench_data_pipeline(args, rows: list[Row]) -> None:
+    import data_pipeline  # bench/data_pipeline.py: old loader vs uint8 cache vs search step
+    data_pipeline.bench_data_pipeline(args, rows, log=log)
+
+
+# ------------------------------------------------------------- mixed precision, GPU table
+
+
+def bench_amp(args, rows: list[Row]) -> None:
+    import gpu_table  # bench/gpu_table.py: ours in fp32 vs bf16 autocast
+    gpu_table.bench_amp(args, rows, log=log)
+
+
+def bench_gpu_table(args, rows: list[Row]) -> None:
+    import gpu_table  # bench/gpu_table.py: the --device cuda table
+    gpu_table.bench_gpu_table(args, rows, log=log)
 
 
 # ------------------------------------------------------------------------------------ main
@@ -514,7 +542,9 @@ def main(argv=None) -> int:
             continue
         t0 = time.perf_counter()
         {"search_step": bench_search_step, "eval_pgd20": bench_eval, "ticket_size": bench_ticket,
-         "cifar10": bench_cifar10, "ideas": bench_ideas}[name](args, rows)
+         "cifar10": bench_cifar10, "ideas": bench_ideas,
+         "data_pipeline": bench_data_pipeline, "amp": bench_amp,
+         "gpu_table": bench_gpu_table}[name](args, rows)
         timings[name] = time.perf_counter() - t0
         log(f"  ({name}: {timings[name]:.0f} s)")
     total = time.perf_counter() - t_start

@@ -20,7 +20,14 @@ Ablations (the issue's "ideas", each a single change measured against ``ours``):
 * ``ours_plaintopk``: ours with every mask's top-k done by plain ``torch.topk`` on all the
   scores instead of ``rst_lib.topk.topk_mask``'s sampled threshold band;
 * ``ours_floatmask``: ours with the cached mask stored as float32 (4 bytes per weight, not 1);
-* ``ours_amp``: ours under ``torch.autocast`` (CUDA only).
+* ``ours_amp``: ours under ``torch.autocast`` in bf16 (CPU and CUDA; fp16 with a loss scaler
+  on a GPU without bf16), i.e. ``Workload("ours", precision="bf16")``.
+
+Any variant also takes ``precision`` (``fp32`` / ``bf16`` / ``fp16``, as the run parameter:
+:func:`rst_lib.precision.autocast_context` around the attack and the forward, backward
+outside), ``compile`` (:class:`rst_lib.tuning.CompiledNetwork`: the attack and the update
+run through ``torch.compile``, masks computed eagerly) and ``channels_last`` (``auto``: on
+for CUDA): the GPU table (``gpu_table.py``) is made of these.
 """
 from __future__ import annotations
 
@@ -34,6 +41,8 @@ from rst_lib import masking
 from rst_lib import inits, topk
 from rst_lib.attacks import PGD
 from rst_lib.evaluation import evaluate
+from rst_lib.precision import autocast_context, make_scaler
+from rst_lib.tuning import CompiledNetwork, resolve_channels_last
 
 import seed_style
 
@@ -175,11 +184,14 @@ class Workload:
         model_name, batch, keep_ratio, width: the network (CIFAR-shaped: 3x32x32, 10 classes).
         ticket_path: save the masked model as a ticket there and evaluate the loaded ticket
             (``ours``), as a found ticket is evaluated; the seed-style model keeps the scores.
-        device: ``cpu`` or ``cuda``; ``ours_amp`` adds autocast (bf16 if supported, else fp16).
+        device: ``cpu`` or ``cuda``; ``ours_amp`` is ours in bf16 (fp16 on a GPU without bf16).
+        precision, compile, channels_last: as the run parameters of these names.
     """
 
     def __init__(self, variant: str, model_name: str, batch: int, keep_ratio: float = 0.05,
-                 width: float = 1.0, ticket_path: str | None = None, device: str = "cpu"):
+                 width: float = 1.0, ticket_path: str | None = None, device: str = "cpu",
+                 precision: str = "fp32", compile: bool = False,
+                 channels_last: bool | str = False):
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
         self.variant = variant
@@ -202,21 +214,28 @@ class Workload:
                 if ticket is not None:
                     model = ticket  # a ticket as found and saved: masks from the file
                 params = masking.score_parameters(model)
-        self.cl = variant in ("ours_cl", "dense_cl")
+        self.cl = variant in ("ours_cl", "dense_cl") or resolve_channels_last(channels_last,
+                                                                              self.device)
         model = model.to(self.device)
         if self.cl:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        self.net = CompiledNetwork(model) if compile else model  # what attacks and steps call
         self.opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
         x, y = make_batch(batch)
         self.x, self.y = x.to(self.device), y.to(self.device)
         if self.cl:
             self.x = self.x.contiguous(memory_format=torch.channels_last)
-        self.amp_dtype = None
         if variant == "ours_amp":
-            if self.device.type != "cuda":
-                raise ValueError("ours_amp (autocast) is measured on CUDA only")
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            precision = ("fp16" if self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+                         else "bf16")
+        self.precision = precision
+        self.scaler = make_scaler(precision, self.device)
+
+    @property
+    def compiled(self) -> bool | None:
+        """True when running compiled, False after a fallback to eager, None if not asked."""
+        return self.net.compiled if isinstance(self.net, CompiledNetwork) else None
 
     def _ctx(self):
         stack = contextlib.ExitStack()
@@ -228,12 +247,12 @@ class Workload:
             stack.enter_context(plain_topk_masks())
         if self.variant == "ours_floatmask":
             stack.enter_context(float_mask_cache())
-        if self.amp_dtype is not None:
-            stack.enter_context(torch.autocast("cuda", dtype=self.amp_dtype))
+        if self.precision != "fp32":
+            stack.enter_context(autocast_context(self.precision, self.device))
         return stack
 
     def _attack(self, steps: int, eval_mode: bool, alpha: float):
-        m, x, y = self.model, self.x, self.y
+        m, x, y = self.net, self.x, self.y
         if self.variant in ("seed", "seed_topk"):
             return seed_style.seed_pgd(m, x, y, EPS, alpha, steps, eval_mode=eval_mode)
         if self.variant == "seed_inputgrad":
@@ -247,11 +266,12 @@ class Workload:
         self.model.train()
         with self._ctx():
             x_adv = self._attack(steps, eval_mode=False, alpha=ALPHA)
-            logits = self.model(x_adv)
+            logits = self.net(x_adv)
             loss = F.cross_entropy(logits.float(), self.y)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        self.scaler.scale(loss).backward()  # fp16: scaled; otherwise loss.backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         return loss.item()
 
     def eval_batch(self, steps: int = 20) -> float:

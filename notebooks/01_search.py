@@ -38,7 +38,10 @@ finetune_init = "kaiming_normal"  # finetune_reinit draws weights so (RST --ft_i
 pretrained = None             # trained dense checkpoint to search in (robust trained tickets) [path]
 seed = 0                      # seed of the random weights, the validation split and the attacks
 device = "auto"               # auto | cpu | cuda | cuda:N
-channels_last = False         # NHWC conv layout (faster on an idle CPU, slower on a busy one)
+channels_last = "auto"        # NHWC conv layout: auto (on for CUDA, off for CPU) | true | false
+precision = "fp32"            # fp32 | bf16 | fp16 (loss-scaled): autocast of the training steps, their attacks, the per-epoch check
+eval_precision = "fp32"       # fp32 | bf16 | fp16: autocast of the final test numbers (PGD, AutoAttack)
+compile = False               # torch.compile the network (masks stay eager); falls back to eager with one warning
 # --- data
 dataset = "mnist5k"           # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
 data_dir = None               # where the data lives (None: $RST_DATA_DIR or data/) [path]
@@ -50,6 +53,9 @@ final_examples = None         # test examples of the final numbers (None: all) [
 batch_size = 32               # training batch (the global batch under torchrun) [examples]
 eval_batch_size = 500         # evaluation batch [examples]
 augment = True                # random crop + flip (32x32 color data only)
+data_cache = True             # decode small images (up to 64 px) once into a uint8 cache; batches augmented on the device
+data_cache_dir = None         # where that cache goes (None: data_dir/.rst-cache, or ~/.cache/rst-workbook if read-only) [path]
+num_workers = "auto"          # loader processes for resized (uncached) images: auto (CPUs - 1, max 8; none with 2 CPUs or fewer) | N
 # --- model
 model = "conv4"               # conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2
 model_kwargs = {}             # extra model arguments, e.g. {depth: 28, widen_factor: 10}

@@ -49,6 +49,9 @@ final_examples = None         # test examples of the final numbers (None: all) [
 batch_size = 32               # training batch (the global batch under torchrun) [examples]
 eval_batch_size = 500         # evaluation batch [examples]
 augment = True                # random crop + flip (32x32 color data only)
+data_cache = True             # decode small images (up to 64 px) once into a uint8 cache; batches augmented on the device
+data_cache_dir = None         # where that cache goes (None: data_dir/.rst-cache, or ~/.cache/rst-workbook if read-only) [path]
+num_workers = "auto"          # loader processes for resized (uncached) images: auto (CPUs - 1, max 8; none with 2 CPUs or fewer) | N
 # --- model
 model = "conv4"               # conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2
 model_kwargs = {}             # extra model arguments, e.g. {depth: 28, widen_factor: 10}

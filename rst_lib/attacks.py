@@ -143,6 +143,34 @@ class PGD(Attack):
         """Input gradient of one step (subclasses average it, e.g. EOT)."""
         return self._input_grad(x, delta, y)[0]
 
+    def _early_stop_steps(self, x, delta, y) -> torch.Tensor:
+        """The steps of one restart with early stop: before every step, the examples the
+        model already misclassifies stop moving. In eval mode each example's outcome is
+        independent of the others, so the gradient is computed for the still-correct ones
+        only (a fooled example stays fooled: its delta no longer changes), which makes
+        early-stop PGD cost little on a model most inputs break. In train mode BatchNorm
+        sees the whole batch, and a randomized model (``stochastic``, R2S) may answer a
+        fooled input correctly next time, so every step takes the whole batch."""
+        compact = not self.model.training and not getattr(self.model, "stochastic", False)
+        active = torch.arange(len(x), device=x.device)
+        for _ in range(self.steps):
+            if compact:
+                grad, logits = self._input_grad(x[active], delta[active], y[active])
+                still = logits.argmax(1) == y[active]
+                if not still.any():
+                    break
+                active, grad = active[still], grad[still]
+                delta = delta.clone()
+                delta[active] = self._project(x[active], delta[active] + self._step(grad, self.alpha))
+                continue
+            grad, logits = self._input_grad(x, delta, y)
+            still = logits.argmax(1) == y  # still correct: keep attacking these
+            if not still.any():
+                break
+            stepped = self._project(x, delta + self._step(grad, self.alpha))
+            delta = torch.where(still.view(-1, *[1] * (x.dim() - 1)), stepped, delta)
+        return delta
+
     @torch.no_grad()
     def _outcome(self, x_adv, y) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-example loss, misclassified) of a finished restart."""
@@ -153,17 +181,12 @@ class PGD(Attack):
         best = None
         for _ in range(self.restarts):
             delta = self._random_delta(x) if self.random_start else torch.zeros_like(x)
-            for _ in range(self.steps):
-                if self.early_stop:
-                    grad, logits = self._input_grad(x, delta, y)
-                    active = logits.argmax(1) == y  # still correct: keep attacking these
-                    if not active.any():
-                        break
-                    stepped = self._project(x, delta + self._step(grad, self.alpha))
-                    delta = torch.where(active.view(-1, *[1] * (x.dim() - 1)), stepped, delta)
-                    continue
-                grad = self._step_grad(x, delta, y)
-                delta = self._project(x, delta + self._step(grad, self.alpha))
+            if self.early_stop:
+                delta = self._early_stop_steps(x, delta, y)
+            else:
+                for _ in range(self.steps):
+                    grad = self._step_grad(x, delta, y)
+                    delta = self._project(x, delta + self._step(grad, self.alpha))
             if self.restarts == 1:
                 return x + delta
             loss, wrong = self._outcome(x + delta, y)

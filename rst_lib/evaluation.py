@@ -21,6 +21,7 @@ from .config import RunConfig
 from .data import DataBundle, fixed_subset, make_loader
 from .devices import Distributed, resolve_device, seeded_rng
 from .masking import frozen_masks
+from .precision import autocast_context
 
 
 @torch.no_grad()
@@ -98,12 +99,19 @@ def eval_attacks(model: nn.Module, cfg: RunConfig) -> dict:
 def final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
                      device: torch.device | None = None, progress: bool = True) -> dict:
     """The numbers to report: clean and PGD (``eval_*``) accuracy, and AutoAttack
-    (``cfg.autoattack``), on the first ``final_examples`` of the fixed test order.
+    (``cfg.autoattack``), on the first ``final_examples`` of the fixed test order, in
+    ``cfg.eval_precision`` (fp32 unless asked otherwise, whatever autocast surrounds it).
 
     Random starts come from a generator seeded with ``cfg.seed`` (the global RNG is left
     as it was), so every model evaluated with the same ``cfg`` meets the same attack.
     """
     device = device or resolve_device(cfg.device)
+    with autocast_context(cfg.eval_precision, device):
+        return _final_evaluation(model, cfg, data, device)
+
+
+def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
+                      device: torch.device) -> dict:
     test = fixed_subset(data.test, cfg.final_examples)
     x, y = _tensors(test, None)
     with seeded_rng(cfg.seed, device):  # per input: clean and PGD outcome, in test order
@@ -261,7 +269,7 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
                             steps: int = 20, more_steps: int = 100, restarts: int = 5,
                             eps_factors=(0.25, 0.5, 1.0, 2.0, 4.0), large_eps: float | None = None,
                             autoattack: str = "none", device: str | torch.device = "cpu",
-                            seed: int = 0, progress: bool = True) -> dict:
+                            seed: int = 0, progress: bool = True, early_stop: bool = False) -> dict:
     """Measure the signs of gradient masking (Carlini et al., 2019, "On Evaluating
     Adversarial Robustness", section 5) and flag each one that shows.
 
@@ -269,6 +277,9 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
     FGSM, PGD-``steps``, PGD-``more_steps``, PGD-``steps`` with ``restarts`` restarts, PGD at
     eps * each factor in ``eps_factors`` and at ``large_eps`` (default 1.0: the whole image
     can be replaced, accuracy must reach ~0), optionally AutoAttack.
+
+    ``early_stop``: every PGD stops on an input once it is misclassified (the run's
+    ``eval_early_stop``; an input counts as broken if any iterate breaks it).
 
     Returns ``{"accuracy": {...}, "eps_curve": [(eps, acc), ...], "flags": [str, ...]}``;
     an empty ``flags`` list means no sign was seen (not a proof of robustness).
@@ -283,18 +294,18 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
         with seeded_rng(seed, device):
             return evaluate(model, loader, device, attacks, progress, desc="masking checks")
 
-    base = acc({"fgsm": FGSM(model, eps, norm=threat_model),
-                "pgd": PGD(model, eps, alpha, steps, norm=threat_model),
-                "pgd_more_steps": PGD(model, eps, alpha / 2, more_steps, norm=threat_model),
-                "pgd_restarts": PGD(model, eps, alpha, steps, restarts, norm=threat_model),
+    def pgd(e, a, k, r=1):
+        return PGD(model, e, a, k, r, norm=threat_model, early_stop=early_stop)
+
+    base = acc({"fgsm": FGSM(model, eps, norm=threat_model), "pgd": pgd(eps, alpha, steps),
+                "pgd_more_steps": pgd(eps, alpha / 2, more_steps),
+                "pgd_restarts": pgd(eps, alpha, steps, restarts),
                 "noise": _Noise(model, eps, threat_model)})
     curve = []
     for f in eps_factors:
         e = eps * f
-        curve.append((e, acc({"pgd": PGD(model, e, max(alpha * f, 1e-6), steps,
-                                         norm=threat_model)})["pgd_acc"]))
-    curve.append((large_eps, acc({"pgd": PGD(model, large_eps, large_eps / 4, steps,
-                                             norm=threat_model)})["pgd_acc"]))
+        curve.append((e, acc({"pgd": pgd(e, max(alpha * f, 1e-6), steps)})["pgd_acc"]))
+    curve.append((large_eps, acc({"pgd": pgd(large_eps, large_eps / 4, steps)})["pgd_acc"]))
     accuracy = {k.removesuffix("_acc"): v for k, v in base.items() if k.endswith("_acc")}
     if autoattack != "none":
         accuracy["autoattack"] = autoattack_accuracy(model, dataset, eps, threat_model, autoattack,
@@ -335,7 +346,7 @@ def final_checks(model: nn.Module, cfg: RunConfig, data: DataBundle, final: dict
     report = gradient_masking_report(
         model, data.test, cfg.eval_eps_value, cfg.eval_alpha_value, cfg.threat_model,
         n_examples, cfg.eval_steps, more_steps, restarts, device=resolve_device(cfg.device),
-        seed=cfg.seed, progress=progress)
+        seed=cfg.seed, progress=progress, early_stop=cfg.eval_early_stop)
     aa, pgd = final.get("autoattack_acc"), final.get("pgd_acc_on_autoattack_examples")
     if aa is not None and aa < pgd - 0.05:
         report["flags"].append(

@@ -89,6 +89,8 @@ def _check_probs(probs: Sequence[float] | torch.Tensor | None, k: int,
 class RandomSwitch(nn.Module):
     """Answer every call with a randomly drawn member ticket (R2S).
 
+    ``stochastic = True``: attacks do not assume an input fooled once stays fooled.
+
     Args:
         members: the tickets: list of models, list of (name, model) pairs or dict.
         probs: probability of each member (default uniform); non-negative, summing to 1
@@ -105,6 +107,9 @@ class RandomSwitch(nn.Module):
             last call.
         generator: the ``torch.Generator`` member draws come from.
     """
+
+    # Attacks must not assume that an input fooled once stays fooled (PGD's early stop).
+    stochastic = True
 
     def __init__(self, members: NamedModels, probs: Sequence[float] | torch.Tensor | None = None,
                  mode: str = "batch", seed: int = 0, normalize: bool = False,

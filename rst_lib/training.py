@@ -31,9 +31,11 @@ from .devices import Distributed, resolve_device, seeded_rng, setup_distributed
 from .evaluation import eval_attacks, evaluate, final_evaluation
 from .files import TORCH_LOAD_ERRORS, torch_save, write_json
 from .models import RandomNetwork
+from .precision import autocast_context, check_supported, make_scaler
 from .schedules import at_target_sparsity, discard_fraction, eps_factor, keep_ratios_at, lr_factor
 from .tasks import build_task, make_optimizer, make_train_attack, trainable_parameters
 from .tickets import save_ticket
+from .tuning import CompiledNetwork, backend_settings, resolve_channels_last, to_channels_last
 
 
 class CollapseWarning(UserWarning):
@@ -73,7 +75,7 @@ def is_collapsed(train_loss: float, eval_acc: float, num_classes: int) -> bool:
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg: RunConfig,
                 epoch: int, device: torch.device, progress: bool = True,
                 notes: list[str] | None = None, forward_model: nn.Module | None = None,
-                dist: Distributed | None = None, attack=None) -> dict:
+                dist: Distributed | None = None, attack=None, scaler=None) -> dict:
     """One epoch on the trainable tensors (scores for a search, weights for finetuning).
 
     Inner attacks: ``pgd``, ``fgsm_rs`` (adversarial examples, then a step on them),
@@ -92,8 +94,13 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg:
     ``attack``: the inner attack (:func:`make_train_attack`; built here when None). A
     ``fgsm_carried`` attack keeps state across epochs, so :func:`search` builds it once;
     its loader yields (x, y, index).
+
+    ``cfg.precision``: the attack and the forward passes run under autocast, backward and
+    the step outside; ``scaler`` (:func:`make_scaler`, kept across epochs) scales fp16 losses.
     """
     running = None
+    scaler = make_scaler(cfg.precision, device) if scaler is None else scaler
+    nhwc = resolve_channels_last(cfg.channels_last, device)
     dist = dist or Distributed()
     net = forward_model if forward_model is not None else model
     model.train()
@@ -107,6 +114,7 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg:
                disable=not progress)
     for i, batch in enumerate(bar):
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        x = to_channels_last(x) if nhwc else x
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch + i / n_batches)
         eps = cfg.eps * eps_factor(cfg, epoch + i / n_batches)
@@ -117,39 +125,34 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg:
                 free_delta = torch.zeros_like(x)
             for _ in range(cfg.free_repeats):
                 free_delta.requires_grad_(True)
-                logits = net(x + free_delta)
-                loss = F.cross_entropy(logits, y)
+                with autocast_context(cfg.precision, device):
+                    logits = net(x + free_delta)
+                    loss = F.cross_entropy(logits, y)
                 _check_finite(loss, epoch, i)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.discard:
-                    masking.zero_discarded_grads(model)
-                optimizer.step()
-                step = lp_step(free_delta.grad, eps, cfg.threat_model)
+                _update(loss, optimizer, scaler, model, cfg)
+                grad = torch.nan_to_num(free_delta.grad, 0.0, 0.0, 0.0)  # fp16: scaled, inf
+                step = lp_step(grad, eps, cfg.threat_model)
                 free_delta = project(x, free_delta.detach() + step, eps, cfg.threat_model)
         else:
-            if attack is None:
-                x_in = x
-            elif cfg.train_attack == "fgsm_carried":
-                x_in = attack(x, y, batch[2])  # each example's perturbation carries over
-            else:
-                x_in = attack(x, y)  # masks computed once, reused by every attack step
-            if cfg.train_attack == "trades":
-                # Separate passes, as the TRADES code does (BN statistics of each batch). Only
-                # one goes through DDP; both gradients sum before its hooks fire.
-                logits_adv = net(x_in)
-                logits = model(x)  # TRADES fits and reports clean predictions
-                loss = F.cross_entropy(logits, y) + cfg.trades_beta * F.kl_div(
-                    F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
-            else:
-                logits = net(x_in)
-                loss = F.cross_entropy(logits, y)
+            with autocast_context(cfg.precision, device):  # the attack's delta stays fp32
+                if attack is None:
+                    x_in = x
+                elif cfg.train_attack == "fgsm_carried":
+                    x_in = attack(x, y, batch[2])  # each example's perturbation carries over
+                else:
+                    x_in = attack(x, y)  # masks computed once, reused by every attack step
+                if cfg.train_attack == "trades":
+                    # Separate passes, as the TRADES code does (BN statistics of each batch).
+                    # Only one goes through DDP; both gradients sum before its hooks fire.
+                    logits_adv = net(x_in)
+                    logits = model(x)  # TRADES fits and reports clean predictions
+                    loss = F.cross_entropy(logits, y) + cfg.trades_beta * F.kl_div(
+                        F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
+                else:
+                    logits = net(x_in)
+                    loss = F.cross_entropy(logits, y)
             _check_finite(loss, epoch, i)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.discard:
-                masking.zero_discarded_grads(model)  # RST: discarded scores get no gradient
-            optimizer.step()  # scores change -> masks are recomputed on the next forward
+            _update(loss, optimizer, scaler, model, cfg)
         value = loss.item()
         if cfg.loss_jump_factor and running is not None and value > cfg.loss_jump_factor * running:
             msg = (f"loss jump at epoch {epoch + 1}, batch {i}: {value:.4f} after a running mean "
@@ -165,6 +168,17 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg:
     loss_sum, correct, total = dist.sum([loss_sum, correct, total]).tolist()
     return {"train_loss": loss_sum / total, "train_acc": correct / total,
             "lr": optimizer.param_groups[0]["lr"]}
+
+
+def _update(loss, optimizer, scaler: torch.amp.GradScaler, model: nn.Module, cfg) -> None:
+    """Backward (an fp16 loss scaled), RST's discard (discarded scores get no gradient),
+    the step (skipped by the scaler after an fp16 overflow); masks follow the new scores."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.discard:
+        masking.zero_discarded_grads(model)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, batch: int) -> None:
@@ -211,7 +225,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: bo
     the caller's random stream is restored afterwards.
     """
     cfg.validate()
-    with seeded_rng(cfg.seed, resolve_device(cfg.device)):
+    device = resolve_device(cfg.device)
+    with seeded_rng(cfg.seed, device), backend_settings(device):  # cuDNN autotuning on CUDA
         return _train(cfg, run_dir, progress, data, resume)
 
 
@@ -228,8 +243,10 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
     if cfg.batch_size % dist.world_size:
         raise ConfigError(f"batch_size={cfg.batch_size} is the global batch: it must be divisible "
                           f"by the number of processes ({dist.world_size})")
+    check_supported(cfg.precision, device)
+    check_supported(cfg.eval_precision, device, "eval_precision")
     data, model = build_task(cfg, data, device)
-    if cfg.channels_last:  # conv layers pick NHWC kernels from the weights' layout
+    if resolve_channels_last(cfg.channels_last, device):  # NHWC kernels follow the weights
         model = model.to(memory_format=torch.channels_last)
     train_part, val_part = data.validation_split(cfg.val_fraction, cfg.seed)
     train_set = fixed_subset(train_part, cfg.train_examples)
@@ -237,16 +254,19 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
     select_split = "val" if val_part is not None else "test"
     select_set = fixed_subset(val_part if val_part is not None else data.test, cfg.eval_examples)
     select_loader = make_loader(select_set, max(1, cfg.eval_batch_size // dist.world_size),
-                                rank=dist.rank, world_size=dist.world_size)
+                                rank=dist.rank, world_size=dist.world_size,
+                                num_workers=cfg.num_workers, device=device)
     optimizer = make_optimizer(trainable_parameters(model), cfg)
     final_ratios = masking.keep_ratios(model)
     layer_sizes = {n: masking.raw_weight(m).numel() for n, m in masking.masked_layers(model)}
-    train_attack = make_train_attack(model, cfg, len(train_set))
-    forward_model = model
+    scaler = make_scaler(cfg.precision, device)
+    net = CompiledNetwork(model) if cfg.compile else model  # attack and update, compiled
+    train_attack = make_train_attack(net, cfg, len(train_set))
+    forward_model = net
     if dist.world_size > 1:
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # global-batch BN statistics
-        forward_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        forward_model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     writer = run_dir if dist.main else None  # only rank 0 writes files
     if writer is not None:
         writer.mkdir(parents=True, exist_ok=True)
@@ -271,6 +291,8 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
         ck = load_checkpoint(run_dir / "last.pt")
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
+        if ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
         torch.set_rng_state(ck["rng"])
         history, best, start_epoch = ck["history"], ck["best"], ck["epoch"]
         notes = ck.get("notes", [])
@@ -288,13 +310,14 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
         loader = make_loader(train_set, cfg.batch_size // dist.world_size, shuffle=True,
                              seed=cfg.seed * 100_003 + epoch, rank=dist.rank,
                              world_size=dist.world_size,
-                             with_index=cfg.train_attack == "fgsm_carried")
+                             with_index=cfg.train_attack == "fgsm_carried",
+                             num_workers=cfg.num_workers, device=device)
         t_epoch = time.time()
         row = {"epoch": epoch + 1}
         try:
             row.update(train_epoch(model, loader, optimizer, cfg, epoch, device,
                                    progress and dist.main, notes, forward_model, dist,
-                                   train_attack))
+                                   train_attack, scaler))
         except FloatingPointError as e:
             if writer is not None:
                 write_json(writer / "metrics.json", _metrics(
@@ -302,9 +325,10 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
             raise
         if cfg.discard and (epoch + 1) % cfg.discard_every == 0:
             masking.discard_low_scores(model, discard_fraction(cfg, epoch + 1))
-        row.update(evaluate(model, select_loader, device, eval_attacks(model, cfg),
-                            progress and dist.main, desc=f"{select_split} check", dist=dist,
-                            num_classes=data.num_classes))
+        with autocast_context(cfg.precision, device):  # the check runs as the training does
+            row.update(evaluate(model, select_loader, device, eval_attacks(model, cfg),
+                                progress and dist.main, desc=f"{select_split} check", dist=dist,
+                                num_classes=data.num_classes))
         row["eval_split"] = select_split
         row["eval_examples"] = len(select_set)
         row["keep_ratio"] = masking.mask_summary(model)["keep_ratio"]
@@ -331,18 +355,20 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
             torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "rng": torch.get_rng_state(), "history": history, "best": best,
                                "epoch": epoch + 1, "best_model": best_state, "notes": notes,
-                               "stopped": stopped},
+                               "stopped": stopped, "scaler": scaler.state_dict()},
                               writer / "last.pt")
             write_json(writer / "metrics.json", _metrics(cfg, model, history, best, notes,
                                                         time.time() - t0, "running", stopped))
         if stopped is not None:
             break
+    if cfg.compile and net.fallback:  # metrics.json says the run was not compiled
+        notes.append(f"compile fell back to eager: {net.fallback}")
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     final = None
     if dist.main:  # the only place the test split is read (unless val_fraction=0)
-        final = final_evaluation(model, cfg, data, device, progress)
+        final = final_evaluation(model, cfg, data, device, progress)  # in cfg.eval_precision
     if writer is not None:
         write_json(writer / "metrics.json",
                    _metrics(cfg, model, history, best, notes, time.time() - t0,

@@ -51,6 +51,27 @@ def test_early_stop_keeps_the_random_start_of_examples_fooled_there(model, batch
     assert wrong_at_end[fooled_at_start].all()
 
 
+def test_early_stop_attacks_only_the_unfooled_and_matches_the_whole_batch_loop(model, batch):
+    """In eval mode early-stop PGD takes gradients of the still-correct examples only; the
+    adversarial examples are those of the whole-batch loop (what a stochastic model gets),
+    and the forward passes shrink with the survivors."""
+    x, y = batch
+    sizes = []
+    hook = model.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])))
+    torch.manual_seed(0)
+    compact = PGD(model, 0.3, 0.05, steps=10, early_stop=True)(x, y)
+    hook.remove()
+    model.stochastic = True  # R2S-style: no shortcut, every step takes the whole batch
+    try:
+        torch.manual_seed(0)
+        whole = PGD(model, 0.3, 0.05, steps=10, early_stop=True)(x, y)
+    finally:
+        del model.stochastic
+    assert torch.allclose(compact, whole, atol=1e-6)
+    assert sizes[0] == len(x) and sizes[-1] < len(x)  # later steps saw fewer inputs
+    assert sizes == sorted(sizes, reverse=True)
+
+
 def test_early_stop_ends_when_every_example_is_fooled(model, batch):
     x, y = batch
     wrong = (model(x).argmax(1) + 1) % 10  # labels the model never predicts at x ...
