@@ -57,6 +57,7 @@ steps = 3                   # PGD / TRADES steps of the training attack
 # --- evaluation
 eval_alpha = 0.0375         # PGD step of the evaluation (None: alpha) [pixels in [0, 1]]
 eval_steps = 20             # PGD steps of the evaluation
+eval_early_stop = True      # PGD stops on an input once it is misclassified (RST; stronger and cheaper)
 autoattack = "fast"         # final AutoAttack: none | fast (APGD-CE + APGD-T) | standard
 autoattack_examples = 1000  # test examples of the final AutoAttack [examples]
 masking_checks = True       # the gradient-masking checks of Carlini et al. (2019) on the final ticket

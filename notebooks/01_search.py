@@ -106,7 +106,7 @@ eval_eps = None               # evaluation budget (None: eps) [pixels in [0, 1]]
 eval_alpha = 0.0375           # PGD step of the evaluation (None: alpha) [pixels in [0, 1]]
 eval_steps = 20               # PGD steps of the evaluation
 eval_restarts = 1             # PGD restarts of the evaluation
-eval_early_stop = False       # PGD stops on an example once it is misclassified (RST)
+eval_early_stop = True        # PGD stops on an input once it is misclassified (RST; stronger and cheaper)
 autoattack = "fast"           # final AutoAttack: none | fast (APGD-CE + APGD-T) | standard
 autoattack_examples = 1000    # test examples of the final AutoAttack [examples]
 # --- monitoring

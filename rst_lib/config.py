@@ -147,7 +147,7 @@ class RunConfig:
     eval_alpha: Any = param(0.0375, "PGD step of the evaluation (None: alpha)", "pixels in [0, 1]")
     eval_steps: int = param(20, "PGD steps of the evaluation")
     eval_restarts: int = param(1, "PGD restarts of the evaluation")
-    eval_early_stop: bool = param(False, "PGD stops on an example once it is misclassified (RST)")
+    eval_early_stop: bool = param(True, "PGD stops on an input once it is misclassified (RST; stronger and cheaper)")
     autoattack: str = param("fast", "final AutoAttack: none | fast (APGD-CE + APGD-T) | standard")
     autoattack_examples: int = param(1000, "test examples of the final AutoAttack", "examples")
     # --- monitoring

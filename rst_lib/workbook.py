@@ -270,7 +270,7 @@ NOTEBOOK_PARAMETERS: dict[str, dict[str, list[str]]] = {
                       "model": ["model", "width", "keep_ratio", "end_with_bn"],
                       "optimization": ["epochs", "lr", "warmup_epochs"],
                       "training attack": ["train_attack", "eps", "eps_warmup_epochs", "alpha", "steps"],
-                      "evaluation": ["eval_alpha", "eval_steps", "autoattack", "autoattack_examples",
+                      "evaluation": ["eval_alpha", "eval_steps", "eval_early_stop", "autoattack", "autoattack_examples",
                                      "masking_checks", "masking_examples", "masking_more_steps",
                                      "masking_restarts"]},
     "01_search": {"run": _HEAD + ["resume"] + RUN_SECTIONS["run"], **{
