@@ -43,7 +43,8 @@ def bench_data_pipeline(args, rows: list[Row], log=print, n_images: int = 5000,
                         batch: int = 128, model: str = "conv6") -> dict:
     import torch
 
-    from rst_lib.data import fixed_subset, load_dataset, make_loader, resolve_num_workers
+    from rst_lib.data import fixed_subset, load_dataset
+    from rst_lib.loaders import make_loader, resolve_num_workers
     data_dir = Path(args.cifar_dir)
     if not (data_dir / "train").is_dir():
         msg = f"no CIFAR-10 JPEG folder at {data_dir} (train/ and test/ class folders)"

@@ -105,7 +105,8 @@ from IPython.display import display, Markdown
 import rst_lib
 from rst_lib import transfer_matrix
 from rst_lib.attacks import PGD
-from rst_lib.data import fixed_subset, load_dataset, make_loader
+from rst_lib.data import fixed_subset, load_dataset
+from rst_lib.loaders import make_loader
 from rst_lib.controls import compare_models
 from rst_lib.notebook_support import (config_from, ensure_run_dir, final_table, load_tickets,
                                       resolve_tickets, search_tickets, write_summary)

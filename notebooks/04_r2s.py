@@ -108,7 +108,8 @@ from IPython.display import display, Markdown
 
 import rst_lib
 from rst_lib import evaluate_r2s, RandomSwitch
-from rst_lib.data import fixed_subset, load_dataset, make_loader
+from rst_lib.data import fixed_subset, load_dataset
+from rst_lib.loaders import make_loader
 from rst_lib.evaluation import autoattack_accuracy
 from rst_lib.notebook_support import (config_from, ensure_run_dir, load_tickets, resolve_tickets,
                                       search_tickets, write_summary)

@@ -105,7 +105,8 @@ from IPython.display import display, Markdown
 
 import rst_lib
 from rst_lib import mask_stats as ms
-from rst_lib.data import fixed_subset, load_dataset, make_loader
+from rst_lib.data import fixed_subset, load_dataset
+from rst_lib.loaders import make_loader
 from rst_lib.mask_plots import (mask_explorer, plot_filter_map, plot_kept_histogram,
                                 plot_kernel_patterns, plot_layer_density)
 from rst_lib.notebook_support import (config_from, ensure_run_dir, load_tickets, resolve_tickets,

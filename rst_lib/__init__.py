@@ -2,7 +2,8 @@
 from . import zoo  # noqa: F401  - registers the larger architectures in the model registry
 from .attacks import FGSM, PGD, make_attack
 from .config import ConfigError, RunConfig, load_config
-from .data import DataBundle, DatasetUnavailable, load_dataset, make_loader
+from .data import DataBundle, DatasetUnavailable, load_dataset
+from .loaders import make_loader
 from .evaluation import autoattack_accuracy, evaluate, final_evaluation, robustness_report
 from .masking import frozen_masks, get_masks, mask_summary, masked_layers
 from .models import ModelConfig, build_model, create_model, list_models

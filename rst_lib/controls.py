@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig
-from .data import DataBundle, fixed_subset, make_loader
+from .data import DataBundle, fixed_subset
+from .loaders import make_loader
 from .devices import resolve_device
 from .evaluation import final_evaluation, recalibrate_bn
 from .models import RandomNetwork

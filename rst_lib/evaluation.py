@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from . import masking
 from .attacks import FGSM, PGD, lp_step, project
 from .config import RunConfig
-from .data import DataBundle, fixed_subset, make_loader
+from .data import DataBundle, fixed_subset
+from .loaders import make_loader
 from .devices import Distributed, resolve_device, seeded_rng
 from .masking import frozen_masks
 from .precision import autocast_context

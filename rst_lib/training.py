@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from . import masking
 from .attacks import lp_step, project
 from .config import ConfigError, RunConfig
-from .data import DataBundle, fixed_subset, make_loader
+from .data import DataBundle, fixed_subset
+from .loaders import make_loader, set_epoch
 from .devices import Distributed, resolve_device, seeded_rng, setup_distributed
 from .evaluation import eval_attacks, evaluate, final_evaluation
 from .files import TORCH_LOAD_ERRORS, torch_save, write_json
@@ -299,6 +300,10 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
         best_state = ck["best_model"]
         stopped = ck.get("stopped")
     t0 = time.time()
+    loader = make_loader(train_set, cfg.batch_size // dist.world_size, shuffle=True,
+                         seed=cfg.seed * 100_003, rank=dist.rank, world_size=dist.world_size,
+                         with_index=cfg.train_attack == "fgsm_carried",
+                         num_workers=cfg.num_workers, device=device)  # workers live all run
     stuck = 0
     epochs = tqdm(range(start_epoch, cfg.epochs if stopped is None else start_epoch),
                   desc=cfg.name or cfg.task, unit="epoch", disable=not (progress and dist.main),
@@ -307,11 +312,7 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
         ratios = keep_ratios_at(cfg, final_ratios, layer_sizes, epoch)
         if ratios is not None:
             masking.set_keep_ratios(model, ratios)
-        loader = make_loader(train_set, cfg.batch_size // dist.world_size, shuffle=True,
-                             seed=cfg.seed * 100_003 + epoch, rank=dist.rank,
-                             world_size=dist.world_size,
-                             with_index=cfg.train_attack == "fgsm_carried",
-                             num_workers=cfg.num_workers, device=device)
+        set_epoch(loader, epoch)  # this epoch's order: seed * 100_003 + epoch
         t_epoch = time.time()
         row = {"epoch": epoch + 1}
         try:

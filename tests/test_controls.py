@@ -6,7 +6,7 @@ from torch import nn
 
 from rst_lib import RunConfig, create_model, masking, train
 from rst_lib.controls import compare_models, natural_control, random_mask_control
-from rst_lib.data import make_loader, shard_order
+from rst_lib.loaders import make_loader, shard_order
 from rst_lib.evaluation import recalibrate_bn
 from rst_lib.tasks import build_task, load_dense_weights
 from rst_lib.tickets import TicketError

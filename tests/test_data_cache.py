@@ -17,8 +17,8 @@ from torchvision.transforms import functional as TF
 import rst_lib
 from rst_lib import data as data_mod
 from rst_lib.config import ConfigError, RunConfig
-from rst_lib.data import (TORCHVISION_AUGMENT, load_dataset, make_loader, resolve_num_workers,
-                          shard_order)
+from rst_lib.data import TORCHVISION_AUGMENT, load_dataset
+from rst_lib.loaders import make_loader, resolve_num_workers, shard_order
 from rst_lib.data_cache import (Augment, CachedImages, crop_flip, draw_crop_flip,
                                 random_crop_flip)
 
@@ -412,3 +412,27 @@ def test_num_workers_auto_follows_the_cpus(monkeypatch, folder):
     assert plain.num_workers == 0 and not plain.persistent_workers
     for (x, y), (xo, yo) in zip(loader, plain):
         assert torch.equal(x, xo) and torch.equal(y, yo)
+
+
+def test_one_loader_per_run_gives_each_epoch_the_order_of_its_own_seed():
+    """training.py builds the training loader once (its workers live all run) and calls
+    set_epoch: epoch e's batches (order and augmentation) are those of a loader made with
+    seed + e, for in-memory, cached and DataLoader-served datasets."""
+    from torch.utils.data import Subset, TensorDataset
+    from rst_lib.loaders import set_epoch
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.arange(40) % 10
+    sets = {"tensor": TensorDataset(x.float() / 255, y), "cached": CachedImages(x, y, Augment(1, True)),
+            "dataloader": Subset(TensorDataset(x.float() / 255, y), list(range(40)))}
+    for name, ds in sets.items():
+        once = make_loader(ds, 16, shuffle=True, seed=700)
+        for epoch in (0, 3):
+            set_epoch(once, epoch)
+            fresh = make_loader(ds, 16, shuffle=True, seed=700 + epoch)
+            got, want = list(once), list(fresh)
+            assert len(got) == len(want) == 3, name
+            for (xa, ya), (xb, yb) in zip(got, want):
+                assert torch.equal(xa, xb) and torch.equal(ya, yb), (name, epoch)
+        set_epoch(once, 1)
+        assert not torch.equal(next(iter(once))[1], next(iter(make_loader(ds, 16, True, 700)))[1]), name

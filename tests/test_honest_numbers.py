@@ -19,7 +19,7 @@ def test_eps_warmup_reaches_the_training_attack(data):
     """The attack used in the first batches of a warm-up is smaller than eps."""
     from rst_lib.tasks import build_task, make_optimizer, make_train_attack
     from rst_lib.training import train_epoch
-    from rst_lib.data import make_loader
+    from rst_lib.loaders import make_loader
     cfg = RunConfig(model="conv2", width=0.125, train_attack="pgd", eps=0.3, alpha=0.1, steps=2,
                     eps_warmup_epochs=2, epochs=3, autoattack="none").validate()
     _, model = build_task(cfg, data)

@@ -30,7 +30,7 @@ import rst_lib
 from rst_lib import RunConfig, masking, train
 from rst_lib.attacks import PGD
 from rst_lib.config import ConfigError
-from rst_lib.data import make_loader
+from rst_lib.loaders import make_loader
 from rst_lib.precision import autocast_context, make_scaler
 from rst_lib.tasks import build_task, make_optimizer, trainable_parameters
 from rst_lib.training import train_epoch

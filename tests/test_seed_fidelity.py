@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from rst_lib import RunConfig, create_model, masking, train
 from rst_lib.attacks import PGD, CarriedFGSM, project
-from rst_lib.data import make_loader
+from rst_lib.loaders import make_loader
 from rst_lib.masking import get_mask_param
 from rst_lib.schedules import (at_target_sparsity, discard_fraction, keep_ratios_at, lr_factor, staged_keep_ratios)
 from rst_lib.tasks import build_task, make_optimizer, make_train_attack

@@ -99,7 +99,7 @@ def test_model_config_defaults_come_from_the_run_schema():
 def test_library_calls_leave_the_global_rng_and_batchnorm_settings_alone(data):
     from rst_lib.controls import compare_models, random_mask_control
     from rst_lib.evaluation import recalibrate_bn, robustness_report
-    from rst_lib.data import make_loader
+    from rst_lib.loaders import make_loader
     cfg = RunConfig(model="conv2", width=0.125, keep_ratio=0.2, epochs=1, train_examples=128,
                     eval_examples=32, final_examples=32, autoattack="none", eval_steps=2).validate()
     model = create_model("conv2", 10, 1, image_size=28, width=0.125, keep_ratio=0.2)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from rst_lib import RunConfig, load_ticket, masking, train
-from rst_lib.data import load_dataset, make_loader, fixed_subset
+from rst_lib.data import load_dataset, fixed_subset
+from rst_lib.loaders import make_loader
 from rst_lib.evaluation import evaluate
 from rst_lib.training import is_collapsed
 from rst_lib.schedules import lr_factor
