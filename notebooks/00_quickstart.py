@@ -88,7 +88,7 @@ print("run directory:", run_dir)
 robust = train(cfg, run_dir, progress=progress)
 print(f"best epoch {robust.best['epoch']} (validation, {robust.best['examples']} digits): "
       f"clean {robust.best['clean_acc']:.1%}, PGD-{cfg.eval_steps} {robust.best['pgd_acc']:.1%}")
-plot_history(robust.history, "robust ticket (validation split)");
+plot_history(robust.history, "robust ticket");
 
 # %%
 plot_keep_ratios(robust.model, f"kept fraction per layer (keep_ratio={cfg.keep_ratio})");

@@ -144,7 +144,7 @@ if result.stopped:
 print(f"best epoch {result.best['epoch']} ({result.best['split']}, {result.best['examples']} "
       f"examples): clean {result.best['clean_acc']:.1%}, PGD-{cfg.eval_steps} "
       f"{result.best['pgd_acc']:.1%} -> {result.ticket_path}")
-plot_history(result.history, f"{cfg.model}, keep {cfg.keep_ratio:g} ({result.best['split']} split)");
+plot_history(result.history, f"{cfg.model}, keep {cfg.keep_ratio:g}");
 
 # %%
 plot_keep_ratios(result.model, f"kept fraction per layer (keep_ratio={cfg.keep_ratio:g}, "

@@ -25,11 +25,11 @@ def plot_history(history: list[dict], title: str = "search", ax=None):
     ax[0].plot(epochs, [h["clean_acc"] for h in history], "o-", label="clean")
     ax[0].plot(epochs, [h["pgd_acc"] for h in history], "s-", label="PGD")
     split = history[0].get("eval_split", "test") if history else "test"
-    ax[0].set(xlabel="epoch", ylabel=f"{split} accuracy", title=f"{title}: accuracy", ylim=(0, 1))
+    ax[0].set(xlabel="epoch", ylabel=f"{split} accuracy", title=f"{title}: {split} accuracy", ylim=(0, 1))
     ax[0].legend()
     ax[0].grid(alpha=0.3)
     ax[1].plot(epochs, [h["train_loss"] for h in history], "o-", color="C2")
-    ax[1].set(xlabel="epoch", ylabel="training loss", title=f"{title}: loss")
+    ax[1].set(xlabel="epoch", ylabel="training loss", title=f"{title}: training loss")
     ax[1].grid(alpha=0.3)
     for a in ax:
         _integer_ticks(a)
