@@ -119,9 +119,13 @@ def test_corrupted_and_foreign_files(tmp_path, tiny_model, batch):
 def test_unreadable_tickets_are_told_apart_and_never_advise_unsafe_loading(tmp_path):
     """Empty, truncated, random bytes, a renamed JSON file and a pickle that would run code
     each get their own message; none suggests weights_only=False."""
-    import os
     import pickle
-    cases = {"empty.pt": (b"", "is empty"), "random.pt": (os.urandom(4000), "not a ticket: it is not"),
+    import random
+    rng = random.Random(0)  # garbage of every kind, the same in every run: the first byte is
+    # never '{', '[' or 'P' (JSON / zip heads have their own messages)
+    garbage = {f"random{i}.pt": (bytes([rng.randrange(0x80, 0x100)]) + rng.randbytes(3999),
+                                 "not a ticket: it is not") for i in range(300)}
+    cases = {"empty.pt": (b"", "is empty"), **garbage,
              "json.pt": (b'{"status": "finished"}', "is a JSON file")}
     for name, (content, message) in cases.items():
         (tmp_path / name).write_bytes(content)
