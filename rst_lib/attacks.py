@@ -152,23 +152,17 @@ class PGD(Attack):
         sees the whole batch, and a randomized model (``stochastic``, R2S) may answer a
         fooled input correctly next time, so every step takes the whole batch."""
         compact = not self.model.training and not getattr(self.model, "stochastic", False)
-        active = torch.arange(len(x), device=x.device)
+        active = torch.arange(len(x), device=x.device)  # the inputs each step looks at
         for _ in range(self.steps):
-            if compact:
-                grad, logits = self._input_grad(x[active], delta[active], y[active])
-                still = logits.argmax(1) == y[active]
-                if not still.any():
-                    break
-                active, grad = active[still], grad[still]
-                delta = delta.clone()
-                delta[active] = self._project(x[active], delta[active] + self._step(grad, self.alpha))
-                continue
-            grad, logits = self._input_grad(x, delta, y)
-            still = logits.argmax(1) == y  # still correct: keep attacking these
+            grad, logits = self._input_grad(x[active], delta[active], y[active])
+            still = logits.argmax(1) == y[active]  # still correct: keep attacking these
             if not still.any():
                 break
-            stepped = self._project(x, delta + self._step(grad, self.alpha))
-            delta = torch.where(still.view(-1, *[1] * (x.dim() - 1)), stepped, delta)
+            moving = active[still]
+            delta = delta.clone()
+            delta[moving] = self._project(x[moving], delta[moving] + self._step(grad[still], self.alpha))
+            if compact:
+                active = moving
         return delta
 
     @torch.no_grad()
