@@ -100,7 +100,8 @@ def load_mnist5k() -> DataBundle:
                       [str(i) for i in range(10)])
 
 
-# Cached sets' augmentation: the PIL path's RandomCrop(32, padding=4) (+ flip, not for digits)
+# Each set's training augmentation, for the cached and the PIL path alike: RandomCrop(32,
+# padding=4) + flip (not for digits); small ImageFolder sets: padding size // 8 + flip.
 TORCHVISION_AUGMENT = {"cifar10": Augment(4, True), "cifar100": Augment(4, True), "svhn": Augment(4, False)}
 
 
@@ -142,12 +143,9 @@ def _torchvision(name: str, root: Path, download: bool, augment: bool, cache: bo
                  for split in ("train", "test")]
         return _cached_bundle(name, parts, TORCHVISION_AUGMENT.get(name) if augment else None,
                               3 if color else 1, size, (mean, std))
-    train_tf = [T.ToTensor()]
-    if augment and name in ("cifar10", "cifar100"):
-        train_tf = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor()]
-    elif augment and name == "svhn":  # digits: no flips
-        train_tf = [T.RandomCrop(32, padding=4), T.ToTensor()]
-    train_tf, test_tf = T.Compose(train_tf), T.ToTensor()
+    aug = TORCHVISION_AUGMENT.get(name) if augment else None
+    train_tf = T.Compose((aug.torchvision_transforms(size) if aug else []) + [T.ToTensor()])
+    test_tf = T.ToTensor()
     tr = _torchvision_set(name, root, "train", train_tf, download)
     tr_eval = _torchvision_set(name, root, "train", test_tf, False)
     te = _torchvision_set(name, root, "test", test_tf, download)
@@ -172,14 +170,14 @@ def _imagefolder(root: Path, augment: bool, image_size: int | None, cache: bool 
         raise DatasetUnavailable(f"imagefolder: no images under {str(test_dir)!r}")
     native = Image.open(probe.samples[0][0]).size[0]
     size = image_size or native
+    aug = Augment(size // 8, True) if augment else None  # at the native size (not resized)
     if cache and size == native and native <= MAX_CACHED_SIZE:
         try:
-            return _imagefolder_cached(root, train_dir, test_dir, probe, augment, size, cache_dir)
+            return _imagefolder_cached(root, train_dir, test_dir, probe, aug, size, cache_dir)
         except NotCacheable as e:
             log.warning("imagefolder %s is not cached (%s): its images are read with PIL", root, e)
     if size == native:
-        train_tf = ([T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()]
-                    if augment else [])
+        train_tf = aug.torchvision_transforms(size) if aug else []
         test_tf = []
     else:  # ImageNet-style resizing
         train_tf = ([T.RandomResizedCrop(size), T.RandomHorizontalFlip()] if augment
@@ -190,13 +188,13 @@ def _imagefolder(root: Path, augment: bool, image_size: int | None, cache: bool 
     tr_eval = torchvision.datasets.ImageFolder(str(train_dir), te.transform)
     if tr.classes != te.classes:
         raise DatasetUnavailable(f"imagefolder: train and test class folders differ under {str(root)!r}")
-    stats = STATS["cifar10"] if (len(tr.classes) == 10 and size == 32) else STATS["imagenet"]
-    return DataBundle(root.name or "imagefolder", tr, te, len(tr.classes), 3, size, *stats,
+    return DataBundle(root.name or "imagefolder", tr, te, len(tr.classes), 3, size,
+                      *_folder_stats(tr.classes, size),
                       list(tr.classes), tr_eval)
 
 
-def _imagefolder_cached(root: Path, train_dir: Path, test_dir: Path, probe, augment: bool,
-                        size: int, cache_dir) -> DataBundle:
+def _imagefolder_cached(root: Path, train_dir: Path, test_dir: Path, probe,
+                        aug: Augment | None, size: int, cache_dir) -> DataBundle:
     """The small-image ImageFolder set from its uint8 cache (built on first use): the same
     images, labels and order as ``ImageFolder`` + ``ToTensor()``; augmentation
     ``RandomCrop(size, padding=size // 8)`` + flip, applied per batch by the loader."""
@@ -215,9 +213,13 @@ def _imagefolder_cached(root: Path, train_dir: Path, test_dir: Path, probe, augm
         raise DatasetUnavailable(f"imagefolder: train and test class folders differ under {str(root)!r}")
     if x.shape[1:] != xt.shape[1:] or x.shape[-1] != size:
         raise NotCacheable(f"train images {tuple(x.shape[1:])}, test images {tuple(xt.shape[1:])}")
-    stats = STATS["cifar10"] if (len(classes) == 10 and size == 32) else STATS["imagenet"]
-    return _cached_bundle(root.name or "imagefolder", parts,
-                          Augment(size // 8, True) if augment else None, 3, size, stats)
+    return _cached_bundle(root.name or "imagefolder", parts, aug, 3, size,
+                          _folder_stats(classes, size))
+
+
+def _folder_stats(classes: list[str], size: int):
+    """Normalization of a folder set: CIFAR-10's for 10 classes of 32 px, else ImageNet's."""
+    return STATS["cifar10"] if (len(classes) == 10 and size == 32) else STATS["imagenet"]
 
 
 def _cached_bundle(name: str, parts, augment: Augment | None, channels: int, size: int,

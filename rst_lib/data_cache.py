@@ -52,6 +52,11 @@ class Augment:
     padding: int
     flip: bool
 
+    def torchvision_transforms(self, size: int) -> list:
+        """The same augmentation for PIL images (the uncached path)."""
+        from torchvision import transforms as T
+        return [T.RandomCrop(size, padding=self.padding)] + ([T.RandomHorizontalFlip()] if self.flip else [])
+
 
 def draw_crop_flip(n: int, aug: Augment, generator: torch.Generator | None = None):
     """Random (row offset, column offset, flipped) per image: each offset uniform over the
@@ -185,14 +190,6 @@ def cache_folder(data_dir: Path, cache_dir: str | os.PathLike | None = None) -> 
     return folder
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 23), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_valid(path: Path, meta_path: Path, fingerprint: str) -> tuple[dict | None, str]:
     """(the cache's contents, "") when it is complete and intact, else (None, why not)."""
     if not path.exists():
@@ -202,10 +199,11 @@ def _read_valid(path: Path, meta_path: Path, fingerprint: str) -> tuple[dict | N
         return None, f"no valid sidecar {meta_path.name}"
     if path.stat().st_size != meta.get("bytes"):
         return None, f"size {path.stat().st_size} bytes, expected {meta.get('bytes')} (truncated?)"
-    if _sha256_file(path) != meta.get("sha256"):
+    raw = path.read_bytes()  # read once: checksummed, then loaded from memory
+    if hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
         return None, "checksum mismatch (corrupted)"
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except TORCH_LOAD_ERRORS as e:
         return None, f"unreadable ({type(e).__name__})"
     if list(blob["images"].shape) != meta.get("shape") or blob["images"].dtype != torch.uint8:
