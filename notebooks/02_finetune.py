@@ -105,14 +105,14 @@ from IPython.display import Markdown, display
 
 from rst_lib import load_ticket, mask_summary, train
 from rst_lib.controls import compare_models
-from rst_lib.data import load_dataset
+from rst_lib.tasks import load_run_data
 from rst_lib.devices import resolve_device
 from rst_lib.notebook_support import config_from, ensure_run_dir, final_table, write_summary
 from rst_lib.plots import markdown_table, plot_comparison, plot_histories
 
 cfg = config_from(globals())
 run_dir = ensure_run_dir(run_dir, "02_finetune", name)
-data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.augment)
+data = load_run_data(cfg)
 label = cfg.name or "finetune"
 print("run directory:", run_dir)
 

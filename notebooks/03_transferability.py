@@ -105,7 +105,8 @@ from IPython.display import display, Markdown
 import rst_lib
 from rst_lib import transfer_matrix
 from rst_lib.attacks import PGD
-from rst_lib.data import fixed_subset, load_dataset
+from rst_lib.data import fixed_subset
+from rst_lib.tasks import load_run_data
 from rst_lib.loaders import make_loader
 from rst_lib.controls import compare_models
 from rst_lib.notebook_support import (config_from, ensure_run_dir, final_table, load_tickets,
@@ -117,7 +118,7 @@ from rst_lib.files import write_json
 cfg = config_from(globals())
 run_dir = ensure_run_dir(run_dir, "03_transferability", name)
 device = resolve_device(cfg.device)
-data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.augment)
+data = load_run_data(cfg)
 print("run directory:", run_dir)
 
 # %% [markdown]

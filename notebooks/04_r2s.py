@@ -108,7 +108,8 @@ from IPython.display import display, Markdown
 
 import rst_lib
 from rst_lib import evaluate_r2s, RandomSwitch
-from rst_lib.data import fixed_subset, load_dataset
+from rst_lib.data import fixed_subset
+from rst_lib.tasks import load_run_data
 from rst_lib.loaders import make_loader
 from rst_lib.evaluation import autoattack_accuracy
 from rst_lib.notebook_support import (config_from, ensure_run_dir, load_tickets, resolve_tickets,
@@ -121,7 +122,7 @@ from rst_lib.files import write_json
 cfg = config_from(globals())
 run_dir = ensure_run_dir(run_dir, "04_r2s", name)
 device = resolve_device(cfg.device)
-data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.augment)
+data = load_run_data(cfg)
 print("run directory:", run_dir)
 
 # %% [markdown]

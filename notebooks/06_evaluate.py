@@ -134,7 +134,7 @@ net, info = load_any(ticket, device)
 found_with = info["config"]
 ds_name = eval_dataset or found_with.get("dataset") or cfg.dataset
 data = load_dataset(ds_name, found_with.get("data_dir") if not eval_dataset else cfg.data_dir,
-                    cfg.download, augment=False)
+                    cfg.download, augment=False, cache=cfg.data_cache, cache_dir=cfg.data_cache_dir)
 summary_ = rst_lib.mask_summary(net)
 print(f"{info['kind']} {info['path']}: {net.config.name}, keep ratio {summary_['keep_ratio']:.3g}, "
       f"evaluated on {ds_name}")

@@ -12,10 +12,9 @@ from typing import Iterable
 import torch
 
 from .config import RunConfig
-from .data import load_dataset
 from .files import TORCH_LOAD_ERRORS, new_run_dir, read_json, write_json
 from .stats import accuracy_text
-from .tasks import build_task
+from .tasks import build_task, load_run_data
 from .tickets import TicketError, load_ticket, resolve_ticket, ticket_meta
 from .training import train
 from .workbook import PROJECT_ROOT
@@ -115,8 +114,7 @@ def search_tickets(cfg, keep_ratios: Iterable[float], root: str | os.PathLike,
     reuses a search already there (an interrupted notebook run picks up where it stopped).
     Returns the ticket paths, in the order of ``keep_ratios``.
     """
-    data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.augment,
-                                cache=cfg.data_cache, cache_dir=cfg.data_cache_dir)
+    data = data or load_run_data(cfg)
     paths = []
     for r in keep_ratios:
         c = cfg.replace(keep_ratio=float(r), name=f"{cfg.name}-keep{float(r):g}")

@@ -51,6 +51,12 @@ def load_dense_weights(model: nn.Module, path: str | os.PathLike) -> int:
     return loaded
 
 
+def load_run_data(cfg: RunConfig) -> DataBundle:
+    """The dataset ``cfg`` names, loaded as its data parameters say (cache included)."""
+    return load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.augment,
+                        cache=cfg.data_cache, cache_dir=cfg.data_cache_dir)
+
+
 def build_task(cfg: RunConfig, data: DataBundle | None = None, device=None):
     """Data and the model ``cfg.task`` trains (shared by the trainers and the controls).
 
@@ -63,8 +69,7 @@ def build_task(cfg: RunConfig, data: DataBundle | None = None, device=None):
     * ``dense``: the dense network, all weights train (adversarial training baseline).
     * ``bnn``: dense binary weights (sign of trained latent weights; RBRN's BNN baseline).
     """
-    data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.augment,
-                                cache=cfg.data_cache, cache_dir=cfg.data_cache_dir)
+    data = data or load_run_data(cfg)
     device = device or resolve_device(cfg.device)
     mcfg = ModelConfig.from_run(cfg, data.num_classes, data.in_channels, data.image_size,
                                 data.mean, data.std)

@@ -359,6 +359,17 @@ def test_read_only_data_dir_caches_elsewhere(folder, tmp_path, monkeypatch, capl
     assert len(list((tmp_path / "mine").glob("*.pt"))) == 2
 
 
+def test_a_runs_data_follows_its_cache_parameters(folder, tmp_path):
+    from rst_lib.tasks import load_run_data
+    cfg = RunConfig(dataset="imagefolder", data_dir=str(folder))
+    uncached = load_run_data(cfg.replace(data_cache=False))
+    assert not isinstance(uncached.train, CachedImages)
+    assert not (folder / ".rst-cache").exists()
+    elsewhere = load_run_data(cfg.replace(data_cache_dir=str(tmp_path / "mine")))
+    assert isinstance(elsewhere.train, CachedImages) and not (folder / ".rst-cache").exists()
+    assert len(list((tmp_path / "mine").glob("*.pt"))) == 2
+
+
 # ------------------------------------------------------------------- validation split
 
 
