@@ -63,9 +63,8 @@ def read_json(path: str | os.PathLike) -> dict:
 
 
 # What torch.load raises on a file that is not a loadable archive: refused pickles, cut
-# archives, random bytes (struct.error), a folder or an unreadable file.
-# What torch.load raises on a file that is not what it expects. Garbage that is not a zip
-# archive reaches the (weights-only) unpickler, which can fail with almost anything.
+# archives, a folder or an unreadable file; random bytes that are not a zip archive reach
+# the (weights-only) unpickler, which can fail with almost anything (struct.error, ...).
 TORCH_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile,
                      OSError, ValueError, struct.error, LookupError, TypeError, AttributeError,
                      OverflowError, MemoryError)

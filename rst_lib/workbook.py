@@ -240,18 +240,20 @@ def _fields(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-RUN_SECTIONS = {  # RunConfig's fields in the order and groups of its declaration
-    "run": ["task", "ticket", "finetune_init", "pretrained", "seed", "device", "channels_last",
-            "precision", "eval_precision", "compile"],
-    "data": ["dataset", "data_dir", "download", "train_examples", "val_fraction", "eval_examples",
-             "final_examples", "batch_size", "eval_batch_size", "augment", "data_cache",
-             "data_cache_dir", "num_workers"],
-    "model": _fields(RunConfig)[_fields(RunConfig).index("model"):_fields(RunConfig).index("epochs")],
-    "optimization": _fields(RunConfig)[_fields(RunConfig).index("epochs"):_fields(RunConfig).index("train_attack")],
-    "training attack": _fields(RunConfig)[_fields(RunConfig).index("train_attack"):_fields(RunConfig).index("eval_eps")],
-    "evaluation": _fields(RunConfig)[_fields(RunConfig).index("eval_eps"):_fields(RunConfig).index("collapse_patience")],
-    "monitoring": _fields(RunConfig)[_fields(RunConfig).index("collapse_patience"):],
-}
+# Where each group of RunConfig's fields begins, in the order of its declaration; a group
+# runs to the next one's start ("name" comes before them all: notebooks show it first).
+_SECTION_STARTS = {"run": "task", "data": "dataset", "model": "model", "optimization": "epochs",
+                   "training attack": "train_attack", "evaluation": "eval_eps",
+                   "monitoring": "collapse_patience"}
+
+
+def _sections(cls, starts: dict[str, str]) -> dict[str, list[str]]:
+    fields = _fields(cls)
+    bounds = [fields.index(first) for first in starts.values()] + [len(fields)]
+    return {name: fields[a:b] for name, a, b in zip(starts, bounds, bounds[1:])}
+
+
+RUN_SECTIONS = _sections(RunConfig, _SECTION_STARTS)
 _MODEL = [n for n in RUN_SECTIONS["model"] if n not in ("granularity", "keep_ratio_schedule",
           "keep_ratio_stages", "keep_ratio_warmup", "keep_ratio_steps", "discard", "discard_every",
           "discard_rate", "discard_progressive", "dense_first", "dense_last")]
