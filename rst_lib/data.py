@@ -129,6 +129,7 @@ def _torchvision(name: str, root: Path, download: bool, augment: bool, cache: bo
     color = name != "mnist"
     size = 32 if color else 28
     mean, std = STATS[name]
+    aug = TORCHVISION_AUGMENT.get(name) if augment else None
     if cache and download and not all((root / f).exists() for f in TORCHVISION_FILES[name]):
         for split in ("train", "test"):
             _torchvision_set(name, root, split, None, True)
@@ -141,9 +142,7 @@ def _torchvision(name: str, root: Path, download: bool, augment: bool, cache: bo
             return (*torchvision_tensors(ds), list(getattr(ds, "classes", map(str, range(10)))))
         parts = [load_or_build(folder, f"{name}-{split}", fp, lambda s=split: decode(s), str(root))
                  for split in ("train", "test")]
-        return _cached_bundle(name, parts, TORCHVISION_AUGMENT.get(name) if augment else None,
-                              3 if color else 1, size, (mean, std))
-    aug = TORCHVISION_AUGMENT.get(name) if augment else None
+        return _cached_bundle(name, parts, aug, 3 if color else 1, size, (mean, std))
     train_tf = T.Compose((aug.torchvision_transforms(size) if aug else []) + [T.ToTensor()])
     test_tf = T.ToTensor()
     tr = _torchvision_set(name, root, "train", train_tf, download)
