@@ -28,7 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 notebooks: $(STAMP)
-	$(BIN)/python -m rst_lib.workbook
+	$(BIN)/python -m rst_lib.workbook.params
 	$(BIN)/jupytext --sync notebooks/*.py
 
 clean-venv:

@@ -7,7 +7,7 @@ per second delivered by
   ToTensor) through a ``DataLoader`` with ``num_workers=0`` (as before) and with
   ``num_workers="auto"`` (after its workers started; the first pass, with the start-up, is
   in the JSON);
-* the NEW path: the uint8 cache (``rst_lib.data_cache``) with crop + flip of whole batches
+* the NEW path: the uint8 cache (``rst_lib.data.cache``) with crop + flip of whole batches
   on ``--device``; the one-time cache build (decoding all 60,000 JPEGs) and a reload of
   the built cache are timed separately;
 
@@ -43,8 +43,8 @@ def bench_data_pipeline(args, rows: list[Row], log=print, n_images: int = 5000,
                         batch: int = 128, model: str = "conv6") -> dict:
     import torch
 
-    from rst_lib.data import fixed_subset, load_dataset
-    from rst_lib.loaders import make_loader, resolve_num_workers
+    from rst_lib.data.datasets import fixed_subset, load_dataset
+    from rst_lib.data.loaders import make_loader, resolve_num_workers
     data_dir = Path(args.cifar_dir)
     if not (data_dir / "train").is_dir():
         msg = f"no CIFAR-10 JPEG folder at {data_dir} (train/ and test/ class folders)"

@@ -28,7 +28,7 @@ import torch
 import common
 from common import Row, fmt_s
 from rst_lib.config import load_params
-from rst_lib.tuning import backend_settings
+from rst_lib.engine.tuning import backend_settings
 from steps import Workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,6 +270,6 @@ def bench_amp(args, rows: list[Row], log=print) -> None:
         rows.append(Row(f"mixed precision: search step {model} b{batch} ({args.device})",
                         f"fp32 {fmt_s(f)}, bf16 {fmt_s(b)}", "", "", f / b, "fp32/bf16",
                         cpu_ratio=fc / bc, note="ours in fp32 and under bf16 autocast "
-                        "(rst_lib.precision), side by side; loss of the first timed step: fp32 "
+                        "(rst_lib.engine.precision), side by side; loss of the first timed step: fp32 "
                         f"{r['fp32']['values'][0]:.3f}, bf16 {r['bf16']['values'][0]:.3f}"))
     common.write_result("amp", {"machine": args.machine, "results": results})

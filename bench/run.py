@@ -183,8 +183,8 @@ def bench_ticket(args, rows: list[Row]) -> None:
 
     import rst_lib
     import ticket_codec
-    from rst_lib import masking
-    from rst_lib.tickets import ticket_payload
+    from rst_lib.masks import masking
+    from rst_lib.models.tickets import ticket_payload
     from steps import build_ours, make_batch
     log("[ticket_size] resnet18, keep ratio 0.05")
     torch.manual_seed(0)
@@ -212,7 +212,7 @@ def bench_ticket(args, rows: list[Row]) -> None:
         out.update(ticket_bytes=ticket_bytes, full_checkpoint_bytes=full_bytes,
                    ratio=full_bytes / ticket_bytes, bytes_per_kept_weight=ticket_bytes / kept,
                    target=TICKET_TARGET,
-                   checkpoint_size_bytes_rst_lib=rst_lib.tickets.checkpoint_size_bytes(model))
+                   checkpoint_size_bytes_rst_lib=rst_lib.models.tickets.checkpoint_size_bytes(model))
         # the same ticket with other mask encodings, for comparison: rst_lib's version-1
         # packed bits (1 bit per weight) and those bits lzma-compressed (bench-local)
         masks = masking.get_masks(model)
@@ -260,7 +260,7 @@ def bench_cifar10(args, rows: list[Row]) -> None:
     import torch
 
     from rst_lib import RunConfig, train
-    from rst_lib.tickets import checkpoint_size_bytes
+    from rst_lib.models.tickets import checkpoint_size_bytes
     data_dir = Path(args.cifar_dir)
     if not (data_dir / "train").is_dir():
         log(f"[cifar10] skipped: no CIFAR-10 JPEG copy at {data_dir}")
@@ -303,7 +303,7 @@ def _mask_micro(args) -> dict:
     from torch.utils import benchmark
 
     import seed_style
-    from rst_lib import masking, topk
+    from rst_lib.masks import masking, topk
     from steps import TopKSubnet, build_ours
     torch.set_num_threads(args.threads)
     out = {}
@@ -353,7 +353,7 @@ def bench_ideas(args, rows: list[Row]) -> None:
                     note=f"kthvalue {fmt_s(r18['kthvalue'])}, cached {r18['cached'] * 1e6:.0f} us"))
     rows.append(Row("idea banded top-k: all masks resnet18", fmt_s(r18["topk_mask"]),
                     "", "", r18["topk_over_topk_mask"], "topk/topk_mask",
-                    note=f"rst_lib.topk.topk_mask vs torch.topk; same masks: "
+                    note=f"rst_lib.masks.topk.topk_mask vs torch.topk; same masks: "
                     f"{r18['same_masks']}"))
     model, batch = ("conv4", 32) if not args.ideas_model else args.ideas_model
     repeats = args.repeats or (1 if args.quick else 2)
@@ -439,7 +439,7 @@ def _compile_probe(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from rst_lib import masking
+    from rst_lib.masks import masking
     from steps import build_ours, make_batch
     log("[ideas] torch.compile probe (conv4 b32, frozen-mask forward + input gradient)")
     model = build_ours("conv4", 0.05).eval()

@@ -10,7 +10,7 @@ step also sorts every layer and back-propagates into the scores (the score graph
 
 Two deliberate differences from the seeds, so that the comparison is exact:
 
-* the kept count is ``rst_lib.masking.keep_count`` (``round(keep_ratio * n)``), not the seeds'
+* the kept count is ``rst_lib.masks.masking.keep_count`` (``round(keep_ratio * n)``), not the seeds'
   ``n - int((1 - k) * n)``, which can differ by one weight;
 * the layers are converted from an ``rst_lib`` model (:func:`to_seed_style`), so they hold the
   very same weight and score tensors (copies) and the masks are identical.
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rst_lib import masking
+from rst_lib.masks import masking
 
 
 class GetSubnet(torch.autograd.Function):

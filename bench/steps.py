@@ -1,7 +1,7 @@
 """The measured work: one adversarial search step and one PGD-20 evaluation batch, in the
 three versions compared by the benchmarks.
 
-* ``ours``: the library path, exactly what ``rst_lib.training.train_epoch`` / ``evaluate`` do:
+* ``ours``: the library path, exactly what ``rst_lib.engine.training.train_epoch`` / ``evaluate`` do:
   ``PGD(model, eps, alpha, steps, eval_mode=False)(x, y)`` (masks frozen for the attack),
   then forward, cross-entropy, backward and ``optimizer.step()`` on the score parameters.
 * ``seed``: the seed-style baseline of :mod:`seed_style` (full sort on every forward, the
@@ -18,14 +18,14 @@ Ablations (the issue's "ideas", each a single change measured against ``ours``):
   (``torch.autograd.grad(loss, delta)``) instead of ``loss.backward()``;
 * ``ours_cl`` / ``dense_cl``: ours / dense with ``channels_last`` model and inputs;
 * ``ours_plaintopk``: ours with every mask's top-k done by plain ``torch.topk`` on all the
-  scores instead of ``rst_lib.topk.topk_mask``'s sampled threshold band;
+  scores instead of ``rst_lib.masks.topk.topk_mask``'s sampled threshold band;
 * ``ours_floatmask``: ours with the cached mask stored as float32 (4 bytes per weight, not 1);
 * ``ours_amp``: ours under ``torch.autocast`` in bf16 (CPU and CUDA; fp16 with a loss scaler
   on a GPU without bf16), i.e. ``Workload("ours", precision="bf16")``.
 
 Any variant also takes ``precision`` (``fp32`` / ``bf16`` / ``fp16``, as the run parameter:
-:func:`rst_lib.precision.autocast_context` around the attack and the forward, backward
-outside), ``compile`` (:class:`rst_lib.tuning.CompiledNetwork`: the attack and the update
+:func:`rst_lib.engine.precision.autocast_context` around the attack and the forward, backward
+outside), ``compile`` (:class:`rst_lib.engine.tuning.CompiledNetwork`: the attack and the update
 run through ``torch.compile``, masks computed eagerly) and ``channels_last`` (``auto``: on
 for CUDA): the GPU table (``gpu_table.py``) is made of these.
 """
@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 
 import rst_lib
-from rst_lib import masking
-from rst_lib import inits, topk
-from rst_lib.attacks import PGD
-from rst_lib.evaluation import evaluate
-from rst_lib.precision import autocast_context, make_scaler
-from rst_lib.tuning import CompiledNetwork, resolve_channels_last
+from rst_lib.masks import masking
+from rst_lib.masks import inits, topk
+from rst_lib.attacks.gradient import PGD
+from rst_lib.engine.evaluation import evaluate
+from rst_lib.engine.precision import autocast_context, make_scaler
+from rst_lib.engine.tuning import CompiledNetwork, resolve_channels_last
 
 import seed_style
 
@@ -87,12 +87,12 @@ def no_mask_cache():
         yield
 
     masking.TopKMask.mask = mask
-    rst_lib.attacks.frozen_masks = masking.frozen_masks = frozen
+    rst_lib.attacks.gradient.frozen_masks = masking.frozen_masks = frozen
     try:
         yield
     finally:
         masking.TopKMask.mask = orig_mask
-        rst_lib.attacks.frozen_masks = masking.frozen_masks = orig_frozen
+        rst_lib.attacks.gradient.frozen_masks = masking.frozen_masks = orig_frozen
 
 
 class TopKSubnet(torch.autograd.Function):
@@ -262,7 +262,7 @@ class Workload:
     def search_step(self, steps: int = 10) -> float:
         """PGD-``steps`` inner attack (BN in train mode) + one optimizer step; the loss.
 
-        ``ours``/``dense`` do what ``rst_lib.training.train_epoch`` does for one batch."""
+        ``ours``/``dense`` do what ``rst_lib.engine.training.train_epoch`` does for one batch."""
         self.model.train()
         with self._ctx():
             x_adv = self._attack(steps, eval_mode=False, alpha=ALPHA)
@@ -277,7 +277,7 @@ class Workload:
     def eval_batch(self, steps: int = 20) -> float:
         """Clean + PGD-``steps`` accuracy of the batch (eval mode); returns the robust accuracy.
 
-        ``ours`` is ``rst_lib.evaluation.evaluate`` (masks frozen once for the whole batch)."""
+        ``ours`` is ``rst_lib.engine.evaluation.evaluate`` (masks frozen once for the whole batch)."""
         self.model.eval()
         with self._ctx():
             if not self.variant.startswith("seed"):

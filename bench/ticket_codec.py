@@ -16,7 +16,7 @@ import torch
 
 def encode_masks(masks: dict[str, torch.Tensor], method: str) -> dict[str, torch.Tensor]:
     """Masks -> uint8 tensors (what a ticket would store) for ``method``."""
-    from rst_lib.tickets import pack_bits
+    from rst_lib.masks.codec import pack_bits
     out = {}
     for name, m in masks.items():
         if method == "packed":
@@ -30,7 +30,7 @@ def encode_masks(masks: dict[str, torch.Tensor], method: str) -> dict[str, torch
 
 
 def decode_mask(data: torch.Tensor, shape, method: str) -> torch.Tensor:
-    from rst_lib.tickets import unpack_bits
+    from rst_lib.masks.codec import unpack_bits
     if method == "packed":
         return unpack_bits(data, shape)
     raw = data.numpy().tobytes()

@@ -68,12 +68,12 @@ masking_restarts = 5        # restarts of the 'restarts' check
 # %%
 from IPython.display import Markdown, display
 
-from rst_lib import train
-from rst_lib.controls import compare_models, natural_control, random_mask_control
-from rst_lib.evaluation import final_checks
-from rst_lib.notebook_support import (checks_markdown, config_from, ensure_run_dir, final_table,
-                                      write_summary)
-from rst_lib.plots import markdown_table, plot_comparison, plot_history, plot_keep_ratios
+from rst_lib import final_checks, train
+from rst_lib.analysis import (compare_models, markdown_table, natural_control, plot_comparison,
+                              plot_history, plot_keep_ratios,
+                              random_mask_control)
+from rst_lib.workbook import (checks_markdown, config_from, ensure_run_dir, final_table,
+                              write_summary)
 
 cfg = config_from(globals())  # every parameter is checked here, before any compute starts
 run_dir = ensure_run_dir(run_dir, "00_quickstart", name)

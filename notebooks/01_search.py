@@ -122,11 +122,10 @@ masking_restarts = 5          # restarts of the 'restarts' check
 # %%
 from IPython.display import Markdown, display
 
-from rst_lib import train
-from rst_lib.evaluation import final_checks
-from rst_lib.notebook_support import (checks_markdown, config_from, ensure_run_dir, final_table,
-                                      write_summary)
-from rst_lib.plots import markdown_table, plot_comparison, plot_history, plot_keep_ratios
+from rst_lib import final_checks, train
+from rst_lib.analysis import markdown_table, plot_comparison, plot_history, plot_keep_ratios
+from rst_lib.workbook import (checks_markdown, config_from, ensure_run_dir, final_table,
+                              write_summary)
 
 cfg = config_from(globals())     # every parameter above, checked before any compute
 run_dir = ensure_run_dir(run_dir, "01_search", name)

@@ -103,12 +103,9 @@ stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics
 # %%
 from IPython.display import Markdown, display
 
-from rst_lib import load_ticket, mask_summary, train
-from rst_lib.controls import compare_models
-from rst_lib.tasks import load_run_data
-from rst_lib.devices import resolve_device
-from rst_lib.notebook_support import config_from, ensure_run_dir, final_table, write_summary
-from rst_lib.plots import markdown_table, plot_comparison, plot_histories
+from rst_lib import load_run_data, load_ticket, mask_summary, resolve_device, train
+from rst_lib.analysis import compare_models, markdown_table, plot_comparison, plot_histories
+from rst_lib.workbook import config_from, ensure_run_dir, final_table, write_summary
 
 cfg = config_from(globals())
 run_dir = ensure_run_dir(run_dir, "02_finetune", name)

@@ -97,23 +97,14 @@ collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 
 stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 from IPython.display import display, Markdown
 
-import rst_lib
-from rst_lib import transfer_matrix
-from rst_lib.attacks import PGD
-from rst_lib.data import fixed_subset
-from rst_lib.tasks import load_run_data
-from rst_lib.loaders import make_loader
-from rst_lib.controls import compare_models
-from rst_lib.notebook_support import (config_from, ensure_run_dir, final_table, load_tickets,
-                                      resolve_tickets, search_tickets, write_summary)
-from rst_lib.plots import markdown_table, plot_transfer_matrix
-from rst_lib.devices import resolve_device
-from rst_lib.files import write_json
+from rst_lib import PGD, fixed_subset, load_run_data, make_loader, resolve_device, transfer_matrix
+from rst_lib.analysis import compare_models, markdown_table, plot_transfer_matrix
+from rst_lib.workbook import (config_from, ensure_run_dir, final_table, load_tickets,
+                              resolve_tickets, search_tickets,
+                              write_json, write_summary)
 
 cfg = config_from(globals())
 run_dir = ensure_run_dir(run_dir, "03_transferability", name)

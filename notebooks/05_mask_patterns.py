@@ -98,23 +98,14 @@ collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 
 stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 from IPython.display import display, Markdown
 
-import rst_lib
-from rst_lib import mask_stats as ms
-from rst_lib.data import fixed_subset
-from rst_lib.tasks import load_run_data
-from rst_lib.loaders import make_loader
-from rst_lib.mask_plots import (mask_explorer, plot_filter_map, plot_kept_histogram,
-                                plot_kernel_patterns, plot_layer_density)
-from rst_lib.notebook_support import (config_from, ensure_run_dir, load_tickets, resolve_tickets,
-                                      search_tickets, write_summary)
-from rst_lib.plots import markdown_table
-from rst_lib.devices import resolve_device
-from rst_lib.files import write_json
+from rst_lib import load_run_data, resolve_device
+from rst_lib.analysis import (markdown_table, mask_explorer, mask_stats as ms, plot_filter_map,
+                              plot_kept_histogram, plot_kernel_patterns, plot_layer_density)
+from rst_lib.workbook import (config_from, ensure_run_dir, load_tickets, resolve_tickets,
+                              search_tickets, write_summary)
 
 cfg = config_from(globals())
 run_dir = ensure_run_dir(run_dir, "05_mask_patterns", name)

@@ -99,22 +99,13 @@ collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 
 stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
 
 # %%
-from pathlib import Path
-
-import matplotlib.pyplot as plt
 from IPython.display import display, Markdown
 
-import rst_lib
-from rst_lib import autoattack_accuracy, robustness_report, train
-from rst_lib.config import parse_number
-from rst_lib.data import load_dataset
-from rst_lib.evaluation import gradient_masking_report
-from rst_lib.plots import markdown_table, plot_bars, plot_eps_curve
-from rst_lib.notebook_support import (config_from, ensure_run_dir, load_any, resolve_checkpoint,
-                                      write_summary)
-from rst_lib.stats import accuracy_text
-from rst_lib.devices import resolve_device
-from rst_lib.files import write_json
+from rst_lib import (autoattack_accuracy, gradient_masking_report, load_dataset, mask_summary,
+                     resolve_device, robustness_report, train)
+from rst_lib.analysis import markdown_table, plot_bars, plot_eps_curve
+from rst_lib.workbook import (accuracy_text, config_from, ensure_run_dir, load_any, parse_number,
+                              resolve_checkpoint, write_json, write_summary)
 
 ticket = str(resolve_checkpoint(ticket)) if ticket else None   # a run folder -> its ticket.pt
 cfg = config_from(globals())
@@ -135,7 +126,7 @@ found_with = info["config"]
 ds_name = eval_dataset or found_with.get("dataset") or cfg.dataset
 data = load_dataset(ds_name, found_with.get("data_dir") if not eval_dataset else cfg.data_dir,
                     cfg.download, augment=False, cache=cfg.data_cache, cache_dir=cfg.data_cache_dir)
-summary_ = rst_lib.mask_summary(net)
+summary_ = mask_summary(net)
 print(f"{info['kind']} {info['path']}: {net.config.name}, keep ratio {summary_['keep_ratio']:.3g}, "
       f"evaluated on {ds_name}")
 

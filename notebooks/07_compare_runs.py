@@ -41,11 +41,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from rst_lib.notebook_support import ensure_run_dir, write_summary
-from rst_lib.plots import plot_accuracy_vs_keep_ratio, plot_robust_vs_clean
-from rst_lib.runs_index import collect_metrics
-from rst_lib.stats import group_over_seeds
-from rst_lib.workbook import PROJECT_ROOT
+from rst_lib.analysis import plot_accuracy_vs_keep_ratio, plot_robust_vs_clean
+from rst_lib.workbook import (PROJECT_ROOT, collect_metrics, ensure_run_dir, group_over_seeds,
+                              write_summary)
 
 run_dir = ensure_run_dir(run_dir, "07_compare_runs", name)
 roots = ([p for d in run_dirs for p in sorted(glob.glob(str(d)))] if run_dirs

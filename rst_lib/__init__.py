@@ -1,23 +1,28 @@
-"""rst_lib: find and study robust subnetworks inside randomly initialized networks."""
-from . import zoo  # noqa: F401  - registers the larger architectures in the model registry
+"""rst_lib: find and study robust subnetworks inside randomly initialized networks.
+
+The package in rooms, each above the ones it uses: ``utils`` and ``masks`` at the bottom
+(with ``config``, the one parameter schema, and ``errors``), then ``models`` and ``data``,
+``attacks``, ``engine`` (training and evaluation), ``analysis`` and ``workbook`` (notebooks,
+runs, sweeps, the CLI). The names below are the everyday surface.
+"""
+from .analysis import RandomSwitch, evaluate_r2s, transfer_matrix
 from .attacks import FGSM, PGD, make_attack
 from .config import ConfigError, RunConfig, load_config
-from .data import DataBundle, DatasetUnavailable, load_dataset
-from .loaders import make_loader
-from .evaluation import autoattack_accuracy, evaluate, final_evaluation, robustness_report
-from .masking import frozen_masks, get_masks, mask_summary, masked_layers
-from .models import ModelConfig, build_model, create_model, list_models
-from .r2s import RandomSwitch, evaluate_r2s
-from .tickets import TicketError, load_ticket, save_ticket
-from .training import TrainResult, train
-from .transfer import transfer_matrix
+from .data import DataBundle, DatasetUnavailable, fixed_subset, load_dataset, make_loader
+from .engine import (TrainResult, autoattack_accuracy, evaluate, final_checks, final_evaluation,
+                     gradient_masking_report, load_run_data, robustness_report, train)
+from .masks import frozen_masks, get_masks, mask_summary, masked_layers
+from .models import (ModelConfig, TicketError, build_model, create_model, list_models,
+                     load_ticket, save_ticket)
+from .utils import resolve_device
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = [
     "FGSM", "PGD", "make_attack", "ConfigError", "RunConfig", "load_config", "DataBundle",
     "DatasetUnavailable", "load_dataset", "make_loader", "frozen_masks", "get_masks",
     "mask_summary", "masked_layers", "ModelConfig", "build_model", "create_model",
     "list_models", "TicketError", "load_ticket", "save_ticket", "TrainResult", "evaluate",
     "final_evaluation", "train", "transfer_matrix", "RandomSwitch", "evaluate_r2s",
-    "autoattack_accuracy", "robustness_report",
+    "autoattack_accuracy", "robustness_report", "final_checks", "gradient_masking_report",
+    "fixed_subset", "load_run_data", "resolve_device",
 ]

@@ -96,7 +96,7 @@ class RunConfig:
     data_cache: bool = param(True, "decode small images (up to 64 px) once into a uint8 cache; batches augmented on the device")
     data_cache_dir: str | None = param(None, "where that cache goes (None: data_dir/.rst-cache, or ~/.cache/rst-workbook if read-only)", "path")
     num_workers: int | str = param("auto", "loader processes for resized (uncached) images: auto (CPUs - 1, max 8; none with 2 CPUs or fewer) | N")
-    # --- model (rst_lib.models.ModelConfig takes these)
+    # --- model (rst_lib.models.registry.ModelConfig takes these)
     model: str = param("conv4", "conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2")
     model_kwargs: dict = param({}, "extra model arguments, e.g. {depth: 28, widen_factor: 10}")
     width: float = param(0.5, "channel multiplier")

@@ -4,11 +4,11 @@ import torch
 import torch.nn.functional as F
 
 from rst_lib import create_model, evaluate
-from rst_lib.attacks import PGD
-from rst_lib.masking import masked_layers, set_masks
-from rst_lib import mask_stats as ms
-from rst_lib.r2s import EOTPGD, RandomSwitch, evaluate_r2s
-from rst_lib.transfer import check_same_network, transfer_matrix
+from rst_lib.attacks.gradient import PGD
+from rst_lib.masks.masking import masked_layers, set_masks
+from rst_lib.analysis import mask_stats as ms
+from rst_lib.analysis.r2s import EOTPGD, RandomSwitch, evaluate_r2s
+from rst_lib.analysis.transfer import check_same_network, transfer_matrix
 
 
 def _model(keep_ratio=0.2, seed=0, **kw):

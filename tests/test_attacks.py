@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rst_lib.attacks import FGSM, PGD, make_attack
+from rst_lib.attacks.gradient import FGSM, PGD, make_attack
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "bench"))
 
 import rst_lib  # noqa: E402
-from rst_lib import masking  # noqa: E402
-from rst_lib import inits, topk  # noqa: E402
-from rst_lib.attacks import PGD  # noqa: E402
+from rst_lib.masks import masking  # noqa: E402
+from rst_lib.masks import inits, topk  # noqa: E402
+from rst_lib.attacks.gradient import PGD  # noqa: E402
 
 import seed_style  # noqa: E402
 import steps as bench_steps  # noqa: E402

@@ -46,7 +46,7 @@ def test_yaml_file_and_overrides(tmp_path):
 
 def test_every_params_file_is_valid():
     from pathlib import Path
-    from rst_lib.workbook import validate_notebook_params
+    from rst_lib.workbook.params import validate_notebook_params
     from rst_lib.config import load_params
     root = Path(__file__).resolve().parents[1]
     files = sorted((root / "params").glob("quickstart*.yaml"))

@@ -4,12 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from rst_lib import RunConfig, create_model, masking, train
-from rst_lib.controls import compare_models, natural_control, random_mask_control
-from rst_lib.loaders import make_loader, shard_order
-from rst_lib.evaluation import recalibrate_bn
-from rst_lib.tasks import build_task, load_dense_weights
-from rst_lib.tickets import TicketError
+from rst_lib import RunConfig, create_model, train
+from rst_lib.masks import masking
+from rst_lib.analysis.controls import compare_models, natural_control, random_mask_control
+from rst_lib.data.loaders import make_loader, shard_order
+from rst_lib.engine.evaluation import recalibrate_bn
+from rst_lib.engine.tasks import build_task, load_dense_weights
+from rst_lib.models.tickets import TicketError
 
 CFG = dict(model="conv2", width=0.125, keep_ratio=0.2, epochs=1, train_examples=256,
            eval_examples=64, final_examples=100, autoattack="none", eps=0.1, alpha=0.125,

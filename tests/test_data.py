@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rst_lib.data import DatasetUnavailable, fixed_subset, load_dataset
-from rst_lib.loaders import make_loader
+from rst_lib.data.datasets import DatasetUnavailable, fixed_subset, load_dataset
+from rst_lib.data.loaders import make_loader
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 

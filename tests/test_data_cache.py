@@ -1,4 +1,4 @@
-"""The uint8 data cache (rst_lib.data_cache) against the PIL / torchvision path it replaces:
+"""The uint8 data cache (rst_lib.data.cache) against the PIL / torchvision path it replaces:
 the same images, labels and order, augmentation with the same distribution, caches that
 notice changed or damaged files, and an unaugmented validation split."""
 import logging
@@ -15,11 +15,11 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 import rst_lib
-from rst_lib import data as data_mod
+from rst_lib.data import datasets as data_mod
 from rst_lib.config import ConfigError, RunConfig
-from rst_lib.data import TORCHVISION_AUGMENT, load_dataset
-from rst_lib.loaders import make_loader, resolve_num_workers, shard_order
-from rst_lib.data_cache import (Augment, CachedImages, crop_flip, draw_crop_flip,
+from rst_lib.data.datasets import TORCHVISION_AUGMENT, load_dataset
+from rst_lib.data.loaders import make_loader, resolve_num_workers, shard_order
+from rst_lib.data.cache import (Augment, CachedImages, crop_flip, draw_crop_flip,
                                 random_crop_flip)
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
@@ -296,14 +296,14 @@ def test_cache_is_reused_then_rebuilt_when_a_file_changes(folder, monkeypatch, c
     calls = _count_decodes(monkeypatch)
     load_dataset("imagefolder", data_dir=folder)
     assert calls == [18, 9]  # train, test: decoded once
-    with caplog.at_level(logging.INFO, logger="rst_lib.data"):
+    with caplog.at_level(logging.INFO, logger="rst_lib.data.datasets"):
         again = load_dataset("imagefolder", data_dir=folder, augment=False)
     assert calls == [18, 9] and not caplog.records  # valid: read, nothing decoded or logged
     changed = folder / "train" / "cat" / "0.png"
     Image.fromarray(np.full((8, 8, 3), 7, dtype=np.uint8)).save(changed)
     st = changed.stat()  # a later edit, even on a file system with coarse timestamps
     os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
-    with caplog.at_level(logging.WARNING, logger="rst_lib.data"):
+    with caplog.at_level(logging.WARNING, logger="rst_lib.data.datasets"):
         fresh = load_dataset("imagefolder", data_dir=folder, augment=False)
     assert calls == [18, 9, 18]  # only the changed split
     assert len(caplog.records) == 1 and "stale" in caplog.text
@@ -331,13 +331,13 @@ def test_damaged_cache_is_rebuilt(folder, monkeypatch, caplog, damage, message):
     else:
         pt.with_suffix(".json").unlink()
     calls = _count_decodes(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="rst_lib.data"):
+    with caplog.at_level(logging.WARNING, logger="rst_lib.data.datasets"):
         again = load_dataset("imagefolder", data_dir=folder, augment=False)
     assert calls == [18] and len(caplog.records) == 1 and message in caplog.text
     assert torch.equal(again.train.images, good.train.images)
     assert pt.read_bytes() == raw  # rebuilt byte for byte; the next load reads it
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="rst_lib.data"):
+    with caplog.at_level(logging.WARNING, logger="rst_lib.data.datasets"):
         third = load_dataset("imagefolder", data_dir=folder, augment=False)
     assert calls == [18] and not caplog.records
     assert torch.equal(third.train.images, good.train.images)
@@ -347,7 +347,7 @@ def test_read_only_data_dir_caches_elsewhere(folder, tmp_path, monkeypatch, capl
     monkeypatch.setenv("RST_CACHE_DIR", str(tmp_path / "elsewhere"))
     folder.chmod(0o555)
     try:
-        with caplog.at_level(logging.INFO, logger="rst_lib.data"):
+        with caplog.at_level(logging.INFO, logger="rst_lib.data.datasets"):
             data = load_dataset("imagefolder", data_dir=folder, augment=False)
     finally:
         folder.chmod(0o755)
@@ -360,7 +360,7 @@ def test_read_only_data_dir_caches_elsewhere(folder, tmp_path, monkeypatch, capl
 
 
 def test_a_runs_data_follows_its_cache_parameters(folder, tmp_path):
-    from rst_lib.tasks import load_run_data
+    from rst_lib.engine.tasks import load_run_data
     cfg = RunConfig(dataset="imagefolder", data_dir=str(folder))
     uncached = load_run_data(cfg.replace(data_cache=False))
     assert not isinstance(uncached.train, CachedImages)
@@ -430,7 +430,7 @@ def test_one_loader_per_run_gives_each_epoch_the_order_of_its_own_seed():
     set_epoch: epoch e's batches (order and augmentation) are those of a loader made with
     seed + e, for in-memory, cached and DataLoader-served datasets."""
     from torch.utils.data import Subset, TensorDataset
-    from rst_lib.loaders import set_epoch
+    from rst_lib.data.loaders import set_epoch
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=g)
     y = torch.arange(40) % 10

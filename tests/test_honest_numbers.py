@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from rst_lib import RunConfig, create_model
-from rst_lib.schedules import eps_factor
-from rst_lib.stats import accuracy_text, group_over_seeds, wilson_interval
+from rst_lib.engine.schedules import eps_factor
+from rst_lib.utils.stats import accuracy_text, group_over_seeds, wilson_interval
 
 
 def test_eps_warmup_ramps_linearly_from_zero():
@@ -17,9 +17,9 @@ def test_eps_warmup_ramps_linearly_from_zero():
 
 def test_eps_warmup_reaches_the_training_attack(data):
     """The attack used in the first batches of a warm-up is smaller than eps."""
-    from rst_lib.tasks import build_task, make_optimizer, make_train_attack
-    from rst_lib.training import train_epoch
-    from rst_lib.loaders import make_loader
+    from rst_lib.engine.tasks import build_task, make_optimizer, make_train_attack
+    from rst_lib.engine.training import train_epoch
+    from rst_lib.data.loaders import make_loader
     cfg = RunConfig(model="conv2", width=0.125, train_attack="pgd", eps=0.3, alpha=0.1, steps=2,
                     eps_warmup_epochs=2, epochs=3, autoattack="none").validate()
     _, model = build_task(cfg, data)
@@ -68,8 +68,8 @@ def test_runs_differing_only_by_seed_are_grouped_with_mean_and_std():
 
 def test_sweeps_take_a_list_of_seeds(tmp_path):
     from rst_lib.errors import ConfigError
-    from rst_lib.sweeps import load_sweep
-    from rst_lib.workbook import NOTEBOOKS_DIR
+    from rst_lib.workbook.sweeps import load_sweep
+    from rst_lib.workbook.params import NOTEBOOKS_DIR
     sweep = tmp_path / "s.yaml"
     sweep.write_text(f"notebook: {NOTEBOOKS_DIR / '01_search.ipynb'}\ngrid:\n  keep_ratio: [0.1, 0.3]\n"
                      "seeds: [0, 1, 2]\n")
@@ -83,7 +83,7 @@ def test_sweeps_take_a_list_of_seeds(tmp_path):
 
 
 def test_final_evaluation_reports_autoattack_as_the_robust_accuracy(data):
-    from rst_lib.evaluation import final_evaluation
+    from rst_lib.engine.evaluation import final_evaluation
     cfg = RunConfig(model="conv2", width=0.125, final_examples=40, autoattack="fast",
                     autoattack_examples=30, eps=0.1, eval_alpha=0.025, eval_steps=3).validate()
     model = create_model("conv2", 10, 1, image_size=28, width=0.125, keep_ratio=0.1)

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rst_lib import masking
-from rst_lib.attacks import PGD
-from rst_lib.inits import init_scores_, init_weight_
-from rst_lib.masking import TopKMask, add_mask, frozen_masks, get_mask_param, keep_count, masked_layers
+from rst_lib.masks import masking
+from rst_lib.attacks.gradient import PGD
+from rst_lib.masks.inits import init_scores_, init_weight_
+from rst_lib.masks.masking import TopKMask, add_mask, frozen_masks, get_mask_param, keep_count, masked_layers
 
 
 def full_sort_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
@@ -169,7 +169,7 @@ def _reference_topk_mask(values, k):
 @pytest.mark.parametrize("n,ratio", [(1 << 15, 0.05), (100_000, 0.001), (100_000, 0.05),
                                      (300_000, 0.3), (300_000, 0.49), (2_359_296, 0.05)])
 def test_banded_topk_mask_is_exactly_torch_topk(n, ratio):
-    from rst_lib.topk import _banded_topk_mask, topk_mask
+    from rst_lib.masks.topk import _banded_topk_mask, topk_mask
     g = torch.Generator().manual_seed(n)
     k = max(1, round(ratio * n))
     for values in (torch.rand(n, generator=g),
@@ -186,7 +186,7 @@ def test_banded_topk_mask_is_exactly_torch_topk(n, ratio):
 
 
 def test_topk_mask_with_ties_and_masks_from_set_mask():
-    from rst_lib.topk import topk_mask
+    from rst_lib.masks.topk import topk_mask
     g = torch.Generator().manual_seed(1)
     values = (torch.rand(200_000, generator=g) < 0.05).float()  # 0/1 scores, as set_mask leaves
     k = int(values.sum())
@@ -198,7 +198,7 @@ def test_topk_mask_with_ties_and_masks_from_set_mask():
 
 
 def test_discard_buffer_is_lazy_and_round_trips(tmp_path, tiny_model):
-    from rst_lib.tickets import load_ticket, save_ticket
+    from rst_lib.models.tickets import load_ticket, save_ticket
     model = tiny_model(keep_ratio=0.3)
     p = get_mask_param(next(layer for _, layer in masking.masked_layers(model)))
     assert p.discarded is None and not any(k.endswith("discarded") for k in model.state_dict())

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from rst_lib import ModelConfig, build_model, create_model, list_models, masking
+from rst_lib import ModelConfig, build_model, create_model, list_models
+from rst_lib.masks import masking
 from rst_lib.config import ConfigError
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "rst_lib.cli"]
+CLI = [sys.executable, "-m", "rst_lib.workbook.cli"]
 
 
 def _cli(args, cwd, env=None):
@@ -116,7 +116,7 @@ def test_a_run_from_another_folder_finds_its_notebook_data_and_paths(elsewhere, 
 
 def test_load_ticket_accepts_a_run_folder_and_train_runs_appear_in_the_index(tmp_path, data):
     from rst_lib import RunConfig, load_ticket, train
-    from rst_lib.runs_index import run_rows
+    from rst_lib.workbook.index import run_rows
     run = tmp_path / "outputs" / "mine"
     train(RunConfig(model="conv2", width=0.125, epochs=1, train_examples=64, eval_examples=16,
                     final_examples=16, autoattack="none", eval_steps=1).validate(), run,
@@ -132,7 +132,7 @@ class _Evil:
 
 
 def test_p_takes_several_files_and_overrides_in_order(tmp_path):
-    from rst_lib.cli import _params
+    from rst_lib.workbook.cli import _params
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("keep_ratio: 0.1\nepochs: 3\n")
     b.write_text("epochs: 4\n")

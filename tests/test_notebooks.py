@@ -9,7 +9,7 @@ import papermill
 import pytest
 
 from rst_lib.config import ConfigError
-from rst_lib.runs import run_notebook
+from rst_lib.workbook.runs import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
@@ -64,11 +64,11 @@ def test_notebook_and_its_py_percent_twin_are_in_sync(path):
 def test_parameters_cell_is_rendered_from_the_schema(path):
     """Each parameter of a notebook is declared once (RunConfig or NotebookParams): the cell
     lists it with the schema's default and help; `make notebooks` rewrites it."""
-    from rst_lib.workbook import render_parameters_cell, schema
+    from rst_lib.workbook.params import render_parameters_cell, schema
     nb = nbformat.read(path, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     assert cell.source.strip() == render_parameters_cell(path.stem).strip(), \
-        f"{path.name}: run `make notebooks` (python -m rst_lib.workbook) after changing the schema"
+        f"{path.name}: run `make notebooks` (python -m rst_lib.workbook.params) after changing the schema"
     fields = schema()
     for name, spec in papermill.inspect_notebook(str(path)).items():
         assert name in fields, f"{path.name}: {name} is not declared in the schema"
@@ -77,7 +77,7 @@ def test_parameters_cell_is_rendered_from_the_schema(path):
 def test_schema_check_fails_on_a_drifted_default(tmp_path):
     """The check above can fail: a cell whose default differs from the schema's."""
     import re
-    from rst_lib.workbook import render_parameters_cell
+    from rst_lib.workbook.params import render_parameters_cell
     cell = render_parameters_cell("01_search")
     drifted = re.sub(r"^epochs = \d+", "epochs = 999", cell, flags=re.M)
     assert "epochs = 999" in drifted and drifted.strip() != cell.strip()

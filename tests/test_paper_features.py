@@ -7,14 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rst_lib import RunConfig, create_model, load_ticket, masking, save_ticket, train
-from rst_lib import inits, topk
-from rst_lib.attacks import FGSM, PGD, TradesPGD
+from rst_lib import RunConfig, create_model, load_ticket, save_ticket, train
+from rst_lib.masks import masking
+from rst_lib.masks import inits, topk
+from rst_lib.attacks.gradient import FGSM, PGD, TradesPGD
 from rst_lib.config import ConfigError, load_config
-from rst_lib.data import load_dataset
-from rst_lib.masking import allocate_keep_ratios, add_mask, get_mask_param, score_shape
-from rst_lib.tasks import build_task
-from rst_lib.schedules import lr_factor, scheduled_keep_ratios
+from rst_lib.data.datasets import load_dataset
+from rst_lib.masks.masking import allocate_keep_ratios, add_mask, get_mask_param, score_shape
+from rst_lib.engine.tasks import build_task
+from rst_lib.engine.schedules import lr_factor, scheduled_keep_ratios
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
@@ -279,7 +280,7 @@ def test_trainer_parameter_errors(tmp_path):
 # ----------------------------------------------------------------------------- AutoAttack
 
 def test_autoattack_is_at_most_pgd(data):
-    from rst_lib.evaluation import robustness_report
+    from rst_lib.engine.evaluation import robustness_report
     cfg = RunConfig(**{**TINY, "train_examples": 1000, "train_attack": "none", "epochs": 2}).validate()
     model = train(cfg, None, progress=False, data=data).model
     report = robustness_report(model, data.test, eps=0.1, alpha=0.025, pgd_steps=(10,),
@@ -293,7 +294,7 @@ def test_autoattack_is_at_most_pgd(data):
 
 
 def test_mask_statistics_see_block_masks_per_weight():
-    from rst_lib.mask_stats import layer_density, pruned_units
+    from rst_lib.analysis.mask_stats import layer_density, pruned_units
     model = create_model("conv2", 10, 1, image_size=12, width=0.25, keep_ratio=0.25,
                          granularity="filter")
     dens = layer_density(model)

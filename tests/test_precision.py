@@ -1,4 +1,4 @@
-"""Mixed precision, channels_last and torch.compile (rst_lib.precision, rst_lib.tuning).
+"""Mixed precision, channels_last and torch.compile (rst_lib.engine.precision, rst_lib.engine.tuning).
 
 Tolerances were measured before they were set (tiny conv2 search on mnist5k, PGD-3, 5
 steps of batch 64, CPU, weight seeds 0-2):
@@ -27,14 +27,15 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 import rst_lib
-from rst_lib import RunConfig, masking, train
-from rst_lib.attacks import PGD
+from rst_lib import RunConfig, train
+from rst_lib.masks import masking
+from rst_lib.attacks.gradient import PGD
 from rst_lib.config import ConfigError
-from rst_lib.loaders import make_loader
-from rst_lib.precision import autocast_context, make_scaler
-from rst_lib.tasks import build_task, make_optimizer, trainable_parameters
-from rst_lib.training import train_epoch
-from rst_lib.tuning import CompileFallbackWarning, CompiledNetwork, resolve_channels_last
+from rst_lib.data.loaders import make_loader
+from rst_lib.engine.precision import autocast_context, make_scaler
+from rst_lib.engine.tasks import build_task, make_optimizer, trainable_parameters
+from rst_lib.engine.training import train_epoch
+from rst_lib.engine.tuning import CompileFallbackWarning, CompiledNetwork, resolve_channels_last
 
 CPU = torch.device("cpu")
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
@@ -94,13 +95,13 @@ def test_bf16_run_keeps_fp32_state_and_reports_fp32_numbers(monkeypatch, data, e
         if isinstance(module, nn.Conv2d):
             seen.append((phase[0], out.dtype))
 
-    real_final = rst_lib.training.final_evaluation
+    real_final = rst_lib.engine.training.final_evaluation
 
     def final_spy(*args, **kwargs):
         phase[0] = "final"
         return real_final(*args, **kwargs)
 
-    monkeypatch.setattr(rst_lib.training, "final_evaluation", final_spy)
+    monkeypatch.setattr(rst_lib.engine.training, "final_evaluation", final_spy)
     handle = nn.modules.module.register_module_forward_hook(record)
     cfg = RunConfig(**TINY, precision="bf16", eval_precision=eval_precision).validate()
     try:
@@ -142,7 +143,7 @@ def test_bad_precision_is_a_config_error_before_any_compute(monkeypatch, data):
     def no_compute(*a, **k):
         raise AssertionError("a model was built before the precision was checked")
 
-    monkeypatch.setattr(rst_lib.training, "build_task", no_compute)
+    monkeypatch.setattr(rst_lib.engine.training, "build_task", no_compute)
     with pytest.raises(ConfigError, match=r"precision='float16' is invalid"):
         train(cfg, None, progress=False, data=data)
     with pytest.raises(ConfigError, match="precision='bf8'"):

@@ -9,7 +9,8 @@ import pytest
 import torch.nn.functional as F
 import yaml
 
-from rst_lib import RunConfig, masking, train
+from rst_lib import RunConfig, train
+from rst_lib.masks import masking
 from rst_lib.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def test_presets_run_one_tiny_step_with_their_own_settings(preset, data):
     cfg = load_config(preset)
     # their own settings, on tiny data: MNIST digits padded to 32x32 RGB, 1 batch, 1 epoch
     from torch.utils.data import TensorDataset
-    from rst_lib.data import DataBundle
+    from rst_lib.data.datasets import DataBundle
     x, y = data.train.tensors[0][:16], data.train.tensors[1][:16]
     x = F.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1)
     tiny = DataBundle("tiny", TensorDataset(x, y), TensorDataset(x, y), 10, 3, 32,

@@ -15,7 +15,7 @@ from torch import nn
 
 from rst_lib import RunConfig, create_model, load_dataset, train
 from rst_lib.config import ConfigError
-from rst_lib.training import LossJumpWarning, load_checkpoint
+from rst_lib.engine.training import LossJumpWarning, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
@@ -130,7 +130,7 @@ class _Quantized(nn.Module):
 
 
 def test_gradient_masking_checks(data):
-    from rst_lib.evaluation import gradient_masking_report
+    from rst_lib.engine.checks import gradient_masking_report
     cfg = RunConfig(**{**TINY, "train_attack": "none", "epochs": 2, "train_examples": 1000}).validate()
     model = train(cfg, None, progress=False, data=data).model
     honest = gradient_masking_report(model, data.test, 0.1, 0.025, n_examples=100, steps=5,
@@ -159,7 +159,7 @@ def test_two_process_ddp_equals_single_process_with_the_same_global_batch(tmp_pa
     cfg = {**TINY, "norm": "none", "end_with_bn": False, "train_attack": "none", "epochs": 2,
            "batch_size": 64, "eval_batch_size": 32, "lr": 0.05}
     script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(cfg=cfg))  # same as `torchrun -m rst_lib.training`
+    script.write_text(DDP_SCRIPT.format(cfg=cfg))  # same as `torchrun -m rst_lib.engine.training`
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     single, double = tmp_path / "single", tmp_path / "ddp"
     subprocess.run([sys.executable, str(script), str(single)], check=True, env=env, timeout=600)
@@ -173,8 +173,8 @@ def test_two_process_ddp_equals_single_process_with_the_same_global_batch(tmp_pa
         assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4)
         assert rb["train_acc"] == pytest.approx(ra["train_acc"], abs=2 / 512)
         assert rb["clean_acc"] == pytest.approx(ra["clean_acc"], abs=2 / 64)
-    from rst_lib.tickets import load_ticket
-    from rst_lib import masking
+    from rst_lib.models.tickets import load_ticket
+    from rst_lib.masks import masking
     ma = masking.get_masks(load_ticket(single / "ticket.pt"))
     mb = masking.get_masks(load_ticket(double / "ticket.pt"))
     same = sum(int((ma[k] == mb[k]).sum()) for k in ma) / sum(m.numel() for m in ma.values())

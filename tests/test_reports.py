@@ -12,12 +12,12 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from rst_lib.runs_index import collect_metrics, run_rows, write_index
+from rst_lib.workbook.index import collect_metrics, run_rows, write_index
 
-from rst_lib.notebook_support import load_any, resolve_tickets, search_tickets, ticket_label
+from rst_lib.workbook.notebooks import load_any, resolve_tickets, search_tickets, ticket_label
 
-from rst_lib.report import render_html
-from rst_lib.runs import run_notebook
+from rst_lib.workbook.report import render_html
+from rst_lib.workbook.runs import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -169,11 +169,11 @@ def test_search_tickets_share_one_network_and_load_any_reads_tickets_and_checkpo
     import torch
 
     from rst_lib import RunConfig
-    from rst_lib.transfer import check_same_network
+    from rst_lib.analysis.transfer import check_same_network
     cfg = RunConfig(model="conv2", width=0.125, epochs=1, train_examples=64, eval_examples=20,
                     train_attack="none", eval_steps=1, end_with_bn=True, autoattack="none",
                     final_examples=50)
-    from rst_lib.data import load_dataset
+    from rst_lib.data.datasets import load_dataset
     data = load_dataset("mnist5k")
     paths = search_tickets(cfg, [0.1, 0.3], tmp_path, progress=False, data=data)
     assert paths == [tmp_path / "keep-0.1" / "ticket.pt", tmp_path / "keep-0.3" / "ticket.pt"]

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rst_lib import cli
+from rst_lib.workbook import cli
 from rst_lib.config import ConfigError
-from rst_lib.runs import RunExists, prepare_run_dir, run_notebook, run_status
-from rst_lib.sweeps import cell_name, load_sweep, run_sweep
-from rst_lib.workbook import normalize_params, validate_notebook_params
+from rst_lib.workbook.runs import RunExists, prepare_run_dir, run_notebook, run_status
+from rst_lib.workbook.sweeps import cell_name, load_sweep, run_sweep
+from rst_lib.workbook.params import normalize_params, validate_notebook_params
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks"
@@ -189,7 +189,7 @@ def test_sweep_killed_midway_finishes_only_the_missing_cell(tmp_path, one_thread
     """The two-cell sweep of params/sweeps/smoke.yaml from one command; kill it after the
     first cell; the re-run executes only the second."""
     out = tmp_path / "outputs"
-    cmd = [sys.executable, "-m", "rst_lib.cli", "sweep", "params/sweeps/smoke.yaml", "-o", str(out),
+    cmd = [sys.executable, "-m", "rst_lib.workbook.cli", "sweep", "params/sweeps/smoke.yaml", "-o", str(out),
            "--jobs", "1", "--no-progress"]
     cells = [out / "01_search" / "smoke" / name for name in ("keep_ratio=0.1", "keep_ratio=0.3")]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -6,13 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rst_lib import RunConfig, create_model, masking, train
-from rst_lib.attacks import PGD, CarriedFGSM, project
-from rst_lib.loaders import make_loader
-from rst_lib.masking import get_mask_param
-from rst_lib.schedules import (at_target_sparsity, discard_fraction, keep_ratios_at, lr_factor, staged_keep_ratios)
-from rst_lib.tasks import build_task, make_optimizer, make_train_attack
-from rst_lib.training import train_epoch
+from rst_lib import RunConfig, create_model, train
+from rst_lib.masks import masking
+from rst_lib.attacks.gradient import PGD, CarriedFGSM, project
+from rst_lib.data.loaders import make_loader
+from rst_lib.masks.masking import get_mask_param
+from rst_lib.engine.schedules import (at_target_sparsity, discard_fraction, keep_ratios_at, lr_factor, staged_keep_ratios)
+from rst_lib.engine.tasks import build_task, make_optimizer, make_train_attack
+from rst_lib.engine.training import train_epoch
 
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
             train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",

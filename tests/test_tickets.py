@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rst_lib import masking
-from rst_lib.models import ModelConfig
-from rst_lib.tickets import (TicketError, checkpoint_size_bytes, decode_mask, encode_mask,
-                             load_ticket, pack_bits, save_ticket, unpack_bits)
+from rst_lib.masks import masking
+from rst_lib.models.registry import ModelConfig
+from rst_lib.masks.codec import decode_mask, encode_mask, pack_bits, unpack_bits
+from rst_lib.models.tickets import TicketError, checkpoint_size_bytes, load_ticket, save_ticket
 
 
 def _searched(tiny_model, batch, steps=5):
@@ -50,7 +50,7 @@ def test_mask_encodings_are_exact(shape, p):
 
 
 def test_version_1_tickets_still_load(tmp_path, tiny_model, batch):
-    from rst_lib.tickets import ticket_payload
+    from rst_lib.models.tickets import ticket_payload
     model = _searched(tiny_model, batch)
     payload = ticket_payload(model)
     masks = masking.get_masks(model)

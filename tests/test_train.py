@@ -4,13 +4,14 @@ import math
 import pytest
 import torch
 
-from rst_lib import RunConfig, load_ticket, masking, train
-from rst_lib.data import load_dataset, fixed_subset
-from rst_lib.loaders import make_loader
-from rst_lib.evaluation import evaluate
-from rst_lib.training import is_collapsed
-from rst_lib.schedules import lr_factor
-from rst_lib.devices import resolve_device
+from rst_lib import RunConfig, load_ticket, train
+from rst_lib.masks import masking
+from rst_lib.data.datasets import load_dataset, fixed_subset
+from rst_lib.data.loaders import make_loader
+from rst_lib.engine.evaluation import evaluate
+from rst_lib.engine.training import is_collapsed
+from rst_lib.engine.schedules import lr_factor
+from rst_lib.utils.devices import resolve_device
 
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
             train_examples=600, eval_examples=100, batch_size=64, train_attack="fgsm_rs",
@@ -35,7 +36,7 @@ def test_tiny_search_improves_over_first_epoch(tiny_run):
 
 def test_search_changes_scores_only(data):
     cfg = RunConfig(**{**TINY, "train_examples": 128}, epochs=1).validate()
-    from rst_lib.tasks import build_task
+    from rst_lib.engine.tasks import build_task
     _, before = build_task(cfg, data)
     result = train(cfg, None, progress=False, data=data)
     for (_, a), (_, b) in zip(masking.masked_layers(before), masking.masked_layers(result.model)):
@@ -84,7 +85,7 @@ def test_test_split_is_read_only_by_the_final_evaluation(data, monkeypatch):
     final_evaluation: best epoch and early stop see only the validation split."""
     import dataclasses
     from torch.utils.data import Dataset
-    import rst_lib.training as train_mod
+    import rst_lib.engine.training as train_mod
     events = []
 
     class Watched(Dataset):
@@ -131,7 +132,7 @@ def test_resume_finishes_like_an_uninterrupted_run(tmp_path, data, tiny_run):
     short = cfg.replace(epochs=3)
     run_dir = tmp_path / "r"
     # run 2 epochs of the 3-epoch schedule by stopping after epoch 2 via a resumable checkpoint
-    import rst_lib.training as T
+    import rst_lib.engine.training as T
     calls = {"n": 0}
     original = T.evaluate
 
@@ -170,7 +171,7 @@ def _noise_bundle(n_train=2000, n_test=200, size=12):
     """Random noise with random labels: nothing to learn; a model at chance spreads its
     argmax over several classes (a uniform-logit collapse, not a constant prediction)."""
     from torch.utils.data import TensorDataset
-    from rst_lib.data import DataBundle
+    from rst_lib.data.datasets import DataBundle
     g = torch.Generator().manual_seed(0)
     make = lambda n: TensorDataset(torch.rand(n, 1, size, size, generator=g),
                                    torch.randint(0, 10, (n,), generator=g))
@@ -179,7 +180,7 @@ def _noise_bundle(n_train=2000, n_test=200, size=12):
 
 
 def test_uniform_logit_collapse_is_detected_and_stops_the_run(tmp_path):
-    from rst_lib.training import CollapseWarning
+    from rst_lib.engine.training import CollapseWarning
     data = _noise_bundle()
     cfg = RunConfig(**{**NOISE, "collapse_patience": 2, "train_attack": "none"},
                     epochs=12).validate()
@@ -209,7 +210,7 @@ def test_collapse_without_stopping_runs_all_epochs():
 
 
 def test_collapse_message_offers_the_remedies_that_are_off():
-    from rst_lib.training import collapse_message
+    from rst_lib.engine.training import collapse_message
     row = {"epoch": 3, "train_loss": 2.30, "clean_acc": 0.1, "eval_split": "val"}
     plain = RunConfig(train_attack="pgd", end_with_bn=False, eps_warmup_epochs=0).validate()
     msg = collapse_message(plain, row, 10, 2)
@@ -263,7 +264,7 @@ def test_channels_last_search_matches_default_layout(tmp_path, data):
 def test_best_epoch_ties_on_robust_accuracy_go_to_clean_accuracy(monkeypatch, data):
     """Early epochs often all sit at 0 % PGD accuracy: the kept ticket is then the one
     with the best clean accuracy, not simply the first epoch."""
-    import rst_lib.training as train_mod
+    import rst_lib.engine.training as train_mod
     scripted = iter([(0.5, 0.0), (0.8, 0.0), (0.6, 0.0)])  # the 3 epochs' validation checks
 
     def fake_evaluate(*args, **kwargs):

@@ -1,12 +1,13 @@
-"""The larger architectures of rst_lib.zoo: build, mask, forward order, published shapes."""
+"""The larger architectures of rst_lib.models: build, mask, forward order, published shapes."""
 import pytest
 import torch
 from torch import nn
 
 import rst_lib
-from rst_lib.masking import mask_summary, masked_layers
-from rst_lib.models import MODELS, BasicBlock, _w
-from rst_lib.zoo import Bottleneck, WideResNet
+from rst_lib.masks.masking import mask_summary, masked_layers
+from rst_lib.models.layers import scaled as _w
+from rst_lib.models.registry import MODELS
+from rst_lib.models.resnets import BasicBlock, Bottleneck, WideResNet
 
 ZOO = ["resnet34", "resnet50", "wide_resnet", "wrn28_10", "wrn32_10", "vgg16", "mobilenet_v2",
        "conv8", "mlp"]

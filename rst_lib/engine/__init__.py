@@ -1,0 +1,11 @@
+"""The engine: what a task trains (:mod:`.tasks`), the training loop (:mod:`.training`), its
+schedules, precision and tuned steps, the evaluation and the gradient-masking checks."""
+from .checks import final_checks, gradient_masking_report
+from .evaluation import (autoattack_accuracy, count_correct, evaluate, final_evaluation,
+                         robustness_report)
+from .tasks import build_task, load_run_data
+from .training import TrainResult, train
+
+__all__ = ["final_checks", "gradient_masking_report", "autoattack_accuracy", "count_correct",
+           "evaluate", "final_evaluation", "robustness_report", "build_task", "load_run_data",
+           "TrainResult", "train"]

@@ -1,0 +1,181 @@
+"""Tickets: a found subnetwork in a few bytes per kept weight.
+
+A ticket stores what cannot be regenerated: the model config (which includes the seed of
+the random weights), the masks, and every state entry that differs from the freshly
+initialized network (BatchNorm running statistics after a search; the weights too after a
+finetune). Scores are not stored: the mask is the result.
+
+Each mask is stored in the smaller of two exact encodings: bits packed 8 per byte (1 bit per
+weight), or the Elias-Fano code of the positions of the kept (or, above one half, of the
+pruned) weights: about ``2 + log2(1 / keep_ratio)`` bits per kept weight, i.e. 0.32 bits per
+weight at a keep ratio of 0.05, close to the n*H(p) bits of information in such a mask.
+
+Loading rebuilds the network from its config, regenerates the random weights from the
+seed, applies the masks and the stored state, and therefore reproduces the saved model's
+outputs exactly. Files are read with ``torch.load(weights_only=True)``: only tensors and
+plain containers are accepted, never arbitrary pickled objects.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..masks import masking
+from ..config import RunConfig, register_check
+from ..errors import ConfigError
+from ..utils.files import TORCH_LOAD_ERRORS, torch_save
+from ..masks.codec import decode_mask, encode_mask, unpack_bits
+from .registry import ModelConfig, RandomNetwork, build_model
+
+FORMAT = "rst-ticket"
+VERSION = 2          # 2: masks as {"encoding": ...} dicts (bits or Elias-Fano)
+READABLE = (1, 2)    # 1: masks as packed bits only
+
+
+class TicketError(ConfigError):
+    """A ticket file is not a valid ticket (missing, empty, truncated, not a ticket, or
+    unsafe). A bad ticket is a bad parameter: it is reported before any compute."""
+
+
+def _is_score_key(key: str) -> bool:
+    return key.endswith(".scores")
+
+
+def ticket_payload(model: RandomNetwork, meta: dict | None = None) -> dict:
+    cfg: ModelConfig = model.config
+    reference = build_model(cfg).state_dict()
+    state = {}
+    for key, value in model.state_dict().items():
+        if _is_score_key(key):
+            continue
+        value = value.detach().cpu()
+        ref = reference.get(key)
+        if ref is not None and ref.shape == value.shape and torch.equal(ref, value):
+            continue  # regenerated from the seed on load
+        state[key] = value.clone()
+    masks = masking.get_masks(model)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_config": json.dumps(cfg.to_dict()),
+        "masks": {name: encode_mask(m) for name, m in masks.items()},
+        "state": state,
+        "meta": json.dumps(meta or {}),
+    }
+
+
+def save_ticket(model: RandomNetwork, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Save ``model`` as a ticket at ``path`` (atomically). ``meta``: JSON-able extras."""
+    return torch_save(ticket_payload(model, meta), path)
+
+
+def resolve_ticket(path: str | os.PathLike) -> Path:
+    """The ticket file of ``path``: the file itself, or ``ticket.pt`` in a run folder."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / "ticket.pt").is_file():
+            return p / "ticket.pt"
+        raise TicketError(f"{str(p.resolve())!r} is a folder without a ticket.pt (give a ticket "
+                          "file or the run folder of a search)")
+    if not p.is_file():
+        raise TicketError(f"no ticket at {str(p.resolve())!r}")
+    return p
+
+
+def _unreadable(path: Path, error: BaseException) -> TicketError:
+    """Why a file is not a loadable ticket, said for what it is."""
+    head = path.read_bytes()[:4] if path.stat().st_size else b""
+    where = repr(str(path.resolve()))
+    if not head:
+        return TicketError(f"{where} is empty (0 bytes): the run that wrote it was probably "
+                           "killed while saving; use its run folder's other ticket or search again")
+    if isinstance(error, pickle.UnpicklingError) and head.startswith(b"PK"):
+        return TicketError(f"{where} was refused: it holds Python objects that could run code "
+                           "when loaded, and a ticket holds only tensors. Load only tickets that "
+                           "rst-workbook wrote")
+    if head[:1] in (b"{", b"["):
+        return TicketError(f"{where} is a JSON file, not a ticket (tickets are ticket.pt files)")
+    if head.startswith(b"PK"):
+        return TicketError(f"{where} is truncated or corrupted (an incomplete archive); "
+                           "copy it again or use another ticket")
+    return TicketError(f"{where} is not a ticket: it is not a PyTorch archive written by "
+                       "rst-workbook")
+
+
+def read_ticket(path: str | os.PathLike) -> dict:
+    """Load and check a ticket file's payload (a ticket file or a run folder) without
+    building the model."""
+    path = resolve_ticket(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except TORCH_LOAD_ERRORS as e:
+        raise _unreadable(path, e) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise TicketError(f"{str(path.resolve())!r} is a PyTorch file but not an rst-workbook "
+                          "ticket (no ticket format field): a checkpoint or state dict?")
+    if payload.get("version") not in READABLE:
+        raise TicketError(f"{str(path.resolve())!r} has ticket version {payload.get('version')!r}; "
+                          f"this rst_lib reads versions {', '.join(map(str, READABLE))}")
+    return payload
+
+
+def load_ticket(path: str | os.PathLike, device: str | torch.device = "cpu",
+                expect: ModelConfig | None = None) -> RandomNetwork:
+    """Rebuild the ticket's network (in eval mode) from a ticket file or a run folder.
+    ``expect``: refuse other architectures."""
+    payload = read_ticket(path)
+    cfg = ModelConfig.from_dict(json.loads(payload["model_config"]))
+    if expect is not None:
+        keys = ("name", "num_classes", "in_channels", "image_size", "width")
+        diff = {k: (getattr(cfg, k), getattr(expect, k)) for k in keys
+                if getattr(cfg, k) != getattr(expect, k)}
+        if diff:
+            raise TicketError(f"ticket {str(path)!r} does not match the model: "
+                              + ", ".join(f"{k} is {a!r} in the ticket but {b!r} expected"
+                                          for k, (a, b) in diff.items()))
+    model = build_model(cfg)
+    try:
+        masks = ticket_masks(payload)
+        masking.set_masks(model, masks)
+    except (ValueError, RuntimeError, IndexError, KeyError, TypeError) as e:
+        raise TicketError(f"ticket {str(path)!r}: {e}") from None
+    result = model.load_state_dict(payload["state"], strict=False)
+    unexpected = list(result.unexpected_keys)
+    if unexpected:
+        raise TicketError(f"ticket {str(path)!r} has state for unknown entries {unexpected[:5]}")
+    return model.to(device).eval()
+
+
+def ticket_masks(payload: dict) -> dict[str, torch.Tensor]:
+    """The boolean masks stored in a ticket payload (any readable version)."""
+    if payload.get("version") == 1:
+        return {name: unpack_bits(bits, payload["mask_shapes"][name])
+                for name, bits in payload["masks"].items()}
+    return {name: decode_mask(code) for name, code in payload["masks"].items()}
+
+
+def ticket_meta(path: str | os.PathLike) -> dict:
+    payload = read_ticket(path)
+    return {"model_config": json.loads(payload["model_config"]), **json.loads(payload["meta"])}
+
+
+def checkpoint_size_bytes(model: nn.Module) -> int:
+    """Bytes of a plain fp32 checkpoint of the whole state (weights + scores + buffers)."""
+    return sum(v.numel() * v.element_size() for v in model.state_dict().values())
+
+
+@register_check
+def _check_run_ticket(cfg: RunConfig) -> None:
+    """A finetune ticket is readable and of the configured architecture (before compute)."""
+    if not (cfg.ticket and cfg.task.startswith("finetune")):
+        return
+    t = ticket_meta(cfg.ticket)["model_config"]
+    diff = [f"{k}: ticket has {t[k]!r}, parameters say {getattr(cfg, f)!r}"
+            for k, f in (("name", "model"), ("width", "width")) if t.get(k) != getattr(cfg, f)]
+    if diff:
+        raise ConfigError(f"ticket={cfg.ticket!r} does not match the model (" + "; ".join(diff) + ")")

@@ -1,0 +1,165 @@
+"""``rst-workbook``: run notebooks in batch, run sweeps, index the runs, train directly.
+
+    rst-workbook run 01_search -p params/01_search/cpu-demo.yaml -p keep_ratio=0.05
+    rst-workbook sweep params/sweeps/keep-ratios-cpu.yaml --jobs 2
+    rst-workbook index                       # rewrite outputs/index.html
+    rst-workbook params 01_search            # a notebook's parameters and defaults
+    torchrun --nproc_per_node=4 -m rst_lib.workbook.cli train -p params/presets/rbrn-resnet34-cifar10.yaml --run-dir DIR
+
+Works from any folder: notebooks are found by name in the project, paths are taken
+relative to the folder you typed the command in, and runs go to the project's outputs/
+unless -o says otherwise. Every run gets its own folder with the executed notebook,
+report.html (self-contained) and run.json; outputs/index.html lists them all.
+Parameters, data and tickets are checked before any kernel starts (exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import papermill
+
+from ..config import RunConfig, load_params
+from ..errors import ConfigError, did_you_mean
+from ..utils.files import sigterm_as_interrupt
+from .runs import RunExists, run_notebook
+from .index import write_index
+from .sweeps import run_sweep
+from ..engine.training import train
+from .params import PROJECT_ROOT, find_notebook, parameter_specs
+
+
+def _param_values(values: list[str], known: set[str]) -> tuple[list[str], list[str]]:
+    """Split ``-p`` values into parameter files and ``key=value`` overrides."""
+    files, overrides = [], []
+    for v in values:
+        if "=" in v and not Path(v).is_file():
+            overrides.append(v)
+        elif Path(v).is_file():
+            files.append(v)
+        elif v in known:
+            raise ConfigError(f"-p {v}: give a value as -p {v}=VALUE (one argument, no space)")
+        else:
+            raise ConfigError(f"-p {v}: no parameter file at {str(Path(v).resolve())!r}, and not "
+                              f"key=value{did_you_mean(v, known)}")
+    return files, overrides
+
+
+def _params(values: list[str], known: set[str]) -> dict:
+    """Every ``-p`` in order: parameter files merged, then ``key=value`` overrides."""
+    files, overrides = _param_values(values, known)
+    params: dict = {}
+    for f in files:
+        params.update(load_params(f))
+    params.update(load_params(None, overrides))
+    return params
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rst-workbook", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    out_help = "the folder that holds the runs (default: the project's outputs/)"
+    run = sub.add_parser("run", help="execute a notebook with papermill into outputs/")
+    run.add_argument("notebook", help="a name in notebooks/ (01_search) or a notebook path")
+    run.add_argument("-p", "--param", action="append", default=[],
+                     help="a YAML parameter file, or key=value (repeatable; later wins)")
+    run.add_argument("-o", "--output-root", default=None, help=out_help)
+    run.add_argument("--run-dir", default=None,
+                     help="run into this folder instead of a new timestamped one (it must not "
+                          "hold a finished run; an unfinished one with the same parameters "
+                          "is continued)")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no papermill cell progress bar (for logs)")
+
+    sw = sub.add_parser("sweep", help="run a grid of parameters (skips finished cells)")
+    sw.add_argument("sweep", help="a sweep YAML file (see params/sweeps/)")
+    sw.add_argument("-j", "--jobs", type=int, default=None,
+                    help="cells at once (default: the file's jobs, else one per visible GPU, else 1)")
+    sw.add_argument("-p", "--param", action="append", default=[],
+                    help="key=value applied to every cell (repeatable)")
+    sw.add_argument("-o", "--output-root", default=None, help=out_help)
+    sw.add_argument("--skip-failed", action="store_true",
+                    help="do not retry cells that failed before")
+    sw.add_argument("--dry-run", action="store_true", help="list the cells and their status")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+
+    ix = sub.add_parser("index", help="rewrite index.html in the output root from its runs")
+    ix.add_argument("-o", "--output-root", default=None, help=out_help)
+
+    pa = sub.add_parser("params", help="list a notebook's parameters with their defaults")
+    pa.add_argument("notebook", help="a name in notebooks/ (01_search) or a notebook path")
+
+    tr = sub.add_parser("train", help="train one run directly (no notebook; torchrun-able)")
+    tr.add_argument("-p", "--param", action="append", default=[],
+                    help="a YAML parameter file, or key=value (repeatable; later wins)")
+    tr.add_argument("--run-dir", required=True,
+                    help="the run folder (every torchrun rank gets the same; rank 0 writes)")
+    tr.add_argument("--resume", action="store_true", help="continue from its last.pt")
+    return parser
+
+
+def _output_root(arg: str | None) -> Path:
+    return Path(arg).resolve() if arg else PROJECT_ROOT / "outputs"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # the kernel runs elsewhere: the default data folder is the one the user stands in
+    os.environ.setdefault("RST_DATA_DIR", str(Path("data").resolve()))
+    try:
+        with sigterm_as_interrupt():  # kill behaves like Ctrl-C: "interrupted", kernel stopped
+            return _command(args)
+    except (RunExists, ConfigError, FileNotFoundError, FileExistsError) as e:
+        print(f"rst-workbook: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rst-workbook: interrupted", file=sys.stderr)
+        return 130
+
+
+def _command(args) -> int:
+    if args.command == "run":
+        notebook = find_notebook(args.notebook)
+        params = _params(args.param, set(parameter_specs(notebook)))
+        try:
+            run_dir = run_notebook(notebook, None, params, _output_root(args.output_root),
+                                   progress=not args.no_progress, run_dir=args.run_dir)
+        except papermill.PapermillExecutionError as e:  # run.json and the report say where
+            print(f"rst-workbook: the notebook failed in cell {e.exec_count}: {e.ename}: "
+                  f"{e.evalue}", file=sys.stderr)
+            return 1
+        print(f"run directory: {run_dir}")
+        print(f"report:        {run_dir / 'report.html'}")
+        return 0
+    if args.command == "sweep":
+        bad = [p for p in args.param if "=" not in p]
+        if bad:
+            raise ConfigError(f"sweep takes key=value overrides only, got {bad}")
+        result = run_sweep(args.sweep, args.jobs, args.param, _output_root(args.output_root),
+                           progress=not args.no_progress, retry_failed=not args.skip_failed,
+                           dry_run=args.dry_run)
+        if result.interrupted:
+            return 130
+        return 0 if result.ok else 1
+    if args.command == "index":
+        print(write_index(_output_root(args.output_root)))
+        return 0
+    if args.command == "params":
+        specs = parameter_specs(find_notebook(args.notebook))
+        width = max(map(len, specs), default=0)
+        for name, spec in specs.items():
+            help_ = f"  # {spec['help']}" if spec["help"] else ""
+            print(f"{name:<{width}} = {spec['default']}{help_}")
+        return 0
+    if args.command == "train":
+        cfg = RunConfig.from_dict(_params(args.param, set(RunConfig.field_names())))
+        train(cfg, args.run_dir, progress=True, resume=args.resume)
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

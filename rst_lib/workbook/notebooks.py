@@ -1,0 +1,192 @@
+"""Helpers the workbook notebooks share: a :class:`RunConfig` from the parameter
+variables, the run folder, tickets from files / run folders / globs, tickets at several
+keep ratios of ONE random network, any saved model, and ``summary.json``."""
+from __future__ import annotations
+
+import glob
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from ..config import RunConfig
+from ..utils.files import TORCH_LOAD_ERRORS, new_run_dir, read_json, write_json
+from ..utils.stats import accuracy_text
+from ..engine.tasks import build_task, load_run_data
+from ..models.tickets import TicketError, load_ticket, resolve_ticket, ticket_meta
+from ..engine.training import train
+from .params import PROJECT_ROOT
+
+def config_from(namespace: dict, **overrides):
+    """A validated :class:`RunConfig` from every RunConfig field defined in ``namespace``.
+
+    Notebooks call ``config_from(globals())`` right after the parameters cell: the
+    parameter variables that are RunConfig fields become the config, the rest (``run_dir``,
+    ``progress``, notebook-only parameters) are ignored.
+    """
+    names = set(RunConfig.field_names())
+    params = {k: v for k, v in namespace.items() if k in names and not callable(v)
+              and not type(v).__name__ == "module"}
+    params.update(overrides)
+    return RunConfig.from_dict(params)
+
+
+def ensure_run_dir(run_dir: str | os.PathLike | None, notebook: str, name: str | None,
+                   outputs: str | os.PathLike | None = None) -> Path:
+    """``run_dir`` (created if needed) or, when None, a fresh
+    ``<project>/outputs/<notebook>/<name>-<time>`` (``name`` None: the notebook's name),
+    wherever the kernel runs."""
+    if run_dir:
+        path = Path(run_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return new_run_dir(Path(outputs or PROJECT_ROOT / "outputs") / notebook, name or notebook)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A model file from a path: a run directory gives its ``ticket.pt``, else ``last.pt``."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in ("ticket.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+            raise TicketError(f"{str(p)!r} holds neither ticket.pt nor last.pt")
+    return p
+
+
+def resolve_tickets(paths: str | os.PathLike | Iterable[str | os.PathLike] | None) -> list[Path]:
+    """Ticket files from paths, run directories or glob patterns (in order, deduplicated).
+
+    A directory without its own ``ticket.pt`` contributes every ``*/ticket.pt`` directly
+    below it (e.g. a sweep folder), sorted.
+    """
+    if not paths:
+        return []
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    for item in paths:
+        matches = sorted(glob.glob(str(Path(item).expanduser()))) if any(
+            ch in str(item) for ch in "*?[") else [str(item)]
+        if not matches:
+            raise FileNotFoundError(f"no file matches {str(item)!r}")
+        for m in matches:
+            p = Path(m)
+            if p.is_dir() and not (p / "ticket.pt").is_file():
+                found = sorted(p.glob("*/ticket.pt"))
+                if not found:
+                    raise FileNotFoundError(f"{str(p)!r} holds no ticket.pt (nor */ticket.pt)")
+                new = found
+            else:
+                new = [resolve_ticket(p)]
+            out += [q for q in new if q.resolve() not in {o.resolve() for o in out}]
+    return out
+
+
+def ticket_label(path: str | os.PathLike) -> str:
+    """A short label for a ticket: ``keep 0.1`` (plus the task unless it is a search)."""
+    meta = ticket_meta(path)
+    keep = meta.get("model_config", {}).get("keep_ratio")
+    task = meta.get("run", {}).get("task", "search")
+    label = f"keep {keep:g}" if isinstance(keep, (int, float)) else Path(path).parent.name
+    return label if task == "search" else f"{label} ({task})"
+
+
+def load_tickets(paths: Iterable[str | os.PathLike], device="cpu") -> dict:
+    """``{label: model}`` for ticket files (labels from :func:`ticket_label`, made unique)."""
+    out: dict = {}
+    for p in paths:
+        label = ticket_label(p)
+        base, i = label, 2
+        while label in out:
+            label, i = f"{base} #{i}", i + 1
+        out[label] = load_ticket(p, device)
+    return out
+
+
+def search_tickets(cfg, keep_ratios: Iterable[float], root: str | os.PathLike,
+                   progress: bool = True, data=None, resume: bool = True) -> list[Path]:
+    """Search one ticket per keep ratio in ONE random network (``cfg.seed``).
+
+    Each goes to ``root/keep-<ratio>/`` (metrics.json, ticket.pt); ``resume`` continues or
+    reuses a search already there (an interrupted notebook run picks up where it stopped).
+    Returns the ticket paths, in the order of ``keep_ratios``.
+    """
+    data = data or load_run_data(cfg)
+    paths = []
+    for r in keep_ratios:
+        c = cfg.replace(keep_ratio=float(r), name=f"{cfg.name}-keep{float(r):g}")
+        res = train(c, Path(root) / f"keep-{float(r):g}", progress=progress, data=data,
+                     resume=resume)
+        paths.append(res.ticket_path)
+    return paths
+
+
+def load_any(path: str | os.PathLike, device="cpu", data=None):
+    """A model from a ticket file, a run directory or a ``last.pt`` checkpoint.
+
+    Returns ``(model, info)`` with ``info = {"kind", "path", "config"}``; ``config`` is the
+    :class:`RunConfig` dict the model was found with (from the ticket's metadata or the
+    run's ``metrics.json``), or ``{}`` when unknown.
+    """
+    p = resolve_checkpoint(path)
+    try:
+        model = load_ticket(p, device)
+        return model, {"kind": "ticket", "path": str(p), "config": ticket_meta(p).get("run", {})}
+    except TicketError as e:
+        if not p.is_file():
+            raise
+        ticket_error = e
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except TORCH_LOAD_ERRORS:  # report the ticket error, the more useful one
+        raise ticket_error from None
+    metrics = read_json(p.parent / "metrics.json")
+    if not (isinstance(ck, dict) and "model" in ck and metrics.get("config")):
+        raise TicketError(f"{str(p)!r} is neither a ticket nor a last.pt checkpoint with a "
+                          "metrics.json next to it") from None
+    if str(metrics["config"].get("task", "")).startswith("finetune"):
+        raise TicketError(f"{str(p)!r}: load the ticket.pt of a finetune run, not its last.pt")
+    cfg = RunConfig.from_dict({k: v for k, v in metrics["config"].items() if k != "pretrained"},
+                              strict=False)
+    _, model = build_task(cfg, data, torch.device(device))
+    model.load_state_dict(ck["model"])
+    return model.eval(), {"kind": "checkpoint", "path": str(p), "config": metrics["config"]}
+
+
+def write_summary(run_dir: str | os.PathLike, headline: dict, **extra) -> Path:
+    """``run_dir/summary.json`` with ``headline`` (the metrics the run index shows)."""
+    path = Path(run_dir) / "summary.json"
+    write_json(path, {"headline": headline, **extra,
+                      "written": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return path
+
+
+
+def final_table(rows: list[dict]) -> list[dict]:
+    """Display rows of :func:`~rst_lib.engine.evaluation.final_evaluation` results: every accuracy
+    with its 95 % interval and number of test examples; AutoAttack next to PGD."""
+    out = []
+    for r in rows:
+        row = {"model": r.get("model", ""), "clean": accuracy_text(r["clean_acc"], r["examples"]),
+               r.get("pgd", "PGD"): accuracy_text(r["pgd_acc"], r["examples"])}
+        if r.get("autoattack_acc") is not None:
+            row[f"AutoAttack ({r['autoattack']['version']})"] = accuracy_text(
+                r["autoattack_acc"], r["autoattack"]["examples"])
+        out.append(row)
+    return out
+
+
+def checks_markdown(checks: dict | None) -> str:
+    """The gradient-masking checks of :func:`~rst_lib.engine.checks.final_checks` as Markdown:
+    every measured accuracy, then the flags (or that there are none)."""
+    if not checks:
+        return "Gradient-masking checks skipped (`masking_checks = False`)."
+    n = checks["n_examples"]
+    rows = [f"| {k} | {accuracy_text(v, n)} |" for k, v in checks["accuracy"].items()]
+    rows += [f"| PGD at eps {e:.3g} | {accuracy_text(a, n)} |" for e, a in checks["eps_curve"]]
+    flags = ("**Flags:**\n" + "\n".join(f"- {f}" for f in checks["flags"]) if checks["flags"]
+             else f"**No flag** on {n} test inputs (no sign of gradient masking; not a proof).")
+    return "| check | accuracy |\n|---|---|\n" + "\n".join(rows) + "\n\n" + flags

@@ -1,0 +1,352 @@
+"""Notebook parameters: what a notebook's ``parameters`` cell declares, checked and
+normalized before any kernel starts (unknown names, types, RunConfig combinations,
+paths made absolute)."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import papermill
+
+from ..config import RunConfig, param
+from ..data.datasets import check_available
+from ..models.tickets import read_ticket
+from ..engine.training import load_checkpoint
+from ..errors import ConfigError, did_you_mean, parse_number
+
+# The project this package belongs to (an editable install): notebooks/ and outputs/.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+
+# Parameters holding paths: made absolute against the caller's working directory (the
+# kernel runs in notebooks/), run directories given as `ticket` become their ticket.pt.
+PATH_PARAMS = ("ticket", "pretrained", "data_dir", "runs_root", "checkpoint")
+PATH_LIST_PARAMS = ("tickets", "run_dirs")
+# Batch runs default these notebook parameters (no tqdm widgets, no ipywidgets explorer).
+BATCH_DEFAULTS = {"progress": False, "interactive": False}
+
+_NO_DEFAULT = object()
+
+
+def find_notebook(name: str | os.PathLike) -> Path:
+    """A notebook by path (relative to the current folder) or by name in the project's
+    notebooks/ (``01_search``, ``01_search.ipynb``), from any folder."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p.resolve()
+    stem = p.name.removesuffix(".ipynb")
+    candidate = NOTEBOOKS_DIR / f"{stem}.ipynb"
+    if candidate.is_file():
+        return candidate
+    known = sorted(q.stem for q in NOTEBOOKS_DIR.glob("*.ipynb"))
+    raise ConfigError(f"unknown notebook {str(name)!r}{did_you_mean(stem, known)}: no file "
+                      f"{str(p.resolve())!r}, and the notebooks in {str(NOTEBOOKS_DIR)!r} are "
+                      f"{', '.join(known)}")
+
+
+def notebook_parameters(notebook: str | os.PathLike) -> dict:
+    """Names and default values (as source text) of a notebook's ``parameters`` cell."""
+    return {name: spec["default"] for name, spec in parameter_specs(notebook).items()}
+
+
+def parameter_specs(notebook: str | os.PathLike) -> dict:
+    """``{name: {"default": source text, "value": literal or _NO_DEFAULT, "help": comment}}``."""
+    out = {}
+    for name, info in papermill.inspect_notebook(str(notebook)).items():
+        try:
+            value = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError, TypeError):
+            value = _NO_DEFAULT
+        out[name] = {"default": info["default"], "value": value, "help": info.get("help") or ""}
+    return out
+
+
+def _type_error(name, value, expected: str) -> ConfigError:
+    return ConfigError(f"{name}={value!r} is invalid: expected {expected}, "
+                       f"got {type(value).__name__}")
+
+
+def _check_like(name: str, value, default, none_ok: bool) -> None:
+    """``value`` must have the type of the parameter's default value (notebook-only params)."""
+    if value is None:
+        if none_ok:
+            return
+        raise _type_error(name, value, type(default).__name__)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise _type_error(name, value, "true or false")
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool):
+            raise _type_error(name, value, "a number")
+        if isinstance(default, int) and not isinstance(value, int):
+            raise _type_error(name, value, "an integer")
+        if not isinstance(value, (int, float)):
+            parse_number(name, value)  # '8/255' is a number too
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise _type_error(name, value, "a string")
+    elif isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(name, value, "a list")
+        kinds = {type(v) for v in default}
+        if len(kinds) == 1:
+            for v in value:
+                _check_like(name, v, default[0], False)
+    elif isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise _type_error(name, value, "a mapping")
+
+
+def validate_notebook_params(notebook: str | os.PathLike, params: dict) -> None:
+    """Unknown names or bad values fail here, before any kernel starts.
+
+    * every name must be a parameter of the notebook's ``parameters`` cell (the error lists
+      the valid ones);
+    * RunConfig fields are checked by :meth:`RunConfig.from_dict` together with the
+      notebook's own defaults (so combinations are checked too);
+    * other parameters must have the type of their default value; ``None`` is accepted
+      where the default is ``None`` or the parameter's comment mentions ``None``.
+    """
+    specs = parameter_specs(notebook)
+    if not specs:
+        raise ConfigError(f"{notebook} has no cell tagged 'parameters'")
+    unknown = sorted(set(params) - set(specs) - {"run_dir"})
+    if unknown:
+        hint = did_you_mean(unknown[0], specs) if len(unknown) == 1 else ""
+        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}{hint} for {Path(notebook).name}; "
+                          f"valid parameters: {', '.join(sorted(specs))}")
+    fields = set(RunConfig.field_names())
+    merged = {k: s["value"] for k, s in specs.items()
+              if k in fields and s["value"] is not _NO_DEFAULT}
+    merged.update({k: v for k, v in params.items() if k in fields})
+    cfg = RunConfig.from_dict(merged)
+    check_available(cfg.dataset, cfg.data_dir, cfg.download)  # the data is there
+    for path in ([params["ticket"]] if params.get("ticket") else []) + list(
+            params.get("tickets") or []):
+        _check_model_file(path)
+    for name, value in params.items():
+        spec = specs.get(name)
+        if name in fields or spec is None or spec["value"] is _NO_DEFAULT:
+            continue
+        default = spec["value"]
+        if default is None:
+            continue
+        _check_like(name, value, default, none_ok="None" in spec["help"])
+
+
+def _check_model_file(path: str) -> None:
+    """A ticket (file or run folder) or a run's ``last.pt`` that will load: refused here,
+    before a kernel starts, with what is wrong with it."""
+    if any(ch in str(path) for ch in "*?["):
+        return  # a glob: its matches are resolved in the notebook
+    p = Path(path)
+    if p.is_dir() and not (p / "ticket.pt").is_file() and (p / "last.pt").is_file():
+        p = p / "last.pt"
+    if p.name == "last.pt" and p.is_file():
+        try:
+            load_checkpoint(p)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return
+    if p.is_dir() and not (p / "ticket.pt").is_file() and list(p.glob("*/ticket.pt")):
+        return  # a sweep folder: its tickets are loaded in the notebook
+    read_ticket(p)
+
+
+def absolute_path(p) -> str:
+    return os.path.abspath(os.path.expanduser(str(p)))
+
+
+def normalize_params(notebook: str | os.PathLike, params: dict,
+                     output_root: str | os.PathLike = "outputs") -> dict:
+    """Batch defaults and absolute paths (the kernel runs in the run folder).
+
+    * ``progress`` / ``interactive`` default to False when the notebook has them;
+    * ``runs_root`` defaults to ``output_root``;
+    * path parameters become absolute; a run directory given as ``ticket`` becomes its
+      ``ticket.pt`` (or ``last.pt``); a single string given for ``tickets`` / ``run_dirs``
+      becomes a list.
+    """
+    specs = parameter_specs(notebook)
+    params = dict(params)
+    for k, v in BATCH_DEFAULTS.items():
+        if k in specs and k not in params:
+            params[k] = v
+    if "runs_root" in specs and "runs_root" not in params:
+        params["runs_root"] = str(output_root)
+    for k in PATH_PARAMS:
+        if isinstance(params.get(k), str) and params[k]:
+            params[k] = absolute_path(params[k])
+            if k == "ticket" and Path(params[k]).is_dir():
+                for name in ("ticket.pt", "last.pt"):  # a run directory: its ticket (or checkpoint)
+                    if (Path(params[k]) / name).is_file():
+                        params[k] = str(Path(params[k]) / name)
+                        break
+    for k in PATH_LIST_PARAMS:
+        v = params.get(k)
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, (list, tuple)):
+            params[k] = [absolute_path(p) if isinstance(p, str) else p for p in v]
+    return params
+
+
+# ------------------------------------------------------------- the notebooks' parameters
+
+
+@dataclass
+class NotebookParams:
+    """Parameters of the notebooks that are not run parameters (:class:`RunConfig` holds
+    those): declared once here, with default, type, unit and help, like RunConfig's."""
+
+    run_dir: str | None = param(None, "the run folder (None: a new one under outputs/<notebook>/)", "path")
+    progress: bool = param(True, "progress bars")
+    resume: bool = param(True, "continue trainings already in run_dir (their last.pt)")
+    tickets: list = param([], "ticket.pt files / run folders / globs of ONE random network (empty: search here)", "paths")
+    keep_ratios: list = param([0.05, 0.1, 0.3], "keep ratios searched here when tickets is empty", "fractions")
+    tasks: list = param(["finetune", "finetune_reinit", "finetune_full"], "the finetunes to run")
+    search_epochs: int = param(5, "epochs of the ticket search when ticket is None", "epochs")
+    search_lr: float = param(0.1, "its learning rate (scores)")
+    transfer_examples: int | None = param(500, "test inputs attacked on every source (None: all)", "examples")
+    mode: str = param("batch", "R2S draws one member per query batch (batch) or per input (example)")
+    eot_samples: int = param(10, "gradient samples per step of the adaptive (EOT) attack")
+    eval_draws: int = param(5, "member draws the switch's accuracy is averaged over")
+    r2s_examples: int | None = param(500, "test inputs of the R2S evaluation (None: all)", "examples")
+    r2s_batch_size: int = param(100, "batch mode draws one member per batch: smaller batches, more draws", "examples")
+    r2s_autoattack: bool = param(True, "also AutoAttack's rand version (EOT) on the switch")
+    interactive: bool = param(True, "ipywidgets explorer (needs a live Jupyter front end)")
+    layer: str | None = param(None, "conv layer of the filter maps (None: the last 3x3 conv)")
+    top_patterns: int = param(20, "kept 3x3 patterns shown per ticket")
+    eval_dataset: str | None = param(None, "test data (None: the dataset the ticket was found on)")
+    pgd_steps: list = param([10, 20, 50], "PGD-k for each k (step eval_alpha, eval_restarts restarts)")
+    eps_curve: list | None = param(None, "eps values of the curve (None: 0 to 1.5 x the evaluation eps)", "pixels in [0, 1]")
+    curve_steps: int = param(10, "PGD steps of the curve (step scaled with eps)")
+    curve_examples: int | None = param(500, "test inputs of the curve (None: all)", "examples")
+    masking_checks: bool = param(True, "the gradient-masking checks of Carlini et al. (2019) on the final ticket")
+    masking_examples: int | None = param(500, "test inputs of the masking checks (None: all)", "examples")
+    masking_more_steps: int = param(100, "PGD steps of the 'more steps' check")
+    masking_restarts: int = param(5, "restarts of the 'restarts' check")
+    runs_root: str | None = param(None, "compare every metrics.json below this folder (None: the project's outputs/)", "path")
+    run_dirs: list = param([], "only these run folders / globs (empty: all of runs_root)", "paths")
+    task_filter: list | None = param(None, "only runs of these tasks, e.g. ['search'] (None: all)")
+    group_by: list = param(["model", "dataset", "train_attack", "task"], "runs differing only in these are one curve")
+
+
+def _fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+# Where each group of RunConfig's fields begins, in the order of its declaration; a group
+# runs to the next one's start ("name" comes before them all: notebooks show it first).
+_SECTION_STARTS = {"run": "task", "data": "dataset", "model": "model", "optimization": "epochs",
+                   "training attack": "train_attack", "evaluation": "eval_eps",
+                   "monitoring": "collapse_patience"}
+
+
+def _sections(cls, starts: dict[str, str]) -> dict[str, list[str]]:
+    fields = _fields(cls)
+    bounds = [fields.index(first) for first in starts.values()] + [len(fields)]
+    return {name: fields[a:b] for name, a, b in zip(starts, bounds, bounds[1:])}
+
+
+RUN_SECTIONS = _sections(RunConfig, _SECTION_STARTS)
+_MODEL = [n for n in RUN_SECTIONS["model"] if n not in ("granularity", "keep_ratio_schedule",
+          "keep_ratio_stages", "keep_ratio_warmup", "keep_ratio_steps", "discard", "discard_every",
+          "discard_rate", "discard_progressive", "dense_first", "dense_last")]
+_SEARCH = {"data": RUN_SECTIONS["data"], "model": _MODEL,
+           "optimization": RUN_SECTIONS["optimization"],
+           "training attack": RUN_SECTIONS["training attack"],
+           "evaluation": RUN_SECTIONS["evaluation"], "monitoring": ["collapse_patience", "stop_on_collapse"]}
+_HEAD = ["name", "run_dir", "progress"]
+_NO_KEEP = {k: [n for n in v if n != "keep_ratio"] for k, v in _SEARCH.items()}
+
+# Which parameters each notebook lists, by section (every name is declared above or in
+# RunConfig; the cell shows each with the schema's default and help).
+NOTEBOOK_PARAMETERS: dict[str, dict[str, list[str]]] = {
+    "00_quickstart": {"run": _HEAD + ["seed", "device"], "data": ["dataset", "val_fraction",
+                      "eval_examples", "final_examples"],
+                      "model": ["model", "width", "keep_ratio", "end_with_bn"],
+                      "optimization": ["epochs", "lr", "warmup_epochs"],
+                      "training attack": ["train_attack", "eps", "eps_warmup_epochs", "alpha", "steps"],
+                      "evaluation": ["eval_alpha", "eval_steps", "eval_early_stop", "autoattack", "autoattack_examples",
+                                     "masking_checks", "masking_examples", "masking_more_steps",
+                                     "masking_restarts"]},
+    "01_search": {"run": _HEAD + ["resume"] + RUN_SECTIONS["run"], **{
+        k: v for k, v in RUN_SECTIONS.items() if k != "run"},
+        "checks": ["masking_checks", "masking_examples", "masking_more_steps", "masking_restarts"]},
+    "02_finetune": {"run": _HEAD + ["resume", "ticket", "tasks", "finetune_init", "search_epochs",
+                                    "search_lr", "seed", "device"], **_SEARCH},
+    "03_transferability": {"run": _HEAD + ["resume", "tickets", "keep_ratios", "transfer_examples",
+                                           "seed", "device"], **_NO_KEEP},
+    "04_r2s": {"run": _HEAD + ["resume", "tickets", "keep_ratios", "mode", "eot_samples", "eval_draws",
+                               "r2s_examples", "r2s_batch_size", "r2s_autoattack", "seed", "device"],
+               **_NO_KEEP},
+    "05_mask_patterns": {"run": _HEAD + ["resume", "tickets", "keep_ratios", "interactive", "layer",
+                                         "top_patterns", "seed", "device"], **_NO_KEEP},
+    "06_evaluate": {"run": _HEAD + ["ticket", "eval_dataset", "pgd_steps", "eps_curve", "curve_steps",
+                                    "curve_examples", "masking_checks", "masking_examples",
+                                    "masking_more_steps", "masking_restarts", "seed", "device"],
+                    **_SEARCH},
+    "07_compare_runs": {"run": _HEAD + ["runs_root", "run_dirs", "task_filter", "group_by"]},
+}
+
+
+def schema() -> dict[str, dataclasses.Field]:
+    """Every parameter of the workbook: RunConfig's and the notebooks' own."""
+    return {**RunConfig.__dataclass_fields__, **NotebookParams.__dataclass_fields__}
+
+
+def _literal(value) -> str:
+    if isinstance(value, (str, list, dict)):
+        return json.dumps(value)
+    return repr(value)
+
+
+def render_parameters_cell(notebook: str) -> str:
+    """The ``parameters`` cell of ``notebook`` (its stem) as the schema declares it."""
+    fields = schema()
+    lines = [f"# Parameters (papermill overrides them; `rst-workbook params {notebook}` explains each)"]
+    sections = NOTEBOOK_PARAMETERS[notebook]
+    width = min(28, max(len(f"{n} = {_literal(_default(fields[n]))}")
+                        for names in sections.values() for n in names))
+    for section, names in sections.items():
+        if section != "run":
+            lines.append(f"# --- {section}")
+        for n in names:
+            meta = fields[n].metadata
+            unit = f" [{meta['unit']}]" if meta.get("unit") else ""
+            text = f"{n} = {_literal(_default(fields[n]))}"
+            lines.append(f"{text:<{width}}  # {meta['help']}{unit}")
+    return "\n".join(lines)
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def write_parameters_cells(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """Rewrite the ``parameters`` cell of every ``notebooks/*.py`` twin from the schema
+    (``make notebooks`` then syncs the .ipynb files)."""
+    changed = []
+    for nb in sorted(NOTEBOOK_PARAMETERS):
+        path = notebooks_dir / f"{nb}.py"
+        text = path.read_text()
+        start = text.index(PARAMETERS_MARK) + len(PARAMETERS_MARK)
+        end = text.index("\n# %%", start)
+        new = text[:start] + render_parameters_cell(nb) + "\n" + text[end:]
+        if new != text:
+            path.write_text(new)
+            changed.append(path)
+    return changed
+
+
+PARAMETERS_MARK = '# %% tags=["parameters"]\n'
+
+
+if __name__ == "__main__":  # python -m rst_lib.workbook.params: the cells from the schema
+    for p in write_parameters_cells():
+        print("rewrote the parameters cell of", p)

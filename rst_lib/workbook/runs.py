@@ -1,0 +1,204 @@
+"""Batch runs of workbook notebooks: papermill into a run folder, then its report.
+
+``run_notebook("notebooks/01_search.ipynb", "params/01_search/cpu-demo.yaml")`` checks the
+parameters against the notebook's ``parameters`` cell and :class:`RunConfig` *before*
+starting a kernel, creates ``outputs/<notebook>/<name>-<timestamp>/`` (or uses an explicit
+``run_dir``), executes the notebook there (it receives ``run_dir``), renders
+``report.html`` - also when a cell fails, so the report shows where it stopped - records
+the outcome in ``run.json`` and refreshes ``outputs/index.html``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import papermill
+import yaml
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+
+from ..config import load_params
+from ..errors import ConfigError
+from ..utils.files import new_run_dir, read_json, write_json, write_text
+from .report import render_html
+from .index import headline, refresh_index
+from .params import PROJECT_ROOT, absolute_path, normalize_params, validate_notebook_params
+
+KERNEL_NAME = "rst-workbook"  # installed into the venv by `make`; falls back to python3
+FINISHED = "finished"
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """Kernels talk over local IPC sockets (in the temp folder), not TCP: nothing listens on
+    the network, and ipykernel does not warn "running over TCP without encryption"."""
+
+    def __init__(self, **kw):
+        kw.setdefault("transport", "ipc")
+        kw.setdefault("ip", os.path.join(tempfile.gettempdir(), f"rst-kernel-{uuid.uuid4().hex}"))
+        super().__init__(**kw)
+
+
+class RunExists(ConfigError):
+    """The run directory already holds a finished run (or one running right now)."""
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def run_status(run_dir: str | os.PathLike) -> str:
+    """``finished`` / ``failed`` / ``interrupted`` / ``running`` / ``queued`` / ``dead`` /
+    ``missing``. ``dead``: run.json says running but its process is gone (killed)."""
+    info = read_json(Path(run_dir) / "run.json")
+    status = info.get("status", "missing")
+    if status == "running" and not (info.get("host") == socket.gethostname()
+                                    and _pid_alive(info.get("pid"))):
+        return "dead"
+    return status
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, params: dict, notebook: str | os.PathLike,
+                    extra: dict | None = None) -> str:
+    """Make ``run_dir`` ready for a run of ``notebook`` with ``params``.
+
+    Raises :class:`RunExists` if it holds a finished run or one whose process is alive.
+    An unfinished run with the same parameters is continued in place (its searches resume
+    from their ``last.pt``); with other parameters its files are removed first. A
+    non-empty directory that is not a run directory is refused. Returns ``"new"``,
+    ``"resume"`` or ``"restart"``.
+    """
+    run_dir = Path(run_dir)
+    mode = "new"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not (run_dir / "run.json").is_file():
+            raise ConfigError(f"run_dir {str(run_dir)!r} is not empty and holds no run.json: "
+                              "not a run directory; choose another one")
+        status = run_status(run_dir)
+        if status == FINISHED:
+            raise RunExists(f"{run_dir} already holds a finished run")
+        if status == "running":
+            raise RunExists(f"{run_dir} is being run right now by process "
+                            f"{read_json(run_dir / 'run.json').get('pid')}")
+        old = yaml.safe_load((run_dir / "params.yaml").read_text()) \
+            if (run_dir / "params.yaml").is_file() else None
+        if old == params:
+            mode = "resume"
+        else:
+            mode = "restart"
+            for child in run_dir.iterdir():
+                if child.name == "log.txt":
+                    continue
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=False))
+    if mode != "resume" or run_status(run_dir) in ("missing", "dead"):
+        write_json(run_dir / "run.json", {"notebook": str(notebook), "status": "queued",
+                                           "params": params, **(extra or {})})
+    return mode
+
+
+def _kernel_name() -> str:
+    return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def _render_report(run_dir: Path, out_nb: Path, status: dict, output_root: Path) -> None:
+    h = headline(run_dir)
+    items = [f"run {run_dir.name}", status.get("started", "")]
+    if status.get("seconds") is not None:
+        items.append(f"{status['seconds']:.0f} s")
+    for k, label in (("clean_acc", "clean"), ("pgd_acc", "PGD"), ("autoattack_acc", "AutoAttack")):
+        if isinstance(h.get(k), (int, float)):
+            items.append(f"{label} {h[k]:.1%}")
+    if h.get("examples"):  # the header says what the final table says, on the same inputs
+        items.append(f"{h['examples']} test examples")
+    index = output_root / "index.html"
+    href = os.path.relpath(index, run_dir) if output_root.exists() else None
+    params = {k: v for k, v in status.get("params", {}).items() if k != "run_dir"}
+    render_html(out_nb, run_dir / "report.html", title=Path(status["notebook"]).stem,
+                status=status["status"], items=[i for i in items if i], index_href=href,
+                params=params, relative_to=PROJECT_ROOT)
+
+
+def run_notebook(notebook: str | os.PathLike, params_file: str | os.PathLike | None = None,
+                 overrides=(), output_root: str | os.PathLike = "outputs",
+                 progress: bool = True, run_dir: str | os.PathLike | None = None,
+                 index: bool = True, extra: dict | None = None) -> Path:
+    """Execute ``notebook`` with parameters into a run directory; returns that directory.
+
+    Args:
+        params_file: a YAML mapping of parameters; ``overrides``: ``key=value`` strings or
+            a dict (applied after the file).
+        output_root: where new run directories go (``<root>/<notebook>/<name>-<time>``)
+            and where ``index.html`` is refreshed.
+        progress: papermill's cell progress bar (the notebook's own ``progress``
+            parameter defaults to False in batch runs).
+        run_dir: an explicit run directory instead of a new timestamped one; it must not
+            hold a finished run (see :func:`prepare_run_dir`).
+        extra: more fields for ``run.json`` (a sweep records its name and cell).
+
+    Raises :class:`ConfigError` (before any kernel starts) on bad parameters, and the
+    papermill error if a cell fails (after writing ``run.json`` and ``report.html``).
+    """
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise ConfigError(f"notebook {str(notebook)!r} does not exist")
+    output_root = Path(output_root)
+    params = load_params(params_file, overrides)
+    given = params.pop("run_dir", None)  # `-p run_dir=...` works like run_dir=
+    run_dir = run_dir or given
+    params = normalize_params(notebook, params, absolute_path(output_root))
+    validate_notebook_params(notebook, params)
+    if run_dir is None:
+        name = re.sub(r"[^\w.=-]+", "_", str(params.get("name") or notebook.stem))
+        run_dir = new_run_dir(output_root / notebook.stem, name)
+    run_dir = Path(run_dir).resolve()
+    params["run_dir"] = str(run_dir)
+    prepare_run_dir(run_dir, params, notebook, extra)
+    out_nb = run_dir / f"{notebook.stem}.ipynb"
+    t0 = time.time()
+    status = {"notebook": str(notebook), "params_file": str(params_file) if params_file else None,
+              **(extra or {}), "status": "running", "params": params,
+              "started": datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+              "pid": os.getpid(), "host": socket.gethostname()}
+    write_json(run_dir / "run.json", status)
+    try:
+        papermill.execute_notebook(str(notebook), str(out_nb), parameters=params,
+                                   kernel_name=_kernel_name(), progress_bar=progress,
+                                   cwd=str(run_dir), kernel_manager_class=LocalKernelManager)
+        status["status"] = FINISHED
+    except papermill.PapermillExecutionError as e:
+        first = next((line for line in str(e.source).splitlines() if line.strip()), "")
+        status.update(status="failed", failed_cell=e.exec_count, failed_cell_index=e.cell_index,
+                      failed_cell_source=first[:200], error=f"{e.ename}: {e.evalue}"[:2000])
+        raise
+    except BaseException as e:  # interrupted (Ctrl-C, SIGTERM) or papermill itself failed
+        status.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                      error=f"{type(e).__name__}: {e}"[:2000])
+        raise
+    finally:
+        status["seconds"] = round(time.time() - t0, 1)
+        status["ended"] = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        status.pop("pid", None)
+        if out_nb.exists():
+            try:
+                _render_report(run_dir, out_nb, status, output_root)
+                status["report"] = "report.html"
+            except Exception as e:  # noqa: BLE001 - keep the run's record; the traceback is logged
+                logging.getLogger("rst_lib").exception("could not render %s", run_dir / "report.html")
+                status["report_error"] = f"{type(e).__name__}: {e}"
+        write_json(run_dir / "run.json", status)
+        if index:
+            refresh_index(output_root)
+    return run_dir
