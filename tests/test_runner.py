@@ -196,7 +196,7 @@ def test_sweep_killed_midway_finishes_only_the_missing_cell(tmp_path, one_thread
     try:
         # kill as soon as the second cell has started (its kernel is running)
         assert _wait_for(lambda: run_status(cells[0]) == "finished"
-                         and run_status(cells[1]) == "running", 240, proc), proc.communicate()[0]
+                         and run_status(cells[1]) == "running", 900, proc), proc.communicate()[0]
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=90)[0]
     finally:
