@@ -289,6 +289,19 @@ class RunConfig:
         return self.alpha if self.eval_alpha is None else self.eval_alpha
 
 
+# The fields that say how and where a run executes, never what it computes: a paper preset may
+# leave them out; it must write every other field (tests/test_presets.py). Why each computes
+# nothing new: a label (name); the same arithmetic, rounded or scheduled differently (device,
+# channels_last, compile); where data and its cache are read (data_dir, download,
+# data_cache_dir); loader processes of the uncached path (num_workers); the batch of the
+# evaluation, whose BatchNorm is in eval mode (eval_batch_size); warnings only: collapse
+# detection stops a run only with stop_on_collapse, which every preset sets to false
+# (collapse_patience), and the debug loss-jump warning (loss_jump_factor).
+EXECUTION_ONLY_FIELDS = ("name", "device", "channels_last", "compile", "data_dir", "download",
+                         "data_cache_dir", "num_workers", "eval_batch_size", "collapse_patience",
+                         "loss_jump_factor")
+
+
 def _check_type(name: str, value, hint) -> None:
     """Small runtime type check for the annotation shapes RunConfig uses."""
     if hint is Any:
