@@ -296,7 +296,9 @@ class RunConfig:
 # data_cache_dir); loader processes of the uncached path (num_workers); the batch of the
 # evaluation, whose BatchNorm is in eval mode (eval_batch_size); warnings only: collapse
 # detection stops a run only with stop_on_collapse, which every preset sets to false
-# (collapse_patience), and the debug loss-jump warning (loss_jump_factor).
+# (collapse_patience), and the debug loss-jump warning (loss_jump_factor). Device, worker
+# count and evaluation batch can change which random numbers an example meets (crops, attack
+# starts): another draw of the same distributions, not another computation.
 EXECUTION_ONLY_FIELDS = ("name", "device", "channels_last", "compile", "data_dir", "download",
                          "data_cache_dir", "num_workers", "eval_batch_size", "collapse_patience",
                          "loss_jump_factor")
