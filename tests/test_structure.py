@@ -16,7 +16,7 @@ PACKAGE = Path(rst_lib.__file__).parent
 LAZY_OK = {"torchvision", "mlxtend", "PIL", "pyautoattack", "autoattack", "ipywidgets"}
 # The rooms, bottom to top: a module may import its own room and the rooms below it, never one above.
 LAYERS = [("errors",), ("config", "utils", "masks"), ("models", "data"), ("attacks",), ("engine",),
-          ("analysis",), ("workbook",)]
+          ("analysis", "interop"), ("workbook",)]
 RANK = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
 
 

@@ -4,6 +4,8 @@
     rst-workbook sweep params/sweeps/keep-ratios-cpu.yaml --jobs 2
     rst-workbook index                       # rewrite outputs/index.html
     rst-workbook params 01_search            # a notebook's parameters and defaults
+    rst-workbook import ckpt/cResNet18_0.05.pth --source rst -o tickets/rst18   # a seed's checkpoint
+    rst-workbook export outputs/01_search/RUN -o exported/RUN   # a ticket as a plain torch model
     torchrun --nproc_per_node=4 -m rst_lib.workbook.cli train -p params/presets/rbrn-resnet34-cifar10.yaml --run-dir DIR
 
 Works from any folder: notebooks are found by name in the project, paths are taken
@@ -28,6 +30,7 @@ from .runs import RunExists, run_notebook
 from .index import write_index
 from .sweeps import run_sweep
 from ..engine.training import train
+from ..interop import export_ticket
 from .params import PROJECT_ROOT, find_notebook, parameter_specs
 
 
@@ -98,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--run-dir", required=True,
                     help="the run folder (every torchrun rank gets the same; rank 0 writes)")
     tr.add_argument("--resume", action="store_true", help="continue from its last.pt")
+
+    ex = sub.add_parser("export", help="write a ticket as a model that loads without rst_lib "
+                                       "(torch.export program, plain state_dict, ONNX, model card)")
+    ex.add_argument("ticket", help="a ticket file or a run / ticket folder")
+    ex.add_argument("-o", "--output", required=True, help="a new (or empty) folder")
+    ex.add_argument("--images", type=int, default=64, help="test images of the logit check")
+    ex.add_argument("--no-onnx", action="store_true", help="skip model.onnx")
     return parser
 
 
@@ -157,6 +167,11 @@ def _command(args) -> int:
     if args.command == "train":
         cfg = RunConfig.from_dict(_params(args.param, set(RunConfig.field_names())))
         train(cfg, args.run_dir, progress=True, resume=args.resume)
+        return 0
+    if args.command == "export":
+        out = export_ticket(args.ticket, args.output, images=args.images, onnx=not args.no_onnx)
+        print((out / "export_log.txt").read_text())
+        print(f"exported to {out}")
         return 0
     raise AssertionError(args.command)
 
