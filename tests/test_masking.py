@@ -43,6 +43,36 @@ def test_keep_count_rounding_and_minimum():
     assert keep_count(0.5, 3) == 2  # round half to even: round(1.5) == 2
 
 
+def test_getsubnet_rule_keeps_what_the_seeds_getsubnet_keeps():
+    # GetSubnet (RST utils/conv_type.py, RBRN code/arch/conv_type.py) zeroes int((1 - k) * n)
+    # of n scores: 1641 of 1728 at k = 0.05 (1641.6 truncated), so 87 stay, where round gives 86
+    assert keep_count(0.05, 1728, "getsubnet") == 1728 - 1641 == 87
+    assert keep_count(0.05, 1728) == 86
+    assert keep_count(1.0, 7, "getsubnet") == 7
+    layer = nn.Conv2d(3, 64, 3, bias=False)
+    add_mask(layer, 0.05, keep_rule="getsubnet")
+    p = get_mask_param(layer)
+    nn.init.normal_(p.scores)
+    assert int(p.mask().sum()) == 87
+    with pytest.raises(ValueError, match="keep_rule 'ceil' is invalid"):
+        TopKMask(torch.empty(3, 3), 0.5, keep_rule="ceil")
+
+
+def test_rbrn_allocation_walks_from_the_smallest_layer_and_truncates():
+    # hand-computed with RBRN's net_utils.set_model_prune_rate at keep 0.1, p 0: budget
+    # int(0.1 * 1110) = 111; c = 111 / 3 = 37 -> 10 weights: r = 3.7 capped to 1 (keeps 10),
+    # budget 101, c = 101 / 2 = 50.5 -> 100 weights: r = 0.505 (int 50), budget 51,
+    # c = 51 / 1 -> 1000 weights: r = 0.051
+    r = masking.allocate_keep_ratios([1000, 10, 100], 0.1, 0.0, allocation="rbrn")
+    assert r == pytest.approx([0.051, 1.0, 0.505], rel=1e-12)
+    # the closed form does not truncate: 10 capped, the other two share 101 weights equally
+    assert masking.allocate_keep_ratios([1000, 10, 100], 0.1, 0.0) == pytest.approx([0.0505, 1.0, 0.505])
+    # at p = 1 the closed form is exactly the global ratio everywhere (RST), RBRN's walk drifts
+    assert masking.allocate_keep_ratios([7, 13, 1000], 0.3, 1.0) == [0.3, 0.3, 0.3]
+    with pytest.raises(ValueError, match="allocation 'greedy' is invalid"):
+        masking.allocate_keep_ratios([10], 0.1, 1.0, allocation="greedy")
+
+
 def test_ties_still_keep_exactly_k():
     layer = nn.Linear(10, 10, bias=False)
     add_mask(layer, 0.25)

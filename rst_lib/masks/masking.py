@@ -16,8 +16,11 @@ per optimizer step. The seeds re-sort every layer's scores on every forward pass
   autograd graph to the scores (via ``parametrize.cached()``), for attack steps and
   evaluation, where only the input gradient is needed.
 
-Top-k rule: ``k = round(keep_ratio * n)`` (at least 1) of the ``n`` scores of a layer are
-kept, ranked by ``|score|`` as in edge-popup / RST / RBRN. Exactly ``k`` entries are kept
+Top-k rule: ``k`` of the ``n`` scores of a layer are kept, ranked by ``|score|`` as in
+edge-popup / RST / RBRN; :func:`keep_count` says how many (``keep_rule``: ``round`` =
+``round(keep_ratio * n)``, at least 1, the workbook's; ``getsubnet`` = ``n - int((1 - keep_ratio)
+* n)``, what the seeds' ``GetSubnet`` keeps). Per-layer keep ratios come from one global ratio
+by :func:`allocate_keep_ratios` (``keep_allocation``: ``closed_form`` or RBRN's ``rbrn`` walk). Exactly ``k`` entries are kept
 even when scores tie; among tied scores the winners are the ones ``torch.topk`` returns
 (on all entries or on the band of :func:`topk_mask`; deterministic for a given device and
 build). Continuous random score inits make ties
@@ -31,6 +34,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -38,6 +42,10 @@ from torch.nn.utils import parametrize
 from .topk import topk_mask
 
 GRANULARITIES = ("weight", "kernel", "filter", "row")
+# How many scores of a layer a keep ratio keeps (see keep_count).
+KEEP_RULES = ("round", "getsubnet")
+# How one global keep ratio becomes per-layer ratios (see allocate_keep_ratios).
+KEEP_ALLOCATIONS = ("closed_form", "rbrn")
 
 
 def score_shape(weight_shape: torch.Size, granularity: str) -> tuple[int, ...]:
@@ -61,9 +69,22 @@ def score_shape(weight_shape: torch.Size, granularity: str) -> tuple[int, ...]:
     return shape[:3] + (1,) * (len(shape) - 3)  # row
 
 
-def keep_count(keep_ratio: float, n: int) -> int:
-    """Number of kept entries of a layer with ``n`` scores: round(keep_ratio * n), >= 1."""
+def keep_count(keep_ratio: float, n: int, rule: str = "round") -> int:
+    """Kept entries of a layer with ``n`` scores at ``keep_ratio``: ``round`` (the workbook's):
+    ``round(keep_ratio * n)``, at least 1; ``getsubnet``: :func:`getsubnet_keep_count`."""
+    if rule == "getsubnet":
+        return getsubnet_keep_count(keep_ratio, n)
+    if rule != "round":
+        raise ValueError(f"keep rule {rule!r} is invalid: valid rules are {', '.join(KEEP_RULES)}")
     return max(1, min(n, int(round(keep_ratio * n))))
+
+
+def getsubnet_keep_count(keep_ratio: float, n: int) -> int:
+    """What ``GetSubnet`` keeps in edge-popup / RST (``utils/conv_type.py``) / RBRN
+    (``code/arch/conv_type.py``): it zeroes the ``int((1 - k) * n)`` lowest |scores| (a double
+    product, truncated), so ``n - int((1 - k) * n)`` stay: usually ``ceil(k * n)``, e.g. 87
+    (not 86) of 1,728 at k = 0.05. Computed with the same double expression as there."""
+    return n - int((1.0 - float(keep_ratio)) * n)
 
 
 def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -102,13 +123,18 @@ class TopKMask(nn.Module):
         weight: the layer's weight (only its shape, dtype and device are used).
         keep_ratio: fraction of the scores (so of the weights) kept in this layer, in (0, 1].
         granularity: what one score gates, see :func:`score_shape`.
+        keep_rule: how many scores ``keep_ratio`` keeps, see :func:`keep_count`.
     """
 
-    def __init__(self, weight: torch.Tensor, keep_ratio: float, granularity: str = "weight"):
+    def __init__(self, weight: torch.Tensor, keep_ratio: float, granularity: str = "weight",
+                 keep_rule: str = "round"):
         super().__init__()
         if not 0.0 < keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+        if keep_rule not in KEEP_RULES:
+            raise ValueError(f"keep_rule {keep_rule!r} is invalid: valid rules are {', '.join(KEEP_RULES)}")
         self.keep_ratio = float(keep_ratio)
+        self.keep_rule = keep_rule
         self.granularity = granularity
         self.scores = nn.Parameter(torch.empty(score_shape(weight.shape, granularity),
                                                dtype=weight.dtype, device=weight.device))
@@ -122,7 +148,7 @@ class TopKMask(nn.Module):
 
     @property
     def k(self) -> int:
-        return keep_count(self.keep_ratio, self.scores.numel())
+        return keep_count(self.keep_ratio, self.scores.numel(), self.keep_rule)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args):
         # A state with a discard record creates the buffer; a full (strict) state without one
@@ -138,7 +164,7 @@ class TopKMask(nn.Module):
     def mask(self) -> torch.Tensor:
         """The boolean mask (1 byte per score), recomputed only when the scores change."""
         s = self.scores
-        key = (s._version, s.data_ptr(), s.device, s.dtype, self.keep_ratio)
+        key = (s._version, s.data_ptr(), s.device, s.dtype, self.keep_ratio, self.keep_rule)
         if self._mask is None or self._mask_key != key:
             with torch.no_grad():
                 self._mask = topk_mask(s.detach().abs().flatten(), self.k).view(s.shape)
@@ -155,7 +181,9 @@ class TopKMask(nn.Module):
         with torch.no_grad():
             # scores 1 for kept, 0 for dropped: top-k with k == kept is then exactly `mask`.
             self.scores.copy_(mask)
-        self.keep_ratio = kept / mask.numel()  # round(kept / n * n) == kept: k round-trips
+        # round(kept / n * n) == kept: k round-trips (the getsubnet rule's truncation of
+        # (1 - kept / n) * n could land one below n - kept, so a set mask counts by round)
+        self.keep_ratio, self.keep_rule = kept / mask.numel(), "round"
 
     def discard_lowest(self, fraction: float) -> None:
         """RST's ``discard_low_score``: the lowest ``int(fraction * n)`` |scores| of this layer
@@ -226,9 +254,10 @@ def masked_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, m
 
 
-def add_mask(layer: nn.Module, keep_ratio: float, granularity: str = "weight") -> TopKMask:
+def add_mask(layer: nn.Module, keep_ratio: float, granularity: str = "weight",
+             keep_rule: str = "round") -> TopKMask:
     """Register a top-k mask on ``layer.weight`` and freeze the weight."""
-    mask = TopKMask(layer.weight, keep_ratio, granularity)
+    mask = TopKMask(layer.weight, keep_ratio, granularity, keep_rule)
     parametrize.register_parametrization(layer, "weight", mask, unsafe=True)
     layer.parametrizations.weight.original.requires_grad_(False)
     return mask
@@ -284,19 +313,32 @@ def set_keep_ratios(model: nn.Module, ratios: dict[str, float]) -> None:
         get_mask_param(layers[name]).keep_ratio = float(r)
 
 
-def allocate_keep_ratios(sizes: list[int], keep_ratio: float, p: float = 1.0) -> list[float]:
-    """Per-layer keep ratios with RBRN's adaptive rule.
-
-    Layer l keeps ratio ``r_l = c * n_l ** (p - 1)`` (``n_l`` = its number of weights), capped
-    at 1, with ``c`` chosen so that ``sum(r_l * n_l) = keep_ratio * sum(n_l)``. Layers that
-    hit the cap keep everything and the remaining budget is re-solved over the others
-    (smaller layers are capped first, since ``p - 1 <= 0``). ``p = 1`` is the uniform rule;
-    ``p = 0`` gives every layer the same number of kept weights.
-    """
+def allocate_keep_ratios(sizes: list[int], keep_ratio: float, p: float = 1.0,
+                         allocation: str = "closed_form") -> list[float]:
+    """Per-layer keep ratios (in the order of ``sizes``) for a global ``keep_ratio`` with RBRN's
+    adaptive rule ``r_l ~ n_l ** (p - 1)``: ``closed_form`` (:func:`closed_form_keep_ratios`,
+    the workbook's) or ``rbrn`` (:func:`rbrn_keep_ratios`, RBRN's own walk)."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p={p!r} is invalid: it must be in [0, 1]")
     if not 0.0 < keep_ratio <= 1.0:
         raise ValueError(f"keep_ratio={keep_ratio!r} is invalid: it must be in (0, 1]")
+    if allocation == "rbrn":
+        return rbrn_keep_ratios(sizes, keep_ratio, p)
+    if allocation != "closed_form":
+        raise ValueError(f"allocation {allocation!r} is invalid: valid allocations are "
+                         f"{', '.join(KEEP_ALLOCATIONS)}")
+    return closed_form_keep_ratios(sizes, keep_ratio, p)
+
+
+def closed_form_keep_ratios(sizes: list[int], keep_ratio: float, p: float = 1.0) -> list[float]:
+    """Layer l keeps ratio ``r_l = c * n_l ** (p - 1)`` (``n_l`` = its number of weights), capped
+    at 1, with ``c`` chosen so that ``sum(r_l * n_l) = keep_ratio * sum(n_l)``. Layers that
+    hit the cap keep everything and the remaining budget is re-solved over the others
+    (smaller layers are capped first, since ``p - 1 <= 0``). ``p = 1`` is the uniform rule
+    (exactly ``keep_ratio`` everywhere); ``p = 0`` gives every layer the same number of kept
+    weights."""
+    if p == 1.0:
+        return [float(keep_ratio)] * len(sizes)
     budget = keep_ratio * sum(sizes)
     ratios: list[float | None] = [None] * len(sizes)
     while True:
@@ -313,6 +355,31 @@ def allocate_keep_ratios(sizes: list[int], keep_ratio: float, p: float = 1.0) ->
         for i in over:
             ratios[i] = 1.0
     return [float(r) for r in ratios]
+
+
+def rbrn_keep_ratios(sizes: list[int], keep_ratio: float, p: float) -> list[float]:
+    """RBRN's ``set_model_prune_rate`` (``code/arch/net_utils.py``) step for step (numpy float64
+    and numpy's sums, so the ratios are the same doubles). Walking the layers from the smallest
+    (stable: equal sizes in module order), each gets ``c * n ** (p - 1)`` capped at 1; its
+    ``int(r * n)`` is taken off the budget ``int(keep_ratio * N)`` and ``c`` is re-solved over
+    the layers left. The truncations make ``c`` drift: equal layers get slightly increasing
+    ratios, and even ``p = 1`` is not exactly uniform."""
+    if not sizes:
+        return []
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    ordered = [sizes[i] for i in order]
+    total = int(keep_ratio * np.sum(ordered))
+    c = keep_ratio * np.sum(ordered) / np.sum(np.power(ordered, p))
+    ratios = [0.0] * len(sizes)
+    for idx, i in enumerate(order):
+        r = c * np.power(ordered[idx], p - 1.0)
+        if r > 1:
+            r = 1.0
+        total -= int(r * ordered[idx])
+        if idx + 1 < len(ordered):  # RBRN divides by an empty sum after the last layer (unused)
+            c = total / np.sum(np.power(ordered[idx + 1:], p))
+        ratios[i] = float(r)
+    return ratios
 
 
 def keep_ratios(model: nn.Module) -> dict[str, float]:
