@@ -90,9 +90,12 @@ def read_checkpoint(path: Path) -> dict:
         raise ImportRefused(f"no checkpoint at {str(path.resolve())!r}")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except TORCH_LOAD_ERRORS as e:
-        raise ImportRefused(f"{str(path)!r} is not a PyTorch checkpoint that loads safely "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    except TORCH_LOAD_ERRORS:
+        head = path.read_bytes()[:2]
+        raise ImportRefused(
+            f"{str(path)!r} " + ("holds Python objects beyond tensors and plain values, which "
+                                 "torch.load(weights_only=True) refuses to run" if head == b"PK"
+                                 else "is not a PyTorch checkpoint (not a torch.save file)")) from None
     if not isinstance(ck, dict) or not isinstance(ck.get("state_dict"), dict):
         what = type(ck).__name__ if not isinstance(ck, dict) else f"a dict with keys {sorted(ck)[:6]}"
         raise ImportRefused(f"{str(path)!r} is {what}, not a checkpoint of the seeds' trainers "
@@ -103,6 +106,10 @@ def read_checkpoint(path: Path) -> dict:
 def strip_prefix(state: dict, source: str) -> dict:
     """The model's own key names: without ``module.`` (RST) / ``module.1.`` or ``1.`` (RBRN)."""
     keys = list(state)
+    if source == "rst" and keys and all(k.startswith(("module.1.", "1.")) for k in keys):
+        prefix = "module.1." if keys[0].startswith("module.1.") else "1."
+        raise ImportRefused(f"state_dict keys start with {prefix!r} as RBRN's do (its "
+                            "normalization layer is module 0): use --source rbrn")
     prefixes = ("module.1.", "1.") if source == "rbrn" else ("module.", "")
     for prefix in prefixes:
         if keys and all(k.startswith(prefix) for k in keys):

@@ -17,6 +17,7 @@ Parameters, data and tickets are checked before any kernel starts (exit code 2).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -30,7 +31,8 @@ from .runs import RunExists, run_notebook
 from .index import write_index
 from .sweeps import run_sweep
 from ..engine.training import train
-from ..interop import export_ticket
+from ..interop import export_ticket, import_checkpoint
+from ..interop.seeds import PARAMS as IMPORT_PARAMS, SOURCES
 from .params import PROJECT_ROOT, find_notebook, parameter_specs
 
 
@@ -102,6 +104,14 @@ def _parser() -> argparse.ArgumentParser:
                     help="the run folder (every torchrun rank gets the same; rank 0 writes)")
     tr.add_argument("--resume", action="store_true", help="continue from its last.pt")
 
+    im = sub.add_parser("import", help="a checkpoint of the seeds' code (RST, RBRN) as a "
+                                       "ticket folder (see docs/interop.md)")
+    im.add_argument("checkpoint", help="the .pth the seed's trainer wrote")
+    im.add_argument("--source", required=True, choices=SOURCES, help="the code that wrote it")
+    im.add_argument("-p", "--param", action="append", default=[],
+                    help="key=value: " + "; ".join(f"{k}: {v}" for k, v in IMPORT_PARAMS.items()))
+    im.add_argument("-o", "--output", required=True, help="a new (or empty) ticket folder")
+
     ex = sub.add_parser("export", help="write a ticket as a model that loads without rst_lib "
                                        "(torch.export program, plain state_dict, ONNX, model card)")
     ex.add_argument("ticket", help="a ticket file or a run / ticket folder")
@@ -167,6 +177,15 @@ def _command(args) -> int:
     if args.command == "train":
         cfg = RunConfig.from_dict(_params(args.param, set(RunConfig.field_names())))
         train(cfg, args.run_dir, progress=True, resume=args.resume)
+        return 0
+    if args.command == "import":
+        params = _params(args.param, set(IMPORT_PARAMS))
+        out = import_checkpoint(args.checkpoint, args.source, args.output, params)
+        rec = json.loads((out / "import.json").read_text())
+        print(f"imported {rec['params']['model']} ({rec['source']}) as {rec['model_config']['name']}: "
+              f"{rec['total_kept']:,} of {rec['total_weights']:,} masked weights kept in "
+              f"{len(rec['layers'])} layers")
+        print(f"ticket folder: {out}")
         return 0
     if args.command == "export":
         out = export_ticket(args.ticket, args.output, images=args.images, onnx=not args.no_onnx)
