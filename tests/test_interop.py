@@ -64,8 +64,9 @@ def test_import_reproduces_the_seed_model(name, tmp_path, capsys):
     folder = _folder(name)
     expected = torch.load(folder / "expected.pt", weights_only=True)
     meta = expected["meta"]
+    source = {"hn": "rst"}.get(meta["source"], meta["source"])  # edge-popup: RST's layout
     out = tmp_path / "ticket"
-    rc = main(["import", str(folder / "checkpoint.pth"), "--source", meta["source"],
+    rc = main(["import", str(folder / "checkpoint.pth"), "--source", source,
                *_cli_params(meta), "-o", str(out)])
     assert rc == 0, capsys.readouterr().err
     model = load_ticket(out)
@@ -82,7 +83,7 @@ def test_import_reproduces_the_seed_model(name, tmp_path, capsys):
     assert masking.mask_summary(model)["kept"] == sum(d["kept"] for d in expected["layers"])
     # the masks are GetSubnet's on the checkpoint's scores (computed here from its code)
     state = torch.load(folder / "checkpoint.pth", weights_only=True)["state_dict"]
-    prefix = "module.1." if meta["source"] == "rbrn" else "module."
+    prefix = "module.1." if source == "rbrn" else "module."
     masks = masking.weight_masks(model)
     for layer, seed in zip(masks, seed_layers):
         seed_mask = _getsubnet_mask(state[f"{prefix}{seed['name']}.scores"], seed["prune_rate"])
