@@ -55,6 +55,7 @@ eval_batch_size = 500         # evaluation batch [examples]
 augment = True                # random crop + flip (32x32 color data only)
 data_cache = True             # decode small images (up to 64 px) once into a uint8 cache; batches augmented on the device
 data_cache_dir = None         # where that cache goes (None: data_dir/.rst-cache, or ~/.cache/rst-workbook if read-only) [path]
+normalization = "dataset"     # input mean/std inside the model: dataset (its usual statistics) | rst (RST's loader) | rbrn (RBRN's DataNormalizeLayer)
 num_workers = "auto"          # loader processes for resized (uncached) images: auto (CPUs - 1, max 8; none with 2 CPUs or fewer) | N
 # --- model
 model = "conv4"               # conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2
@@ -63,6 +64,8 @@ width = 0.5                   # channel multiplier
 keep_ratio = 0.1              # fraction of the weights KEPT (RBRN's --prune-rate) [fraction]
 adaptive_p = 1.0              # RBRN's p: a layer keeps ~ size^(p-1); 1: the same ratio everywhere
 granularity = "weight"        # what one score gates: weight | kernel | filter | row
+keep_rule = "round"           # kept scores of a layer: round (round(k n), >= 1) | getsubnet (n - int((1 - k) n), the seeds' GetSubnet)
+keep_allocation = "closed_form"  # per-layer keep ratios from keep_ratio and adaptive_p: closed_form (one solve) | rbrn (RBRN's set_model_prune_rate walk)
 keep_ratio_schedule = "none"  # none | staged (RBRN pr_steps) | geometric (per epoch)
 keep_ratio_stages = 1         # staged: stage k of S keeps keep_ratio^(k/S); the cosine LR restarts
 keep_ratio_warmup = 0         # geometric: dense epochs before shrinking [epochs]
@@ -88,7 +91,8 @@ lr = 0.2                      # base learning rate
 momentum = 0.9                # SGD momentum
 weight_decay = 0.0005         # weight decay (on the scores in a search, as both seeds)
 lr_schedule = "cosine"        # cosine | step | multistep | cifar_piecewise | constant
-lr_milestones = []            # step / multistep: epochs where the LR is multiplied by lr_gamma [epochs]
+lr_step = "batch"             # when the LR changes: batch (every batch) | epoch (once per epoch, before it: both seeds)
+lr_milestones = []            # step / multistep: epochs where the LR is multiplied by lr_gamma; cifar_piecewise: x0.1 at each (empty: at 50 % and 75 % of the epochs) [epochs]
 lr_gamma = 0.1                # step / multistep LR factor
 warmup_epochs = 0             # linear LR warm-up [epochs]
 # --- training attack

@@ -51,6 +51,7 @@ eval_batch_size = 500         # evaluation batch [examples]
 augment = True                # random crop + flip (32x32 color data only)
 data_cache = True             # decode small images (up to 64 px) once into a uint8 cache; batches augmented on the device
 data_cache_dir = None         # where that cache goes (None: data_dir/.rst-cache, or ~/.cache/rst-workbook if read-only) [path]
+normalization = "dataset"     # input mean/std inside the model: dataset (its usual statistics) | rst (RST's loader) | rbrn (RBRN's DataNormalizeLayer)
 num_workers = "auto"          # loader processes for resized (uncached) images: auto (CPUs - 1, max 8; none with 2 CPUs or fewer) | N
 # --- model
 model = "conv4"               # conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2
@@ -73,7 +74,8 @@ lr = 0.2                      # base learning rate
 momentum = 0.9                # SGD momentum
 weight_decay = 0.0005         # weight decay (on the scores in a search, as both seeds)
 lr_schedule = "cosine"        # cosine | step | multistep | cifar_piecewise | constant
-lr_milestones = []            # step / multistep: epochs where the LR is multiplied by lr_gamma [epochs]
+lr_step = "batch"             # when the LR changes: batch (every batch) | epoch (once per epoch, before it: both seeds)
+lr_milestones = []            # step / multistep: epochs where the LR is multiplied by lr_gamma; cifar_piecewise: x0.1 at each (empty: at 50 % and 75 % of the epochs) [epochs]
 lr_gamma = 0.1                # step / multistep LR factor
 warmup_epochs = 0             # linear LR warm-up [epochs]
 # --- training attack

@@ -29,6 +29,10 @@ FINETUNE_INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant", "unsig
                   "xavier_normal", "xavier_constant", "binary", "uniform", "same")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("cosine", "step", "multistep", "cifar_piecewise", "constant")
+LR_STEPS = ("batch", "epoch")
+# The per-channel input normalization inside the model: the dataset's usual statistics, or the
+# constants of RST's data loader / RBRN's DataNormalizeLayer (data.datasets.SEED_NORMALIZATIONS).
+NORMALIZATIONS = ("dataset", "rst", "rbrn")
 AUTOATTACK = ("none", "fast", "standard")
 
 
@@ -95,6 +99,7 @@ class RunConfig:
     augment: bool = param(True, "random crop + flip (32x32 color data only)")
     data_cache: bool = param(True, "decode small images (up to 64 px) once into a uint8 cache; batches augmented on the device")
     data_cache_dir: str | None = param(None, "where that cache goes (None: data_dir/.rst-cache, or ~/.cache/rst-workbook if read-only)", "path")
+    normalization: str = param("dataset", "input mean/std inside the model: dataset (its usual statistics) | rst (RST's loader) | rbrn (RBRN's DataNormalizeLayer)")
     num_workers: int | str = param("auto", "loader processes for resized (uncached) images: auto (CPUs - 1, max 8; none with 2 CPUs or fewer) | N")
     # --- model (rst_lib.models.registry.ModelConfig takes these)
     model: str = param("conv4", "conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2")
@@ -103,6 +108,8 @@ class RunConfig:
     keep_ratio: float = param(0.1, "fraction of the weights KEPT (RBRN's --prune-rate)", "fraction")
     adaptive_p: float = param(1.0, "RBRN's p: a layer keeps ~ size^(p-1); 1: the same ratio everywhere")
     granularity: str = param("weight", "what one score gates: weight | kernel | filter | row")
+    keep_rule: str = param("round", "kept scores of a layer: round (round(k n), >= 1) | getsubnet (n - int((1 - k) n), the seeds' GetSubnet)")
+    keep_allocation: str = param("closed_form", "per-layer keep ratios from keep_ratio and adaptive_p: closed_form (one solve) | rbrn (RBRN's set_model_prune_rate walk)")
     keep_ratio_schedule: str = param("none", "none | staged (RBRN pr_steps) | geometric (per epoch)")
     keep_ratio_stages: int = param(1, "staged: stage k of S keeps keep_ratio^(k/S); the cosine LR restarts")
     keep_ratio_warmup: int = param(0, "geometric: dense epochs before shrinking", "epochs")
@@ -128,7 +135,8 @@ class RunConfig:
     momentum: float = param(0.9, "SGD momentum")
     weight_decay: float = param(5e-4, "weight decay (on the scores in a search, as both seeds)")
     lr_schedule: str = param("cosine", "cosine | step | multistep | cifar_piecewise | constant")
-    lr_milestones: list[int] = param([], "step / multistep: epochs where the LR is multiplied by lr_gamma", "epochs")
+    lr_step: str = param("batch", "when the LR changes: batch (every batch) | epoch (once per epoch, before it: both seeds)")
+    lr_milestones: list[int] = param([], "step / multistep: epochs where the LR is multiplied by lr_gamma; cifar_piecewise: x0.1 at each (empty: at 50 % and 75 % of the epochs)", "epochs")
     lr_gamma: float = param(0.1, "step / multistep LR factor")
     warmup_epochs: float = param(0, "linear LR warm-up", "epochs")
     # --- training attack
@@ -187,6 +195,12 @@ class RunConfig:
         check_choice("train_attack", self.train_attack, TRAIN_ATTACKS)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("lr_step", self.lr_step, LR_STEPS)
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
+        if self.normalization != "dataset" and self.dataset not in ("cifar10", "cifar100", "imagefolder"):
+            raise ConfigError(f"normalization={self.normalization!r} is the seeds' CIFAR normalization: "
+                              f"it needs dataset cifar10, cifar100 or imagefolder, not {self.dataset!r} "
+                              "(use normalization: dataset)")
         check_choice("task", self.task, TASKS)
         check_choice("threat_model", self.threat_model, THREAT_MODELS)
         check_choice("autoattack", self.autoattack, AUTOATTACK)
@@ -273,6 +287,19 @@ class RunConfig:
     @property
     def eval_alpha_value(self) -> float:
         return self.alpha if self.eval_alpha is None else self.eval_alpha
+
+
+# The fields that say how and where a run executes, never what it computes: a paper preset may
+# leave them out; it must write every other field (tests/test_presets.py). Why each computes
+# nothing new: a label (name); the same arithmetic, rounded or scheduled differently (device,
+# channels_last, compile); where data and its cache are read (data_dir, download,
+# data_cache_dir); loader processes of the uncached path (num_workers); the batch of the
+# evaluation, whose BatchNorm is in eval mode (eval_batch_size); warnings only: collapse
+# detection stops a run only with stop_on_collapse, which every preset sets to false
+# (collapse_patience), and the debug loss-jump warning (loss_jump_factor).
+EXECUTION_ONLY_FIELDS = ("name", "device", "channels_last", "compile", "data_dir", "download",
+                         "data_cache_dir", "num_workers", "eval_batch_size", "collapse_patience",
+                         "loss_jump_factor")
 
 
 def _check_type(name: str, value, hint) -> None:

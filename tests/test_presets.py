@@ -1,44 +1,62 @@
-"""The papers' presets follow the seeds' code (issue: faithful presets). Each expected
-value below was read in the upstream file its preset line cites; a preset that drifts
-from it fails here, and so does a setting without a citation."""
+"""The papers' presets are the seeds' runs (issue 19). Each expected value below was read in
+the upstream file its preset line cites; the networks a preset builds are compared layer by
+layer with what the seeds' own code builds, re-derived here from that code (never from this
+workbook's); a preset that drifts, a setting without a citation and a RunConfig field that
+reaches a preset silently all fail here."""
+import json
 import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch.nn.functional as F
 import yaml
 
 from rst_lib import RunConfig, train
+from rst_lib.config import EXECUTION_ONLY_FIELDS, load_config
+from rst_lib.data.datasets import dataset_shape
+from rst_lib.engine.schedules import lr_factor
+from rst_lib.engine.tasks import describe_model, run_model_config
 from rst_lib.masks import masking
-from rst_lib.config import load_config
+from rst_lib.models import build_model
+from rst_lib.workbook import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET_DIR = ROOT / "params" / "presets"
 PRESETS = sorted(PRESET_DIR.glob("*.yaml"))
 
-RST = dict(model="resnet18", keep_ratio=0.05, weight_init="signed_constant", scale_fan=False,
+# --- what each preset resolves to (values read in the seeds' files the presets cite)
+RST = dict(model="resnet18", width=1.0, keep_ratio=0.05, adaptive_p=1.0, keep_rule="getsubnet",
+           keep_allocation="closed_form", granularity="weight", keep_ratio_schedule="none",
+           discard=False, weight_init="signed_constant", scale_fan=False,
            score_init="kaiming_uniform", bn_affine=False, end_with_bn=False, dense_first=False,
-           dense_last=False, batch_size=256, epochs=160, optimizer="sgd", lr=0.1, momentum=0.9,
-           weight_decay=5e-4, lr_schedule="cifar_piecewise", train_attack="pgd", eps=8 / 255,
-           alpha=2 / 255, steps=7, attack_train_mode=True, eval_steps=20, eval_alpha=2 / 255,
-           eval_restarts=1, eval_early_stop=True, val_fraction=0.02, autoattack="standard")
-RBRN = dict(model="resnet34", seed=1234, keep_ratio=0.01, adaptive_p=0.1,
-            keep_ratio_schedule="staged", keep_ratio_stages=1, weight_init="binary",
-            score_init="uniform", score_init_scale=0.01, score_fan_mode="none", bn_affine=False,
-            end_with_bn=True, dense_first=False, dense_last=False, batch_size=256, epochs=400,
-            optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, lr_schedule="cosine",
-            train_attack="pgd", eps=8 / 255, alpha=2 / 255, steps=10, attack_train_mode=True,
-            eval_steps=10, eval_alpha=2 / 255, eval_early_stop=False, val_fraction=0.02,
-            autoattack="standard", autoattack_examples=10000)
+           dense_last=False, normalization="rst", batch_size=256, epochs=160, optimizer="sgd",
+           lr=0.1, momentum=0.9, weight_decay=5e-4, lr_schedule="cifar_piecewise",
+           lr_milestones=[80, 120], lr_step="epoch", warmup_epochs=0, train_attack="pgd",
+           eps=8 / 255, eps_warmup_epochs=0, alpha=2 / 255, steps=7, attack_train_mode=True,
+           eval_eps=None, eval_steps=20, eval_alpha=2 / 255, eval_restarts=1, eval_early_stop=True,
+           val_fraction=0.02, autoattack="standard", precision="fp32", eval_precision="fp32",
+           stop_on_collapse=False, pretrained=None)
+RBRN = dict(model="resnet34", width=1.0, seed=1234, keep_ratio=0.01, adaptive_p=0.1,
+            keep_rule="getsubnet", keep_allocation="rbrn", granularity="weight",
+            keep_ratio_schedule="staged", keep_ratio_stages=1, discard=False,
+            weight_init="binary", score_init="uniform", score_init_scale=0.01,
+            score_fan_mode="none", bn_affine=False, end_with_bn=True, dense_first=False,
+            dense_last=False, normalization="rbrn", batch_size=256, epochs=400, optimizer="sgd",
+            lr=0.1, momentum=0.9, weight_decay=5e-4, lr_schedule="cosine", lr_step="epoch",
+            warmup_epochs=0, train_attack="pgd", eps=8 / 255, eps_warmup_epochs=0, alpha=2 / 255,
+            steps=10, attack_train_mode=True, eval_eps=None, eval_steps=10, eval_alpha=2 / 255,
+            eval_early_stop=False, val_fraction=0.02, autoattack="standard",
+            autoattack_examples=10000, precision="fp32", eval_precision="fp32",
+            stop_on_collapse=False, pretrained=None)
 EXPECTED = {
     "rst-resnet18-cifar10": RST,
     "rst-preactresnet18-cifar10": {**RST, "model": "preact_resnet18"},
-    "rst-resnet18-cifar10-fast": {**{k: v for k, v in RST.items() if k != "steps"},
-                                  "train_attack": "fgsm_rs", "alpha": 10 / 255},
+    "rst-resnet18-cifar10-fast": {**RST, "train_attack": "fgsm_rs", "alpha": 10 / 255, "steps": 1},
     "rbrn-resnet34-cifar10": RBRN,
-    "rbrn-resnet34-cifar10-fast": {**{k: v for k, v in RBRN.items() if k != "steps"},
-                                   "epochs": 100, "train_attack": "fgsm_carried", "alpha": 4 / 255},
+    "rbrn-resnet34-cifar10-fast": {**RBRN, "epochs": 100, "train_attack": "fgsm_carried",
+                                   "alpha": 4 / 255, "steps": 1},
     "rbrn-resnet34-cifar10-trades": {**RBRN, "train_attack": "trades", "steps": 10,
                                      "alpha": 2 / 255, "trades_beta": 6.0,
                                      "attack_train_mode": False, "keep_ratio_schedule": "none"},
@@ -47,8 +65,39 @@ EXPECTED = {
 CITATION = re.compile(r"#.*(\.py|\.yaml|\.sh|README|ours:)")
 
 
+def preset_keys(preset: Path) -> set[str]:
+    return set(yaml.safe_load(preset.read_text()))
+
+
+def silent_fields(preset: Path, fields) -> list[str]:
+    """Fields a preset leaves to RunConfig's (CPU demo) defaults although they change what
+    is computed: neither written in it nor on EXECUTION_ONLY_FIELDS."""
+    return sorted(set(fields) - preset_keys(preset) - set(EXECUTION_ONLY_FIELDS))
+
+
 def test_every_preset_is_checked():
     assert sorted(p.stem for p in PRESETS) == sorted(EXPECTED)
+
+
+def test_presets_have_distinct_names_that_are_their_file_names():
+    names = [load_config(p).name for p in PRESETS]
+    assert names == [p.stem for p in PRESETS]
+
+
+def test_execution_only_fields_are_real_fields():
+    assert set(EXECUTION_ONLY_FIELDS) <= set(RunConfig.field_names())
+    # what a run computes is never on that list
+    assert not {"width", "eps_warmup_epochs", "stop_on_collapse", "keep_rule", "keep_allocation",
+                "lr_step", "normalization", "precision", "seed"} & set(EXECUTION_ONLY_FIELDS)
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_no_field_reaches_a_preset_silently(preset):
+    assert silent_fields(preset, RunConfig.field_names()) == [], (
+        f"{preset.name}: write these (with a citation or 'ours:') or, if they change nothing "
+        "that is computed, put them on config.EXECUTION_ONLY_FIELDS")
+    # the guard is live: a field added to RunConfig tomorrow is reported
+    assert silent_fields(preset, RunConfig.field_names() + ["a_new_field"]) == ["a_new_field"]
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
@@ -86,6 +135,157 @@ def test_gpu_sweeps_search_with_the_presets_themselves():
     assert not list((ROOT / "params" / "01_search").glob("r*.yaml"))
 
 
+# --- the seeds' networks, re-derived from their code (not from this workbook's)
+
+def seed_cresnet_shapes(num_blocks: list[int], num_classes: int = 10) -> list[tuple]:
+    """The masked convs of cResNet18/34 in module order: RST models/resnet_cifar.py = RBRN
+    code/arch/resnet_cifar.py. conv1 3x3 3->64; BasicBlock conv1 (stride s), conv2, and
+    shortcut.0 (1x1) when stride != 1 or in_planes != planes; fc = builder.conv1x1(512, classes)."""
+    shapes, in_planes = [(64, 3, 3, 3)], 64
+    for planes, blocks, stride in zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2)):
+        for s in [stride] + [1] * (blocks - 1):
+            shapes += [(planes, in_planes, 3, 3), (planes, planes, 3, 3)]
+            if s != 1 or in_planes != planes:
+                shapes.append((planes, in_planes, 1, 1))
+            in_planes = planes
+    return shapes + [(num_classes, 512, 1, 1)]
+
+
+def getsubnet_kept(k: float, n: int) -> int:
+    """GetSubnet (RST utils/conv_type.py, RBRN code/arch/conv_type.py): j = int((1 - k) *
+    scores.numel()) lowest |scores| set to 0, the rest to 1."""
+    j = int((1 - k) * n)
+    return n - j
+
+
+def rbrn_set_model_prune_rate(counts: list[int], prune_rate: float, p: float) -> list[float]:
+    """RBRN code/arch/net_utils.py set_model_prune_rate, as it reads (the per-layer rates)."""
+    sorted_index = sorted(range(len(counts)), key=lambda k: counts[k])
+    sorted_counts = [counts[i] for i in sorted_index]
+    total_kept_params = int(prune_rate * np.sum(sorted_counts))
+    c = prune_rate * np.sum(sorted_counts) / np.sum(np.power(sorted_counts, p))
+    rates = {}
+    for idx, i in enumerate(sorted_index):
+        layer_prune_rate = c * np.power(sorted_counts[idx], p - 1.0)
+        if layer_prune_rate > 1:
+            layer_prune_rate = 1.0
+        total_kept_params -= int(layer_prune_rate * sorted_counts[idx])
+        with np.errstate(divide="ignore"):  # the last layer divides by an empty sum there too
+            c = total_kept_params / np.sum(np.power(sorted_counts[idx + 1:], p))
+        rates[i] = layer_prune_rate
+    return [rates[i] for i in range(len(counts))]
+
+
+def seed_network(preset: str) -> list[tuple[tuple, int]]:
+    """(shape, kept) of every masked layer the seed's code builds for the preset's setting."""
+    if preset.startswith("rst"):
+        # RST: --prune-rate 0.05 for every layer (utils/net_utils.py set_model_prune_rate).
+        # rst-preactresnet18: RST has no PreActResNet18 in its code; its convs (kuangliu's
+        # PreActResNet18, the one the README names) have the same shapes as cResNet18's.
+        shapes = seed_cresnet_shapes([2, 2, 2, 2])
+        rates = [0.05] * len(shapes)
+    else:  # RBRN cResNet34, --prune-rate 0.01 --pr-scale 0.1 (best_settings_rn34_cifar10_bn.sh)
+        shapes = seed_cresnet_shapes([3, 4, 6, 3])
+        rates = rbrn_set_model_prune_rate([math.prod(s) for s in shapes], 0.01, 0.1)
+    return [(s, getsubnet_kept(r, math.prod(s))) for s, r in zip(shapes, rates)]
+
+
+def test_the_seed_derivation_gives_the_counts_measured_with_the_seeds_code():
+    """Measured by running the seeds' code (paper-settings.md, 'What both codes compute'): the
+    re-derivation above is checked against them, so the per-layer test below is anchored."""
+    rbrn = seed_network("rbrn-resnet34-cifar10")
+    assert len(rbrn) == 37 and sum(math.prod(s) for s, _ in rbrn) == 21_265_088
+    assert sum(k for _, k in rbrn) == 212_685 and rbrn[0] == ((64, 3, 3, 3), 1728)  # stem kept whole
+    rst = seed_network("rst-resnet18-cifar10")
+    assert sum(math.prod(s) for s, _ in rst) == 11_164_352 and sum(k for _, k in rst) == 558_228
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_preset_builds_the_seeds_network_layer_by_layer(preset):
+    described = describe_model(load_config(preset))
+    expected = seed_network(preset.stem)
+    layers = described["layers"]
+    assert len(layers) == len(expected)
+    for layer, (shape, kept) in zip(layers, expected):
+        got = tuple(layer["shape"]) + (1,) * (4 - len(layer["shape"]))  # our fc is a Linear
+        assert (got, layer["weights"], layer["kept"]) == (shape, math.prod(shape), kept), layer["name"]
+    assert described["total_weights"] == sum(math.prod(s) for s, _ in expected)
+    assert described["total_kept"] == sum(k for _, k in expected)
+
+
+@pytest.mark.parametrize("name", ["rst-resnet18-cifar10", "rbrn-resnet34-cifar10"])
+def test_the_real_network_keeps_what_the_description_says(name):
+    """describe_model builds on the meta device; a real build (what a run trains, here at a
+    smaller width) keeps exactly as many weights per layer, in its actual masks."""
+    cfg = load_config(PRESET_DIR / f"{name}.yaml").replace(width=0.125)
+    model = build_model(run_model_config(cfg, dataset_shape("cifar10")))
+    real = {n: int(m.sum()) for n, m in masking.weight_masks(model).items()}
+    assert real == {d["name"]: d["kept"] for d in describe_model(cfg)["layers"]}
+
+
+def test_rst_lr_drops_at_epochs_80_and_120_and_is_held_through_each_epoch():
+    """RST main.py calls utils/schedulers.py cifar_piecewise once per epoch (iteration=None):
+    lr for epoch < 80, x0.1 until 120, x0.01 after, whatever the number of epochs."""
+    for preset in ("rst-resnet18-cifar10", "rst-resnet18-cifar10-fast"):
+        for epochs in (160, 200):
+            cfg = load_config(PRESET_DIR / f"{preset}.yaml", {"epochs": epochs})
+            for e in (0, 79, 80, 119, 120, epochs - 1):
+                seed = 1.0 if e < 80 else 0.1 if e < 120 else 0.01
+                assert [lr_factor(cfg, e + f) for f in (0, 0.5, 0.999)] == pytest.approx([seed] * 3)
+
+
+def test_rbrn_cosine_lr_is_stepped_once_per_epoch():
+    """RBRN code/util/schedulers.py cosine_lr, one stage, no warm-up: epoch e (0-based) trains
+    at 0.5 * (1 + cos(pi * e / epochs)) * lr for all its batches."""
+    for preset, epochs in (("rbrn-resnet34-cifar10", 400), ("rbrn-resnet34-cifar10-fast", 100)):
+        cfg = load_config(PRESET_DIR / f"{preset}.yaml")
+        for e in (0, 1, epochs // 2, epochs - 1):
+            seed = 0.5 * (1 + math.cos(math.pi * e / epochs))
+            assert [lr_factor(cfg, e + f) for f in (0, 0.5, 0.999)] == pytest.approx([seed] * 3)
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_preset_normalizes_as_its_seed(preset):
+    # RST data/cifar.py Normalize; RBRN code/util/model_parser.py cifar10_normalize
+    seed = ({"mean": [0.491, 0.482, 0.447], "std": [0.247, 0.243, 0.262]} if preset.stem.startswith("rst")
+            else {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.2010]})
+    network = describe_model(load_config(preset))["network"]
+    assert {"mean": network["mean"], "std": network["std"]} == seed
+
+
+def test_model_command_prints_the_network(capsys):
+    preset = str(PRESET_DIR / "rbrn-resnet34-cifar10.yaml")
+    assert cli.main(["model", "-p", preset, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"config", "layers", "total_weights", "total_kept"}
+    assert out["config"]["keep_ratio"] == 0.01 and out["config"]["width"] == 1.0
+    assert out["layers"][0] == {"name": "body.conv1", "shape": [64, 3, 3, 3], "weights": 1728,
+                                "kept": 1728, "keep_ratio": 1.0}
+    assert (out["total_weights"], out["total_kept"]) == (
+        sum(math.prod(s) for s, _ in seed_network("rbrn-resnet34-cifar10")),
+        sum(k for _, k in seed_network("rbrn-resnet34-cifar10")))
+    assert cli.main(["model", "-p", preset, "-p", "keep_ratio=0.05"]) == 0
+    text = capsys.readouterr().out
+    assert "keep_ratio          = 0.05" in text and "body.layers.15.conv2" in text
+    total = next(line for line in text.splitlines() if line.startswith("total"))
+    assert total.split()[1] == f"{out['total_weights']:,}"
+    assert cli.main(["model", "-p", preset, "-p", "keep_rule=ceil"]) == 2
+    assert "keep_rule='ceil' is invalid" in capsys.readouterr().err
+
+
+def test_model_command_reads_an_imagefolders_classes(tmp_path):
+    from PIL import Image
+    for split in ("train", "test"):
+        for c in ("cat", "dog", "emu"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (16, 16)).save(tmp_path / split / c / "0.png")
+    cfg = RunConfig(dataset="imagefolder", data_dir=str(tmp_path), model="resnet18",
+                    width=0.125).validate()
+    described = describe_model(cfg)
+    assert described["network"]["num_classes"] == 3 and described["network"]["image_size"] == 16
+    assert described["layers"][-1]["shape"] == [3, 64]
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_presets_run_one_tiny_step_with_their_own_settings(preset, data):
     cfg = load_config(preset)
@@ -101,3 +301,6 @@ def test_presets_run_one_tiny_step_with_their_own_settings(preset, data):
     result = train(small, None, progress=False, data=tiny)
     assert math.isfinite(result.history[0]["train_loss"])
     assert masking.mask_summary(result.model)["kept"] > 0
+    # the run's model normalizes with the seed's constants, not the data's (0.5, 0.25)
+    assert result.model.normalize.std.flatten().tolist() == pytest.approx(
+        describe_model(cfg)["network"]["std"])

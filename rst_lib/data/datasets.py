@@ -75,6 +75,65 @@ STATS = {
 }
 
 
+# The seeds' own normalization constants (RunConfig.normalization: rst | rbrn), per dataset.
+SEED_NORMALIZATIONS = {
+    # RST data/cifar.py: the same Normalize in its CIFAR-10 and CIFAR-100 loaders
+    "rst": {"cifar10": ((0.491, 0.482, 0.447), (0.247, 0.243, 0.262)),
+            "cifar100": ((0.491, 0.482, 0.447), (0.247, 0.243, 0.262))},
+    # RBRN code/util/model_parser.py cifar10_normalize / cifar100_normalize (DataNormalizeLayer)
+    "rbrn": {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+             "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))},
+}
+# The shape of each named set, (classes, channels, image size): known without reading it.
+SHAPES = {"mnist5k": (10, 1, 28), "mnist": (10, 1, 28), "cifar10": (10, 3, 32),
+          "cifar100": (100, 3, 32), "svhn": (10, 3, 32)}
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a model needs to know of a dataset (the fields of a :class:`DataBundle` it reads)."""
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def dataset_shape(name: str, data_dir: str | os.PathLike | None = None) -> DataShape:
+    """Classes, channels, image size and usual normalization of a dataset without loading it
+    (``imagefolder``: its class folders and the size of one test image are read)."""
+    if name in SHAPES:
+        classes, channels, size = SHAPES[name]
+        return DataShape(classes, channels, size, *STATS["mnist" if name == "mnist5k" else name])
+    if name != "imagefolder":
+        raise ConfigError(f"dataset={name!r} is invalid: valid choices are {', '.join(DATASETS)}")
+    from PIL import Image
+    check_available(name, data_dir)
+    root = Path(data_dir).expanduser()
+    test_dir = next(root / d for d in ("test", "val") if (root / d).is_dir())
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    image = next((f for d in sorted(test_dir.iterdir()) if d.is_dir() for f in sorted(d.iterdir())), None)
+    if not classes or image is None:
+        raise DatasetUnavailable(f"imagefolder: no class folders with images under {str(root)!r}")
+    size = Image.open(image).size[0]
+    return DataShape(len(classes), 3, size, *_folder_stats(classes, size))
+
+
+def normalization_stats(normalization: str, dataset: str, data) -> tuple[tuple, tuple]:
+    """(mean, std) the model normalizes ``data`` (a :class:`DataBundle` or :class:`DataShape`
+    of ``dataset``) with: its usual statistics, or a seed's constants."""
+    if normalization == "dataset":
+        return tuple(data.mean), tuple(data.std)
+    constants = SEED_NORMALIZATIONS[normalization]
+    key = dataset if dataset in constants else (
+        "cifar10" if (data.num_classes, data.in_channels, data.image_size) == (10, 3, 32) else None)
+    if key is None:
+        raise ConfigError(f"normalization={normalization!r} has constants for CIFAR-10 and CIFAR-100 "
+                          f"only; {dataset} with {data.num_classes} classes of {data.image_size} px "
+                          "needs normalization: dataset")
+    return constants[key]
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("RST_DATA_DIR", "data")).expanduser()
 

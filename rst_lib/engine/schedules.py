@@ -17,12 +17,17 @@ def lr_factor(cfg: RunConfig, epoch_progress: float) -> float:
     * ``cosine``: half a cosine from 1 to 0 over the run (over each stage of a ``staged``
       keep-ratio schedule: RBRN restarts it).
     * ``step`` / ``multistep``: times ``lr_gamma`` at each epoch in ``lr_milestones``.
-    * ``cifar_piecewise``: times 0.1 at 50 % and again at 75 % of the epochs (the piecewise
-      schedule of Madry et al. / Rice et al. used for CIFAR adversarial training).
+    * ``cifar_piecewise``: times 0.1 at each epoch in ``lr_milestones`` (RST: 80 and 120), or
+      without milestones at 50 % and 75 % of the epochs (the piecewise schedule of Madry et al.
+      / Rice et al. used for CIFAR adversarial training).
     * ``constant``.
     ``warmup_epochs`` > 0 ramps linearly from 0 first (the schedule is not shifted).
+    ``lr_step: epoch`` holds the LR of the epoch's start for the whole epoch, as both seeds
+    (their schedulers are called once per epoch, before it); the warm-up then gives epoch e
+    ``(e + 1) / warmup_epochs`` as theirs.
     """
-    e = epoch_progress
+    by_epoch = cfg.lr_step == "epoch"
+    e = math.floor(epoch_progress) if by_epoch else epoch_progress
     if cfg.lr_schedule == "cosine" and cfg.keep_ratio_schedule == "staged":
         period = cfg.epochs / cfg.keep_ratio_stages  # RBRN: the cosine restarts every stage
         f = 0.5 * (1 + math.cos(math.pi * (e % period) / period))
@@ -31,11 +36,12 @@ def lr_factor(cfg: RunConfig, epoch_progress: float) -> float:
     elif cfg.lr_schedule in ("step", "multistep"):
         f = cfg.lr_gamma ** sum(e >= m for m in cfg.lr_milestones)
     elif cfg.lr_schedule == "cifar_piecewise":
-        f = 0.1 ** ((e >= 0.5 * cfg.epochs) + (e >= 0.75 * cfg.epochs))
+        milestones = cfg.lr_milestones or (0.5 * cfg.epochs, 0.75 * cfg.epochs)
+        f = 0.1 ** sum(e >= m for m in milestones)
     else:
         f = 1.0
     if cfg.warmup_epochs and e < cfg.warmup_epochs:
-        f *= e / cfg.warmup_epochs
+        f *= min(1.0, (e + 1) / cfg.warmup_epochs) if by_epoch else e / cfg.warmup_epochs
     return f
 
 
@@ -68,7 +74,7 @@ def staged_keep_ratios(cfg: RunConfig, sizes: dict[str, int], epoch: int) -> dic
     ratio = cfg.keep_ratio ** (stage / cfg.keep_ratio_stages)
     names = list(sizes)
     return dict(zip(names, masking.allocate_keep_ratios([sizes[n] for n in names], ratio,
-                                                        cfg.adaptive_p)))
+                                                        cfg.adaptive_p, cfg.keep_allocation)))
 
 
 def discard_fraction(cfg: RunConfig, epochs_done: int) -> float:

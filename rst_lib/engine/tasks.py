@@ -11,7 +11,7 @@ from torch import nn
 from ..masks import masking
 from ..attacks.gradient import make_attack
 from ..config import ConfigError, RunConfig
-from ..data.datasets import DataBundle, load_dataset
+from ..data.datasets import DataBundle, DataShape, dataset_shape, load_dataset, normalization_stats
 from ..utils.devices import resolve_device
 from ..utils.files import TORCH_LOAD_ERRORS
 from ..models.registry import ModelConfig, build_model, conv_linear_layers
@@ -57,6 +57,34 @@ def load_run_data(cfg: RunConfig) -> DataBundle:
                         cache=cfg.data_cache, cache_dir=cfg.data_cache_dir)
 
 
+def run_model_config(cfg: RunConfig, data: DataBundle | DataShape) -> ModelConfig:
+    """The network a run builds for data of this shape (a loaded :class:`DataBundle`, or the
+    :class:`DataShape` known without the data), normalized as ``cfg.normalization`` says."""
+    mean, std = normalization_stats(cfg.normalization, cfg.dataset, data)
+    return ModelConfig.from_run(cfg, data.num_classes, data.in_channels, data.image_size, mean, std)
+
+
+def describe_model(cfg: RunConfig) -> dict:
+    """The network a search with ``cfg`` builds, without its data: ``{"config": the resolved
+    parameters, "network": its ModelConfig, "layers": [{"name", "shape", "weights", "kept",
+    "keep_ratio"}] per masked layer in module order, "total_weights", "total_kept"}``.
+
+    The same :func:`run_model_config` and :func:`build_model` as a run, with
+    ``structure_only`` (no value drawn): a 21 M-weight ResNet34 in a fraction of a second.
+    """
+    mcfg = run_model_config(cfg, dataset_shape(cfg.dataset, cfg.data_dir))
+    if cfg.task in ("dense", "bnn"):
+        mcfg = dataclasses.replace(mcfg, keep_ratio=None, bnn=cfg.task == "bnn")
+    model = build_model(mcfg, structure_only=True)
+    summary = masking.mask_summary(model)
+    layers = [{"name": name, "shape": list(masking.raw_weight(layer).shape),
+               "weights": summary["layers"][name]["total"], "kept": summary["layers"][name]["kept"],
+               "keep_ratio": masking.get_mask_param(layer).keep_ratio}
+              for name, layer in masking.masked_layers(model)]
+    return {"config": cfg.to_dict(), "network": mcfg.to_dict(), "layers": layers,
+            "total_weights": summary["total"], "total_kept": summary["kept"]}
+
+
 def build_task(cfg: RunConfig, data: DataBundle | None = None, device=None):
     """Data and the model ``cfg.task`` trains (shared by the trainers and the controls).
 
@@ -71,8 +99,7 @@ def build_task(cfg: RunConfig, data: DataBundle | None = None, device=None):
     """
     data = data or load_run_data(cfg)
     device = device or resolve_device(cfg.device)
-    mcfg = ModelConfig.from_run(cfg, data.num_classes, data.in_channels, data.image_size,
-                                data.mean, data.std)
+    mcfg = run_model_config(cfg, data)
     if cfg.task in ("dense", "bnn"):
         mcfg = dataclasses.replace(mcfg, keep_ratio=None, bnn=cfg.task == "bnn")
         return data, build_model(mcfg).to(device)

@@ -70,6 +70,9 @@ class ModelConfig:
         adaptive_p: RBRN's per-layer rule ``r_l ~ n_l^(p-1)`` (see
             :func:`masking.allocate_keep_ratios`); 1.0 keeps the same ratio in every layer.
         granularity: what one score gates: ``weight``, ``kernel``, ``filter`` or ``row``.
+        keep_rule: kept scores of a layer at its ratio (:func:`masking.keep_count`).
+        keep_allocation: how ``keep_ratio`` and ``adaptive_p`` become per-layer ratios
+            (:func:`masking.allocate_keep_ratios`).
         weight_init: see :data:`inits.WEIGHT_INITS` (``signed_constant`` = RST,
             ``binary`` = RBRN).
         scale_fan: fan multiplied by the layer's keep ratio in the weight scale (RBRN).
@@ -98,6 +101,8 @@ class ModelConfig:
     keep_ratio: float | None = default("keep_ratio")
     adaptive_p: float = default("adaptive_p")
     granularity: str = default("granularity")
+    keep_rule: str = default("keep_rule")
+    keep_allocation: str = default("keep_allocation")
     weight_init: str = default("weight_init")
     scale_fan: bool = default("scale_fan")
     score_init: str = default("score_init")
@@ -170,6 +175,8 @@ def validate_model_config(cfg: ModelConfig) -> None:
     check_choice("score_init", cfg.score_init, inits.SCORE_INITS)
     check_choice("score_fan_mode", cfg.score_fan_mode, inits.SCORE_FAN_MODES)
     check_choice("granularity", cfg.granularity, masking.GRANULARITIES)
+    check_choice("keep_rule", cfg.keep_rule, masking.KEEP_RULES)
+    check_choice("keep_allocation", cfg.keep_allocation, masking.KEEP_ALLOCATIONS)
     if not 0.0 <= cfg.adaptive_p <= 1.0:
         raise ConfigError(f"adaptive_p={cfg.adaptive_p!r} is invalid: it must be in [0, 1] "
                           "(1 = the same keep ratio in every layer)")
@@ -195,8 +202,12 @@ def _check_run_model(cfg: RunConfig) -> None:
     validate_model_config(ModelConfig.from_run(cfg, num_classes=10, in_channels=1, image_size=28))
 
 
-def build_model(cfg: ModelConfig) -> RandomNetwork:
-    """Build, initialize and mask the network described by ``cfg`` (on the CPU)."""
+def build_model(cfg: ModelConfig, structure_only: bool = False) -> RandomNetwork:
+    """Build, initialize and mask the network described by ``cfg`` (on the CPU).
+
+    ``structure_only``: the layers, masks and per-layer keep ratios without drawing any
+    value (tensors on the ``meta`` device): the same shapes and kept counts, instantly, for
+    looking at a network (``rst-workbook model``); it cannot run."""
     validate_model_config(cfg)
     # Every registered factory gets the same keyword arguments and ignores what it does not use.
     kw = dict(num_classes=cfg.num_classes, in_channels=cfg.in_channels, image_size=cfg.image_size,
@@ -207,7 +218,7 @@ def build_model(cfg: ModelConfig) -> RandomNetwork:
     kw.update(cfg.model_kwargs)
     # nn.Conv2d/nn.Linear draw a default init from the global RNG; building a model (e.g.
     # the reference inside save_ticket) must not shift a running search's random stream.
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device("meta" if structure_only else "cpu"):
         try:
             body = MODELS[cfg.name](**kw)
         except (TypeError, ValueError) as e:
@@ -218,8 +229,8 @@ def build_model(cfg: ModelConfig) -> RandomNetwork:
              or (cfg.dense_last and i == len(layers) - 1) for i in range(len(layers))]
     masked_idx = [i for i, d in enumerate(dense) if not d]
     ratios = dict(zip(masked_idx, masking.allocate_keep_ratios(
-        [layers[i][1].weight.numel() for i in masked_idx], cfg.keep_ratio, cfg.adaptive_p)
-        if masked_idx else []))
+        [layers[i][1].weight.numel() for i in masked_idx], cfg.keep_ratio, cfg.adaptive_p,
+        cfg.keep_allocation) if masked_idx else []))
     # Two generators: the weights depend only on the seed (and the shapes), never on the
     # score init, so tickets of different keep ratios can share one random network.
     g_weight = torch.Generator().manual_seed(cfg.seed)
@@ -227,7 +238,8 @@ def build_model(cfg: ModelConfig) -> RandomNetwork:
     last_masked = masked_idx[-1] if masked_idx else None
     for i, (name, layer) in enumerate(layers):
         kr = ratios.get(i, 1.0)
-        inits.init_weight_(layer.weight, cfg.weight_init, g_weight, kr, cfg.scale_fan)
+        if not structure_only:
+            inits.init_weight_(layer.weight, cfg.weight_init, g_weight, kr, cfg.scale_fan)
         if cfg.keep_ratio is None:
             if cfg.bnn:
                 parametrize.register_parametrization(layer, "weight", masking.BinarizeSTE())
@@ -235,11 +247,12 @@ def build_model(cfg: ModelConfig) -> RandomNetwork:
         if dense[i]:
             layer.weight.requires_grad_(False)  # random, frozen, unpruned (edge-popup)
             continue
-        mask = masking.add_mask(layer, kr, cfg.granularity)
+        mask = masking.add_mask(layer, kr, cfg.granularity, cfg.keep_rule)
         is_last = i == last_masked
         fan_scaled = (cfg.score_fan_mode == "all" or (cfg.score_fan_mode == "except_last" and not is_last)
                       or (cfg.score_fan_mode == "only_last" and is_last))
-        inits.init_scores_(mask.scores, cfg.score_init, g_score, cfg.score_init_scale, fan_scaled)
+        if not structure_only:
+            inits.init_scores_(mask.scores, cfg.score_init, g_score, cfg.score_init_scale, fan_scaled)
     return model
 
 

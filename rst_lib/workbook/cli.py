@@ -4,6 +4,7 @@
     rst-workbook sweep params/sweeps/keep-ratios-cpu.yaml --jobs 2
     rst-workbook index                       # rewrite outputs/index.html
     rst-workbook params 01_search            # a notebook's parameters and defaults
+    rst-workbook model -p params/presets/rbrn-resnet34-cifar10.yaml   # the network it builds
     rst-workbook import ckpt/cResNet18_0.05.pth --source rst -o tickets/rst18   # a seed's checkpoint
     rst-workbook export outputs/01_search/RUN -o exported/RUN   # a ticket as a plain torch model
     torchrun --nproc_per_node=4 -m rst_lib.workbook.cli train -p params/presets/rbrn-resnet34-cifar10.yaml --run-dir DIR
@@ -30,6 +31,7 @@ from ..utils.files import sigterm_as_interrupt
 from .runs import RunExists, run_notebook
 from .index import write_index
 from .sweeps import run_sweep
+from ..engine.tasks import describe_model
 from ..engine.training import train
 from ..interop import export_ticket, import_checkpoint
 from ..interop.seeds import PARAMS as IMPORT_PARAMS, SOURCES
@@ -96,6 +98,13 @@ def _parser() -> argparse.ArgumentParser:
 
     pa = sub.add_parser("params", help="list a notebook's parameters with their defaults")
     pa.add_argument("notebook", help="a name in notebooks/ (01_search) or a notebook path")
+
+    mo = sub.add_parser("model", help="the network a parameter set builds: its resolved "
+                        "parameters and every masked layer's weights and kept weights (no data needed)")
+    mo.add_argument("-p", "--param", action="append", default=[],
+                    help="a YAML parameter file, or key=value (repeatable; later wins)")
+    mo.add_argument("--json", action="store_true",
+                    help='print {"config", "network", "layers", "total_weights", "total_kept"} as JSON')
 
     tr = sub.add_parser("train", help="train one run directly (no notebook; torchrun-able)")
     tr.add_argument("-p", "--param", action="append", default=[],
@@ -174,6 +183,11 @@ def _command(args) -> int:
             help_ = f"  # {spec['help']}" if spec["help"] else ""
             print(f"{name:<{width}} = {spec['default']}{help_}")
         return 0
+    if args.command == "model":
+        cfg = RunConfig.from_dict(_params(args.param, set(RunConfig.field_names())))
+        description = describe_model(cfg)
+        print(json.dumps(description, indent=1) if args.json else model_text(description))
+        return 0
     if args.command == "train":
         cfg = RunConfig.from_dict(_params(args.param, set(RunConfig.field_names())))
         train(cfg, args.run_dir, progress=True, resume=args.resume)
@@ -193,6 +207,25 @@ def _command(args) -> int:
         print(f"exported to {out}")
         return 0
     raise AssertionError(args.command)
+
+
+def model_text(description: dict) -> str:
+    """``rst-workbook model``'s table: the resolved parameters, then one line per masked layer."""
+    config = description["config"]
+    width = max(map(len, config))
+    lines = [f"{k:<{width}} = {v}" for k, v in config.items()]
+    net = description["network"]
+    lines += ["", f"{net['name']} for {net['num_classes']} classes of {net['in_channels']}x"
+              f"{net['image_size']}x{net['image_size']}, normalized by mean {net['mean']} std {net['std']}"]
+    rows = [(d["name"], "x".join(map(str, d["shape"])), f"{d['weights']:,}", f"{d['kept']:,}",
+             f"{d['keep_ratio']:.6g}") for d in description["layers"]]
+    rows.append(("total", "", f"{description['total_weights']:,}", f"{description['total_kept']:,}",
+                 f"{description['total_kept'] / max(1, description['total_weights']):.6g}"))
+    head = ("masked layer", "shape", "weights", "kept", "keep ratio")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(5)]
+    fmt = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    lines += ["", fmt(head)] + [fmt(r) for r in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -254,7 +254,7 @@ def _sections(cls, starts: dict[str, str]) -> dict[str, list[str]]:
 
 
 RUN_SECTIONS = _sections(RunConfig, _SECTION_STARTS)
-_MODEL = [n for n in RUN_SECTIONS["model"] if n not in ("granularity", "keep_ratio_schedule",
+_MODEL = [n for n in RUN_SECTIONS["model"] if n not in ("granularity", "keep_rule", "keep_allocation", "keep_ratio_schedule",
           "keep_ratio_stages", "keep_ratio_warmup", "keep_ratio_steps", "discard", "discard_every",
           "discard_rate", "discard_progressive", "dense_first", "dense_last")]
 _SEARCH = {"data": RUN_SECTIONS["data"], "model": _MODEL,
