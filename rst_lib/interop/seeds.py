@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.datasets import SEED_NORMALIZATIONS
 from ..errors import ConfigError, did_you_mean
 from ..masks import masking
 from ..models.registry import ModelConfig, build_model
@@ -46,11 +47,6 @@ from ..models.tickets import save_ticket
 from ..utils.files import TORCH_LOAD_ERRORS, write_json
 
 SOURCES = ("rst", "rbrn")
-# (mean, std) of [0, 1] images, where each seed takes them from
-NORMALIZATION = {
-    "rst": ([0.491, 0.482, 0.447], [0.247, 0.243, 0.262]),       # RST data/cifar.py loader
-    "rbrn": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),  # RBRN util/model_parser.py
-}
 WEIGHT_INIT = {"rst": "signed_constant", "rbrn": "binary"}  # the shipped CIFAR configs' --init
 # seed architecture (lower case) -> (workbook model, model_kwargs)
 ARCHITECTURES = {
@@ -239,14 +235,17 @@ def build_ticket(state: dict, source: str, p: dict) -> tuple[nn.Module, list[dic
     first = "convs.0" if name.startswith("conv") else "conv1"
     classifier = "linear.4" if name.startswith("conv") else "fc"
     fc = state.get(f"{classifier}.weight")
-    mean, std = NORMALIZATION[source]
+    num_classes = int(fc.shape[0]) if fc is not None else 10
+    # RST's loader / RBRN's DataNormalizeLayer constants (RST and edge-popup share theirs)
+    mean, std = SEED_NORMALIZATIONS[source]["cifar100" if num_classes == 100 else "cifar10"]
     try:
         cfg = ModelConfig(
-            name=name, num_classes=int(fc.shape[0]) if fc is not None else 10, in_channels=3,
+            name=name, num_classes=num_classes, in_channels=3,
             image_size=32, width=1.0, model_kwargs=dict(kwargs), keep_ratio=float(p["keep_ratio"]),
             adaptive_p=float(p.get("adaptive_p", 1.0)), weight_init=WEIGHT_INIT[source],
             norm="none" if name.startswith("conv") else "bn", bn_affine=False,
-            end_with_bn=bool(p.get("end_with_bn", False)),
+            end_with_bn=bool(p.get("end_with_bn", False)), keep_rule="getsubnet",
+            keep_allocation="rbrn" if source == "rbrn" else "closed_form",
             dense_first=f"{first}.weight" in state and f"{first}.scores" not in state,
             mean=list(mean), std=list(std))
         model = build_model(cfg)
@@ -286,14 +285,14 @@ def build_ticket(state: dict, source: str, p: dict) -> tuple[nn.Module, list[dic
     # per-layer keep ratios in the seed's module order (= the checkpoint's key order)
     order = [expected[k][0] for k in state if expected[k][1] == "scores"]
     sizes = [scores[n].numel() for n in order]
-    ratios = (masking.allocate_keep_ratios(sizes, cfg.keep_ratio, cfg.adaptive_p, allocation="rbrn")
-              if source == "rbrn" else [cfg.keep_ratio] * len(order))
+    ratios = masking.allocate_keep_ratios(sizes, cfg.keep_ratio, cfg.adaptive_p,
+                                          allocation=cfg.keep_allocation)
     masks, info = {}, []
     for n, r in zip(order, ratios):
         layer = masking.get_mask_param(modules[n])
         with torch.no_grad():
             layer.scores.copy_(scores[n])
-        layer.keep_ratio, layer.keep_rule = float(r), "getsubnet"  # GetSubnet's count on |scores|
+        layer.keep_ratio, layer.keep_rule = float(r), cfg.keep_rule  # GetSubnet's count on |scores|
         masks[n] = layer.mask().clone()
         info.append({"name": seed_module_name(n, cfg.name), "numel": scores[n].numel(),
                      "prune_rate": float(r), "kept": int(masks[n].sum())})
