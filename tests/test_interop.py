@@ -193,6 +193,7 @@ def tiny_run(tmp_path_factory, data):
     return run_dir
 
 
+@pytest.mark.slow  # a fresh Python importing torch, plus torch.export: ~20 s of CPU
 def test_export_loads_without_rst_lib(tiny_run, tmp_path, capsys):
     out = tmp_path / "exported"
     assert main(["export", str(tiny_run), "-o", str(out), "--no-onnx", "--images", "32"]) == 0
