@@ -216,7 +216,11 @@ def export_ticket(ticket: str | os.PathLike, out_dir: str | os.PathLike, images:
     tmp = Path(tempfile.mkdtemp(prefix="rst-export-"))
     try:
         batch = torch.export.Dim("batch")
-        program = torch.export.export(plain, (x,), dynamic_shapes=({0: batch},))
+        try:
+            program = torch.export.export(plain, (x,), dynamic_shapes=({0: batch},))
+        except Exception as e:  # noqa: BLE001 - any tracing failure is one line for the user
+            raise ExportError(f"torch.export cannot trace {model.config.name}: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
         torch.export.save(program, str(tmp / "model.pt2"))
         reloaded = torch.export.load(str(tmp / "model.pt2")).module()
         with torch.no_grad():
