@@ -13,10 +13,11 @@ from rst_lib.errors import ConfigError
 
 PACKAGE = Path(rst_lib.__file__).parent
 # imported inside functions on purpose: optional or heavy, needed by one code path only
-LAZY_OK = {"torchvision", "mlxtend", "PIL", "pyautoattack", "autoattack", "ipywidgets"}
+LAZY_OK = {"torchvision", "mlxtend", "PIL", "pyautoattack", "autoattack", "ipywidgets",
+           "onnx", "onnxscript", "onnxruntime"}
 # The rooms, bottom to top: a module may import its own room and the rooms below it, never one above.
 LAYERS = [("errors",), ("config", "utils", "masks"), ("models", "data"), ("attacks",), ("engine",),
-          ("analysis",), ("workbook",)]
+          ("analysis", "interop"), ("workbook",)]
 RANK = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
 
 

@@ -54,15 +54,23 @@ class ResNet(nn.Module):
     """ResNet with the CIFAR stem (3x3 conv, stride 1, no max-pool)."""
 
     def __init__(self, block, num_blocks: list[int], num_classes: int, in_channels: int,
-                 width: float, bn_affine: bool, preact: bool, **_):
+                 width: float, bn_affine: bool, preact: bool, planes=None, **_):
         super().__init__()
-        c = scaled(64, width)
+        # planes: the stem and stage widths given outright (RBRN's small baselines,
+        # code/arch/resnet_cifar_small.py ResNetCustom: stem = planes[0]); else 64 * 2^i * width
+        if planes is not None:
+            planes = [int(p) for p in planes]
+            if len(planes) != len(num_blocks) or min(planes) < 1:
+                raise ValueError(f"planes={planes} is invalid: it must be {len(num_blocks)} "
+                                 "stage widths >= 1 (e.g. [6, 13, 26, 51])")
+        widths = planes or [scaled(64 * 2 ** i, width) for i in range(len(num_blocks))]
+        c = planes[0] if planes else scaled(64, width)
         self.conv1 = nn.Conv2d(in_channels, c, 3, 1, 1, bias=False)
         self.bn1 = None if preact else bn2d(c, bn_affine)
         stages = []
         c_in = c
         for i, n in enumerate(num_blocks):
-            c_out = scaled(64 * 2 ** i, width)
+            c_out = widths[i]
             for j in range(n):
                 stages.append(block(c_in, c_out, 2 if (i > 0 and j == 0) else 1, bn_affine))
                 c_in = c_out * block.expansion
@@ -81,7 +89,7 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
-@register_model("resnet18")
+@register_model("resnet18", options=("planes",))
 def resnet18(**kw):
     return ResNet(BasicBlock, [2, 2, 2, 2], preact=False, **kw)
 
@@ -121,13 +129,14 @@ class Bottleneck(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-@register_model("resnet34")
+@register_model("resnet34", options=("planes",))
 def resnet34(**kw):
-    """ResNet-34 (He et al. 2016; BasicBlock [3, 4, 6, 3]) with the CIFAR stem."""
+    """ResNet-34 (He et al. 2016; BasicBlock [3, 4, 6, 3]) with the CIFAR stem; ``planes``:
+    four stage widths instead of 64/128/256/512 (x width), e.g. RBRN's ResNet34_001_p1."""
     return ResNet(BasicBlock, [3, 4, 6, 3], preact=False, **kw)
 
 
-@register_model("resnet50")
+@register_model("resnet50", options=("planes",))
 def resnet50(**kw):
     """ResNet-50 (He et al. 2016; Bottleneck [3, 4, 6, 3], expansion 4) with the CIFAR stem."""
     return ResNet(Bottleneck, [3, 4, 6, 3], preact=False, **kw)

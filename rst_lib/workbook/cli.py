@@ -5,6 +5,8 @@
     rst-workbook index                       # rewrite outputs/index.html
     rst-workbook params 01_search            # a notebook's parameters and defaults
     rst-workbook model -p params/presets/rbrn-resnet34-cifar10.yaml   # the network it builds
+    rst-workbook import ckpt/cResNet18_0.05.pth --source rst -o tickets/rst18   # a seed's checkpoint
+    rst-workbook export outputs/01_search/RUN -o exported/RUN   # a ticket as a plain torch model
     torchrun --nproc_per_node=4 -m rst_lib.workbook.cli train -p params/presets/rbrn-resnet34-cifar10.yaml --run-dir DIR
 
 Works from any folder: notebooks are found by name in the project, paths are taken
@@ -31,6 +33,8 @@ from .index import write_index
 from .sweeps import run_sweep
 from ..engine.tasks import describe_model
 from ..engine.training import train
+from ..interop import export_ticket, import_checkpoint
+from ..interop.seeds import PARAMS as IMPORT_PARAMS, SOURCES
 from .params import PROJECT_ROOT, find_notebook, parameter_specs
 
 
@@ -108,6 +112,21 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--run-dir", required=True,
                     help="the run folder (every torchrun rank gets the same; rank 0 writes)")
     tr.add_argument("--resume", action="store_true", help="continue from its last.pt")
+
+    im = sub.add_parser("import", help="a checkpoint of the seeds' code (RST, RBRN) as a "
+                                       "ticket folder (see docs/interop.md)")
+    im.add_argument("checkpoint", help="the .pth the seed's trainer wrote")
+    im.add_argument("--source", required=True, choices=SOURCES, help="the code that wrote it")
+    im.add_argument("-p", "--param", action="append", default=[],
+                    help="key=value: " + "; ".join(f"{k}: {v}" for k, v in IMPORT_PARAMS.items()))
+    im.add_argument("-o", "--output", required=True, help="a new (or empty) ticket folder")
+
+    ex = sub.add_parser("export", help="write a ticket as a model that loads without rst_lib "
+                                       "(torch.export program, plain state_dict, ONNX, model card)")
+    ex.add_argument("ticket", help="a ticket file or a run / ticket folder")
+    ex.add_argument("-o", "--output", required=True, help="a new (or empty) folder")
+    ex.add_argument("--images", type=int, default=64, help="test images of the logit check")
+    ex.add_argument("--no-onnx", action="store_true", help="skip model.onnx")
     return parser
 
 
@@ -172,6 +191,20 @@ def _command(args) -> int:
     if args.command == "train":
         cfg = RunConfig.from_dict(_params(args.param, set(RunConfig.field_names())))
         train(cfg, args.run_dir, progress=True, resume=args.resume)
+        return 0
+    if args.command == "import":
+        params = _params(args.param, set(IMPORT_PARAMS))
+        out = import_checkpoint(args.checkpoint, args.source, args.output, params)
+        rec = json.loads((out / "import.json").read_text())
+        print(f"imported {rec['params']['model']} ({rec['source']}) as {rec['model_config']['name']}: "
+              f"{rec['total_kept']:,} of {rec['total_weights']:,} masked weights kept in "
+              f"{len(rec['layers'])} layers")
+        print(f"ticket folder: {out}")
+        return 0
+    if args.command == "export":
+        out = export_ticket(args.ticket, args.output, images=args.images, onnx=not args.no_onnx)
+        print((out / "export_log.txt").read_text())
+        print(f"exported to {out}")
         return 0
     raise AssertionError(args.command)
 
