@@ -64,7 +64,7 @@ width = 0.5                   # channel multiplier
 keep_ratio = 0.1              # fraction of the weights KEPT (RBRN's --prune-rate) [fraction]
 adaptive_p = 1.0              # RBRN's p: a layer keeps ~ size^(p-1); 1: the same ratio everywhere
 granularity = "weight"        # what one score gates: weight | kernel | filter | row
-keep_rule = "round"           # kept scores of a layer: round (round(k n), >= 1) | getsubnet (n - int((1 - k) n), the seeds' GetSubnet)
+keep_rule = "round"           # kept scores of a layer: round (round(k n), at least 1) | getsubnet (n - int((1 - k) n), the seeds' GetSubnet)
 keep_allocation = "closed_form"  # per-layer keep ratios from keep_ratio and adaptive_p: closed_form (one solve) | rbrn (RBRN's set_model_prune_rate walk)
 keep_ratio_schedule = "none"  # none | staged (RBRN pr_steps) | geometric (per epoch)
 keep_ratio_stages = 1         # staged: stage k of S keeps keep_ratio^(k/S); the cosine LR restarts

@@ -108,7 +108,7 @@ class RunConfig:
     keep_ratio: float = param(0.1, "fraction of the weights KEPT (RBRN's --prune-rate)", "fraction")
     adaptive_p: float = param(1.0, "RBRN's p: a layer keeps ~ size^(p-1); 1: the same ratio everywhere")
     granularity: str = param("weight", "what one score gates: weight | kernel | filter | row")
-    keep_rule: str = param("round", "kept scores of a layer: round (round(k n), >= 1) | getsubnet (n - int((1 - k) n), the seeds' GetSubnet)")
+    keep_rule: str = param("round", "kept scores of a layer: round (round(k n), at least 1) | getsubnet (n - int((1 - k) n), the seeds' GetSubnet)")
     keep_allocation: str = param("closed_form", "per-layer keep ratios from keep_ratio and adaptive_p: closed_form (one solve) | rbrn (RBRN's set_model_prune_rate walk)")
     keep_ratio_schedule: str = param("none", "none | staged (RBRN pr_steps) | geometric (per epoch)")
     keep_ratio_stages: int = param(1, "staged: stage k of S keeps keep_ratio^(k/S); the cosine LR restarts")
@@ -296,7 +296,9 @@ class RunConfig:
 # data_cache_dir); loader processes of the uncached path (num_workers); the batch of the
 # evaluation, whose BatchNorm is in eval mode (eval_batch_size); warnings only: collapse
 # detection stops a run only with stop_on_collapse, which every preset sets to false
-# (collapse_patience), and the debug loss-jump warning (loss_jump_factor).
+# (collapse_patience), and the debug loss-jump warning (loss_jump_factor). Device, worker
+# count and evaluation batch can change which random numbers an example meets (crops, attack
+# starts): another draw of the same distributions, not another computation.
 EXECUTION_ONLY_FIELDS = ("name", "device", "channels_last", "compile", "data_dir", "download",
                          "data_cache_dir", "num_workers", "eval_batch_size", "collapse_patience",
                          "loss_jump_factor")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from rst_lib import RunConfig, load_ticket, train
+from rst_lib.config import ConfigError
 from rst_lib.masks import masking
 from rst_lib.data.datasets import load_dataset, fixed_subset
 from rst_lib.data.loaders import make_loader
@@ -231,6 +232,25 @@ def test_lr_schedules():
     assert abs(lr_factor(cfg, 5) - 0.5) < 1e-12
     step = RunConfig(epochs=10, lr_schedule="step", lr_milestones=[3, 6], lr_gamma=0.1).validate()
     assert [round(lr_factor(step, e), 6) for e in (0, 3, 5.9, 6)] == [1, 0.1, 0.1, 0.01]
+
+
+def test_lr_stepped_per_epoch_and_piecewise_milestones():
+    # lr_step: epoch holds the LR of the epoch's start (the seeds' schedulers run once per
+    # epoch); batch (the default) moves it every batch
+    per_epoch = RunConfig(epochs=10, lr_schedule="cosine", lr_step="epoch").validate()
+    per_batch = RunConfig(epochs=10, lr_schedule="cosine").validate()
+    assert lr_factor(per_epoch, 2.7) == lr_factor(per_epoch, 2) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.2)))
+    assert lr_factor(per_batch, 2.7) < lr_factor(per_batch, 2)
+    # warm-up per epoch: epoch e trains at (e + 1) / W of the LR, as RST's and RBRN's schedulers
+    warm = per_epoch.replace(lr_schedule="constant", warmup_epochs=4)
+    assert [lr_factor(warm, e + 0.5) for e in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1, 1])
+    # cifar_piecewise: x0.1 at lr_milestones (RST: 80 and 120, whatever the epochs), else 50 %/75 %
+    fixed = RunConfig(epochs=200, lr_schedule="cifar_piecewise", lr_milestones=[80, 120]).validate()
+    assert [lr_factor(fixed, e) for e in (79.9, 80, 119, 120, 199)] == pytest.approx([1, 0.1, 0.1, 0.01, 0.01])
+    relative = fixed.replace(lr_milestones=[])
+    assert [lr_factor(relative, e) for e in (99, 100, 150)] == pytest.approx([1, 0.1, 0.01])
+    with pytest.raises(ConfigError, match="lr_step='iteration' is invalid"):
+        RunConfig(lr_step="iteration").validate()
 
 
 def test_building_a_model_leaves_the_global_rng_alone():
