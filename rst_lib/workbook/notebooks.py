@@ -179,6 +179,20 @@ def final_table(rows: list[dict]) -> list[dict]:
     return out
 
 
+def per_class_table(final: dict) -> list[dict]:
+    """Display rows of the per-class accuracies of one ``final_evaluation`` result: one row
+    per class (clean and PGD on its test examples, AutoAttack on its AutoAttack examples). A
+    class far below the others, or a headline from few classes, shows at once."""
+    out = []
+    for name, r in (final.get("per_class") or {}).items():
+        row = {"class": name, "examples": r["examples"], "clean": f"{r['clean_acc']:.1%}",
+               final.get("pgd", "PGD"): f"{r['pgd_acc']:.1%}"}
+        if "autoattack_acc" in r:
+            row["AutoAttack"] = f"{r['autoattack_acc']:.1%} (n {r['autoattack_examples']})"
+        out.append(row)
+    return out
+
+
 def checks_markdown(checks: dict | None) -> str:
     """The gradient-masking checks of :func:`~rst_lib.engine.checks.final_checks` as Markdown:
     every measured accuracy, then the flags (or that there are none)."""
