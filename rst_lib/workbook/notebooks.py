@@ -18,6 +18,7 @@ from ..engine.tasks import build_task, load_run_data
 from ..models.tickets import TicketError, load_ticket, resolve_ticket, ticket_meta
 from ..engine.training import train
 from .params import PROJECT_ROOT
+from .sweeps import load_sweep
 
 def config_from(namespace: dict, **overrides):
     """A validated :class:`RunConfig` from every RunConfig field defined in ``namespace``.
@@ -154,6 +155,12 @@ def load_any(path: str | os.PathLike, device="cpu", data=None):
     _, model = build_task(cfg, data, torch.device(device))
     model.load_state_dict(ck["model"])
     return model.eval(), {"kind": "checkpoint", "path": str(p), "config": metrics["config"]}
+
+
+def sweep_run_dirs(sweep: str | os.PathLike, output_root: str | os.PathLike | None = None) -> list[Path]:
+    """The run folders of a sweep file's cells (every stage; finished or not), in its order.
+    ``output_root``: where the sweep ran (None: the file's own, else ``outputs``)."""
+    return [c.run_dir for c in load_sweep(sweep, output_root=output_root, validate=False).cells]
 
 
 def write_summary(run_dir: str | os.PathLike, headline: dict, **extra) -> Path:
