@@ -17,8 +17,7 @@ is missing. Sweep file::
     cells: [{keep_ratio: 0.5, seed: 0}]       # extra cells (optional)
     jobs: 2                                   # optional; --jobs wins
 
-With `seeds`, each of `cells` runs once per seed too (a cell that sets its own seed once).
-
+With ``seeds``, each of ``cells`` runs once per seed too (a cell that sets its own seed once).
 A study over several notebooks is one file with ``stages:``, a list of such specs (each
 with its ``stage`` name and its own ``notebook``, ``params``, ``set``, ``grid``, ``seeds``, ``cells``; the top
 level's ``set`` and ``seeds`` are their defaults). All cells of all stages form one sweep
@@ -59,6 +58,10 @@ class SweepCell:
     notebook: Path | None = None      # a stage's notebook (None: the sweep's)
     params_file: Path | None = None   # a stage's parameter file (None: the sweep's)
     stage: str | None = None
+
+    @property
+    def label(self) -> str:  # unique across stages
+        return f"{self.stage}/{self.name}" if self.stage else self.name
 
 
 @dataclass
@@ -154,10 +157,9 @@ def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.Path
     jobs = spec.get("jobs")
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise ConfigError(f"{path}: jobs={jobs!r} is invalid: expected an integer >= 1")
-    first = cells[0]
-    return Sweep(name, first.notebook, first.params_file, cells, root, jobs, path,
-                 first.run_dir.parent if len({c.run_dir.parent for c in cells}) == 1
-                 else (root / name).resolve())
+    folders = {c.run_dir.parent for c in cells}
+    return Sweep(name, cells[0].notebook, cells[0].params_file, cells, root, jobs, path,
+                 folders.pop() if len(folders) == 1 else (root / name).resolve())
 
 
 def _stage_cells(spec: dict, path: Path, where: str, name: str, root: Path, overrides,
@@ -193,11 +195,8 @@ def _stage_cells(spec: dict, path: Path, where: str, name: str, root: Path, over
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
     if seeds is not None and extra_cells:  # extra cells, once per seed too
         extra_cells = [{**c, "seed": sd} if "seed" not in c else c for c in extra_cells for sd in seeds]
-        if not spec.get("grid"):  # only cells: the seeds alone are no cell
-            combos = []
-    combos += [dict(c) for c in extra_cells]
-    if not combos:
-        combos = [{}]
+        combos = combos if spec.get("grid") else []  # only cells: the seeds alone are no cell
+    combos = (combos + [dict(c) for c in extra_cells]) or [{}]
     stage = spec.get("stage")
     directory = root / notebook.stem / name / (str(stage) if stage else "")
     cells, seen = [], set()
@@ -301,8 +300,8 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
         bar = tqdm(total=len(sweep.cells), initial=len(result.skipped), unit="run",
                    desc=f"sweep {sweep.name}", dynamic_ncols=True)
     say = log or (bar.write if bar is not None else print)
-    notebooks = ", ".join(dict.fromkeys((c.notebook or sweep.notebook).name for c in sweep.cells))
-    say(f"sweep {sweep.name}: {len(sweep.cells)} cells of {notebooks} in "
+    say(f"sweep {sweep.name}: {len(sweep.cells)} cells of "
+        f"{', '.join(dict.fromkeys((c.notebook or sweep.notebook).name for c in sweep.cells))} in "
         f"{sweep.directory}; {len(result.skipped)} finished before, {len(todo)} to run, "
         f"{jobs} at once" + (f" on GPUs {','.join(gpus)}" if gpus else " on CPU"))
     if stale:
@@ -311,7 +310,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
             "to run it again.")
     if dry_run:
         for cell in sweep.cells:
-            say(f"  {run_status(cell.run_dir):>11}  {cell.name}")
+            say(f"  {run_status(cell.run_dir):>11}  {cell.label}")
         if bar is not None:
             bar.close()
         return result
@@ -350,7 +349,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                                             stdout=logf, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)
                     running[proc] = (cell, slot, logf)
-                    say(f"started  {cell.name}" + (f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else ""))
+                    say(f"started  {cell.label}" + (f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else ""))
                 time.sleep(0.3)
                 for proc in [p for p in running if p.poll() is not None]:
                     cell, slot, logf = running.pop(proc)
@@ -359,7 +358,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                     status = run_status(cell.run_dir)
                     if status == FINISHED:
                         result.finished.append(cell.name)
-                        say(f"finished {cell.name}: {_cell_summary(cell.run_dir)}")
+                        say(f"finished {cell.label}: {_cell_summary(cell.run_dir)}")
                     else:
                         if status in ("running", "dead", "queued"):  # the process died abruptly
                             info = read_json(cell.run_dir / "run.json")
@@ -367,7 +366,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                                         f" (see {cell.run_dir / 'log.txt'})")
                             write_json(cell.run_dir / "run.json", info)
                         result.failed.append(cell.name)
-                        say(f"FAILED   {cell.name}: {_cell_summary(cell.run_dir)} "
+                        say(f"FAILED   {cell.label}: {_cell_summary(cell.run_dir)} "
                             f"(log: {cell.run_dir / 'log.txt'})")
                     if bar is not None:
                         bar.update(1)
