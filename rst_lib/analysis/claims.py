@@ -184,7 +184,7 @@ def _fmt(s: dict) -> str:
         return "no run"
     if s["n"] < 2:
         return f"{s['mean']:.1%} (1 seed)"
-    lo, hi = s["ci95"]
+    lo, hi = max(0.0, s["ci95"][0]), min(1.0, s["ci95"][1])  # accuracies: clipped to [0, 1]
     return f"{s['mean']:.1%} ± {s['std']:.1%} [{lo:.1%}, {hi:.1%}] ({s['n']} seeds)"
 
 
