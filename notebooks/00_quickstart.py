@@ -72,7 +72,7 @@ from rst_lib import final_checks, train
 from rst_lib.analysis import (compare_models, markdown_table, natural_control, plot_comparison,
                               plot_history, plot_keep_ratios,
                               random_mask_control)
-from rst_lib.workbook import (checks_markdown, config_from, ensure_run_dir, final_table,
+from rst_lib.workbook import (checks_markdown, config_from, ensure_run_dir, final_table, per_class_table,
                               write_summary)
 
 cfg = config_from(globals())  # every parameter is checked here, before any compute starts
@@ -105,6 +105,7 @@ controls = compare_models({"random mask": random_mask_control(cfg, robust.data)}
 rows = [{"model": "robust ticket", **robust.final}, {"model": "natural ticket", **natural.final},
         *controls]
 display(Markdown(markdown_table(final_table(rows))))
+display(Markdown("Robust ticket, per class:\n\n" + markdown_table(per_class_table(robust.final))))
 plot_comparison(rows, f"eps={cfg.eval_eps_value:g}, keep ratio {cfg.keep_ratio:g}, "
                 f"{robust.final['examples']} test digits");
 

@@ -128,7 +128,7 @@ from IPython.display import Markdown, display
 
 from rst_lib import final_checks, train
 from rst_lib.analysis import markdown_table, plot_comparison, plot_history, plot_keep_ratios
-from rst_lib.workbook import (checks_markdown, config_from, ensure_run_dir, final_table,
+from rst_lib.workbook import (checks_markdown, config_from, ensure_run_dir, final_table, per_class_table,
                               write_summary)
 
 cfg = config_from(globals())     # every parameter above, checked before any compute
@@ -161,6 +161,7 @@ plot_keep_ratios(result.model, f"kept fraction per layer (keep_ratio={cfg.keep_r
 # %%
 final = {"model": f"{cfg.model} ticket", **result.final}
 display(Markdown(markdown_table(final_table([final]))))
+display(Markdown("Per class:\n\n" + markdown_table(per_class_table(result.final))))
 plot_comparison([final], f"{cfg.model}, keep {cfg.keep_ratio:g}, eps {cfg.eval_eps_value:.4g}");
 
 # %% [markdown]

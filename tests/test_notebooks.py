@@ -17,7 +17,7 @@ NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 STUDY = [p for p in NOTEBOOKS if p.stem != "00_quickstart"]
 # figures each smoke report must show at least (embedded PNGs)
 MIN_FIGURES = {"01_search": 3, "02_finetune": 2, "03_transferability": 1, "04_r2s": 1,
-               "05_mask_patterns": 5, "06_evaluate": 2, "07_compare_runs": 2}
+               "05_mask_patterns": 5, "06_evaluate": 2, "07_compare_runs": 2, "08_paper_claims": 1}
 RUNS: dict = {}  # notebook -> run directory of its smoke run (shared by the tests below)
 
 
@@ -39,7 +39,7 @@ def smoke_root(tmp_path_factory):
 def test_notebook_suite_is_complete():
     assert [p.stem for p in NOTEBOOKS] == [
         "00_quickstart", "01_search", "02_finetune", "03_transferability", "04_r2s",
-        "05_mask_patterns", "06_evaluate", "07_compare_runs"]
+        "05_mask_patterns", "06_evaluate", "07_compare_runs", "08_paper_claims"]
     for nb in STUDY:
         for name in ("smoke.yaml", "cpu-demo.yaml"):
             assert (ROOT / "params" / nb.stem / name).is_file(), f"params/{nb.stem}/{name}"

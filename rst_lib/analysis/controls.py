@@ -30,7 +30,8 @@ def random_mask_control(cfg: RunConfig, data: DataBundle) -> RandomNetwork:
     device = resolve_device(cfg.device)
     _, model = build_task(cfg, data, device)
     train_part, _ = data.validation_split(cfg.val_fraction, cfg.seed)
-    loader = make_loader(fixed_subset(train_part, cfg.train_examples), cfg.batch_size,
+    part = train_part if cfg.train_examples is None else fixed_subset(train_part, cfg.train_examples)
+    loader = make_loader(part, cfg.batch_size,
                          shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers, device=device)
     recalibrate_bn(model, loader, device)
     return model

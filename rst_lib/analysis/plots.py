@@ -40,9 +40,12 @@ def plot_history(history: list[dict], title: str = "search", ax=None):
 
 
 def plot_keep_ratios(model: nn.Module, title: str = "kept fraction per layer", ax=None):
-    """Bar chart of the kept fraction of every masked layer (with its size)."""
+    """Bar chart of the kept fraction of every masked layer (with its size); None for a
+    network without masks (a dense run)."""
     summary = masking.mask_summary(model)["layers"]
     names = list(summary)
+    if not names:
+        return None
     if ax is None:
         fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names)), 3.5))
     else:

@@ -347,8 +347,19 @@ def _subset(ds: Dataset, idx: torch.Tensor) -> Dataset:
     return Subset(ds, idx.tolist())
 
 
+def evaluation_order(n: int) -> torch.Tensor:
+    """The fixed random order of a split of ``n`` examples: a permutation seeded with 0.
+
+    It depends on the split's size only, never on a run's seed: every model evaluated on a
+    split meets the same examples, so numbers of different runs (seeds, keep ratios, tasks)
+    are comparable. Its prefixes are nested: the first 500 are among the first 1,000."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))
+
+
 def fixed_subset(ds: Dataset, n: int | None) -> Dataset:
-    """The same ``n`` examples for every seed and run (fixed permutation, seed 0)."""
-    if n is None or n >= len(ds):
-        return ds
-    return _subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n])
+    """The first ``n`` examples of the split's :func:`evaluation_order` (``None``: all of
+    them, in that order): a fixed random sample of the whole split, whatever order the
+    dataset stores it in (an ImageFolder split is sorted by class)."""
+    if n is not None and n < 1:
+        raise ValueError(f"fixed_subset: n={n!r} must be >= 1 or None (all)")
+    return _subset(ds, evaluation_order(len(ds))[:n])

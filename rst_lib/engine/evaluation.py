@@ -95,7 +95,8 @@ def eval_attacks(model: nn.Module, cfg: RunConfig) -> dict:
 def final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
                      device: torch.device | None = None, progress: bool = True) -> dict:
     """The numbers to report: clean and PGD (``eval_*``) accuracy, and AutoAttack
-    (``cfg.autoattack``), on the first ``final_examples`` of the fixed test order, in
+    (``cfg.autoattack``), on the first ``final_examples`` of the test split's fixed random
+    order (:func:`~rst_lib.data.datasets.fixed_subset`), each also per class, in
     ``cfg.eval_precision`` (fp32 unless asked otherwise, whatever autocast surrounds it).
 
     Random starts come from a generator seeded with ``cfg.seed`` (the global RNG is left
@@ -119,7 +120,8 @@ def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
     if cfg.autoattack != "none":
         # AutoAttack runs on the inputs PGD did not break: an input counts as robust only if
         # both fail (the per-example worst case), and no AutoAttack time goes to inputs that
-        # are already lost. Its examples are the first autoattack_examples of the test order.
+        # are already lost. Its examples are the first autoattack_examples of the test
+        # split's fixed random order (fixed_subset): every class, whatever the storage order.
         n = min(cfg.autoattack_examples, len(test))
         survivors = pgd_ok[:n]
         robust = survivors.clone()
@@ -131,11 +133,35 @@ def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
         out["autoattack"] = {"version": cfg.autoattack, "examples": n,
                              "on": "inputs PGD did not break (per-example worst case)"}
         out["pgd_acc_on_autoattack_examples"] = _fraction(survivors)
+    out["per_class"] = per_class_accuracy(
+        y, {"clean_acc": clean_ok, "pgd_acc": pgd_ok,
+            **({"autoattack_acc": robust} if cfg.autoattack != "none" else {})}, data.classes)
     # The headline: AutoAttack when it ran (PGD alone overstates robustness too often).
     out["robust_acc"] = out.get("autoattack_acc", out["pgd_acc"])
     out["robust_attack"] = (f"AutoAttack ({cfg.autoattack})" if "autoattack_acc" in out
                             else out["pgd"])
     out["robust_examples"] = out["autoattack"]["examples"] if "autoattack" in out else len(test)
+    return out
+
+
+def per_class_accuracy(labels: torch.Tensor, flags: dict[str, torch.Tensor],
+                       classes: list[str]) -> dict:
+    """``{class name: {"examples": n, name: accuracy, ...}}`` of per-example correctness
+    ``flags`` (name -> bool per input; a shorter tensor covers the first inputs, e.g. the
+    AutoAttack examples, and its count is ``<name>_examples``). Classes without examples
+    are left out."""
+    out = {}
+    for c, cname in enumerate(classes):
+        row: dict = {}
+        for name, ok in flags.items():
+            of_class = labels[:len(ok)] == c
+            n = int(of_class.sum())
+            if n:
+                row[name] = _fraction(ok[of_class])
+                if len(ok) < len(labels):
+                    row[f"{name.removesuffix('_acc')}_examples"] = n
+        if row:
+            out[str(cname)] = {"examples": int((labels == c).sum()), **row}
     return out
 
 

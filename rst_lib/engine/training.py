@@ -250,7 +250,8 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
     if resolve_channels_last(cfg.channels_last, device):  # NHWC kernels follow the weights
         model = model.to(memory_format=torch.channels_last)
     train_part, val_part = data.validation_split(cfg.val_fraction, cfg.seed)
-    train_set = fixed_subset(train_part, cfg.train_examples)
+    # All of the training split: as stored (the loader shuffles); else a fixed random sample.
+    train_set = train_part if cfg.train_examples is None else fixed_subset(train_part, cfg.train_examples)
     # Epochs are compared on held-out training examples; the test split waits for the end.
     select_split = "val" if val_part is not None else "test"
     select_set = fixed_subset(val_part if val_part is not None else data.test, cfg.eval_examples)

@@ -6,13 +6,14 @@ from ..utils.files import write_json
 from ..utils.stats import accuracy_text, group_over_seeds
 from .index import collect_metrics, write_index
 from .notebooks import (checks_markdown, config_from, ensure_run_dir, final_table, load_any,
-                        load_tickets, resolve_checkpoint, resolve_tickets, search_tickets,
+                        load_tickets, per_class_table, resolve_checkpoint, resolve_tickets,
+                        search_tickets, sweep_run_dirs,
                         ticket_label, write_summary)
 from .params import PROJECT_ROOT
 from .runs import run_notebook
 from .sweeps import run_sweep
 
 __all__ = ["collect_metrics", "write_index", "checks_markdown", "config_from", "ensure_run_dir",
-           "final_table", "load_any", "load_tickets", "resolve_checkpoint", "resolve_tickets",
-           "search_tickets", "ticket_label", "write_summary", "PROJECT_ROOT", "run_notebook",
+           "final_table", "load_any", "load_tickets", "per_class_table", "resolve_checkpoint", "resolve_tickets",
+           "search_tickets", "sweep_run_dirs", "ticket_label", "write_summary", "PROJECT_ROOT", "run_notebook",
            "run_sweep", "parse_number", "write_json", "accuracy_text", "group_over_seeds"]

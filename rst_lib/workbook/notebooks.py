@@ -18,6 +18,7 @@ from ..engine.tasks import build_task, load_run_data
 from ..models.tickets import TicketError, load_ticket, resolve_ticket, ticket_meta
 from ..engine.training import train
 from .params import PROJECT_ROOT
+from .sweeps import load_sweep
 
 def config_from(namespace: dict, **overrides):
     """A validated :class:`RunConfig` from every RunConfig field defined in ``namespace``.
@@ -156,6 +157,12 @@ def load_any(path: str | os.PathLike, device="cpu", data=None):
     return model.eval(), {"kind": "checkpoint", "path": str(p), "config": metrics["config"]}
 
 
+def sweep_run_dirs(sweep: str | os.PathLike, output_root: str | os.PathLike | None = None) -> list[Path]:
+    """The run folders of a sweep file's cells (every stage; finished or not), in its order.
+    ``output_root``: where the sweep ran (None: the file's own, else ``outputs``)."""
+    return [c.run_dir for c in load_sweep(sweep, output_root=output_root, validate=False).cells]
+
+
 def write_summary(run_dir: str | os.PathLike, headline: dict, **extra) -> Path:
     """``run_dir/summary.json`` with ``headline`` (the metrics the run index shows)."""
     path = Path(run_dir) / "summary.json"
@@ -175,6 +182,20 @@ def final_table(rows: list[dict]) -> list[dict]:
         if r.get("autoattack_acc") is not None:
             row[f"AutoAttack ({r['autoattack']['version']})"] = accuracy_text(
                 r["autoattack_acc"], r["autoattack"]["examples"])
+        out.append(row)
+    return out
+
+
+def per_class_table(final: dict) -> list[dict]:
+    """Display rows of the per-class accuracies of one ``final_evaluation`` result: one row
+    per class (clean and PGD on its test examples, AutoAttack on its AutoAttack examples). A
+    class far below the others, or a headline from few classes, shows at once."""
+    out = []
+    for name, r in (final.get("per_class") or {}).items():
+        row = {"class": name, "examples": r["examples"], "clean": f"{r['clean_acc']:.1%}",
+               final.get("pgd", "PGD"): f"{r['pgd_acc']:.1%}"}
+        if "autoattack_acc" in r:
+            row["AutoAttack"] = f"{r['autoattack_acc']:.1%} (n {r['autoattack_examples']})"
         out.append(row)
     return out
 

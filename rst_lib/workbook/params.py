@@ -24,7 +24,7 @@ NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 
 # Parameters holding paths: made absolute against the caller's working directory (the
 # kernel runs in notebooks/), run directories given as `ticket` become their ticket.pt.
-PATH_PARAMS = ("ticket", "pretrained", "data_dir", "runs_root", "checkpoint")
+PATH_PARAMS = ("ticket", "pretrained", "data_dir", "runs_root", "checkpoint", "sweep")
 PATH_LIST_PARAMS = ("tickets", "run_dirs")
 # Batch runs default these notebook parameters (no tqdm widgets, no ipywidgets explorer).
 BATCH_DEFAULTS = {"progress": False, "interactive": False}
@@ -234,6 +234,8 @@ class NotebookParams:
     run_dirs: list = param([], "only these run folders / globs (empty: all of runs_root)", "paths")
     task_filter: list | None = param(None, "only runs of these tasks, e.g. ['search'] (None: all)")
     group_by: list = param(["model", "dataset", "train_attack", "task"], "runs differing only in these are one curve")
+    sweep: str | None = param(None, "the sweep file whose run folders are read (its stages are the claims' runs)", "path")
+    claims: list | None = param(None, "only these claims, by key, e.g. ['rbrn-last-bn'] (None: all)")
 
 
 def _fields(cls) -> list[str]:
@@ -292,6 +294,7 @@ NOTEBOOK_PARAMETERS: dict[str, dict[str, list[str]]] = {
                                     "masking_more_steps", "masking_restarts", "seed", "device"],
                     **_SEARCH},
     "07_compare_runs": {"run": _HEAD + ["runs_root", "run_dirs", "task_filter", "group_by"]},
+    "08_paper_claims": {"run": _HEAD + ["sweep", "runs_root", "claims"]},
 }
 
 

@@ -16,6 +16,14 @@ is missing. Sweep file::
     seeds: [0, 1, 2]                          # each cell once per seed (optional)
     cells: [{keep_ratio: 0.5, seed: 0}]       # extra cells (optional)
     jobs: 2                                   # optional; --jobs wins
+
+With ``seeds``, each of ``cells`` runs once per seed too (a cell that sets its own seed once).
+A study over several notebooks is one file with ``stages:``, a list of such specs (each
+with its ``stage`` name and its own ``notebook``, ``params``, ``set``, ``grid``, ``seeds``, ``cells``; the top
+level's ``set`` and ``seeds`` are their defaults). All cells of all stages form one sweep
+(the same jobs pool, the same resume); a stage's cells go to
+``outputs/<its notebook>/<sweep>/<stage>/<cell>/``. Stages do not feed each other: a notebook that
+needs a ticket searches its own (``02_finetune`` with ``ticket: null``).
 """
 from __future__ import annotations
 
@@ -47,6 +55,13 @@ class SweepCell:
     name: str
     params: dict
     run_dir: Path
+    notebook: Path | None = None      # a stage's notebook (None: the sweep's)
+    params_file: Path | None = None   # a stage's parameter file (None: the sweep's)
+    stage: str | None = None
+
+    @property
+    def label(self) -> str:  # unique across stages
+        return f"{self.stage}/{self.name}" if self.stage else self.name
 
 
 @dataclass
@@ -90,7 +105,9 @@ def _find(path: str, near: Path | None, kind: str, suffixes=("",)) -> Path:
                       + (f" and above {near.parent}" if near else "") + ")")
 
 
-SWEEP_KEYS = ("notebook", "name", "params", "set", "grid", "seeds", "cells", "jobs", "output_root")
+SWEEP_KEYS = ("notebook", "name", "params", "set", "grid", "seeds", "cells", "jobs", "output_root",
+              "stages")
+STAGE_KEYS = ("stage", "notebook", "params", "set", "grid", "seeds", "cells")
 
 
 def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.PathLike | None = None,
@@ -106,22 +123,65 @@ def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.Path
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: "
                           f"{', '.join(SWEEP_KEYS)}")
-    if not spec.get("notebook"):
-        raise ConfigError(f"{path}: 'notebook' is missing (e.g. notebook: 01_search)")
-    notebook = _find(str(spec["notebook"]), path, "notebook", ("", ".ipynb"))
-    params_file = _find(str(spec["params"]), path, "parameter file") if spec.get("params") else None
     name = str(spec.get("name") or path.stem)
     if not re.fullmatch(r"[\w.=+,-]+", name):
         raise ConfigError(f"{path}: name {name!r} may only hold letters, digits and . = + , - _")
+    root = Path(output_root or spec.get("output_root") or "outputs")
+    stages = spec.get("stages")
+    if stages is None:
+        stages = [{k: spec[k] for k in STAGE_KEYS if k in spec}]
+    elif (not isinstance(stages, list) or not stages or any(not isinstance(st, dict) for st in stages)
+          or any(k in spec for k in ("notebook", "params", "grid", "cells"))):
+        raise ConfigError(f"{path}: 'stages' must be a non-empty list of mappings (each with its "
+                          "notebook), and then notebook, params, grid and cells belong to the stages")
+    else:
+        top_set = spec.get("set") or {}
+        if not isinstance(top_set, dict):
+            raise ConfigError(f"{path}: 'set' must be a mapping of parameter: value")
+        stages = [{"seeds": spec.get("seeds"), **st, "set": {**top_set, **(st.get("set") or {})}}
+                  for st in stages]
+        names = [st.get("stage") for st in stages]
+        if any(not isinstance(n, str) or not re.fullmatch(r"[\w.=+,-]+", n) for n in names) \
+                or len(set(names)) < len(names):
+            raise ConfigError(f"{path}: every stage needs its own 'stage' name (letters, digits, "
+                              f". = + , - _): it is the stage's folder; got {names}")
+    cells, seen = [], {}
+    for i, stage in enumerate(stages):
+        where = f"{path}" + (f", stage {stage.get('stage') or i + 1}" if "stages" in spec else "")
+        for cell in _stage_cells(stage, path, where, name, root, overrides, validate):
+            if cell.run_dir in seen:
+                raise ConfigError(f"{where}: cell {cell.name!r} is also a cell of "
+                                  f"{seen[cell.run_dir]} (same notebook and folder)")
+            seen[cell.run_dir] = where
+            cells.append(cell)
+    jobs = spec.get("jobs")
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+        raise ConfigError(f"{path}: jobs={jobs!r} is invalid: expected an integer >= 1")
+    folders = {c.run_dir.parent for c in cells}
+    return Sweep(name, cells[0].notebook, cells[0].params_file, cells, root, jobs, path,
+                 folders.pop() if len(folders) == 1 else (root / name).resolve())
+
+
+def _stage_cells(spec: dict, path: Path, where: str, name: str, root: Path, overrides,
+                 validate: bool) -> list[SweepCell]:
+    """The cells of one notebook's grid (a plain sweep file, or one of its stages)."""
+    unknown = sorted(set(spec) - set(STAGE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: "
+                          f"{', '.join(STAGE_KEYS)}")
+    if not spec.get("notebook"):
+        raise ConfigError(f"{where}: 'notebook' is missing (e.g. notebook: 01_search)")
+    notebook = _find(str(spec["notebook"]), path, "notebook", ("", ".ipynb"))
+    params_file = _find(str(spec["params"]), path, "parameter file") if spec.get("params") else None
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
-        raise ConfigError(f"{path}: 'grid' must map parameter names to non-empty lists")
+        raise ConfigError(f"{where}: 'grid' must map parameter names to non-empty lists")
     extra_cells = spec.get("cells") or []
     if not isinstance(extra_cells, list) or any(not isinstance(c, dict) for c in extra_cells):
-        raise ConfigError(f"{path}: 'cells' must be a list of mappings")
+        raise ConfigError(f"{where}: 'cells' must be a list of mappings")
     fixed = spec.get("set") or {}
     if not isinstance(fixed, dict):
-        raise ConfigError(f"{path}: 'set' must be a mapping of parameter: value")
+        raise ConfigError(f"{where}: 'set' must be a mapping of parameter: value")
     base = load_params(params_file, {})
     base.update(fixed)
     base.update(load_params(None, overrides))
@@ -129,34 +189,34 @@ def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.Path
     if seeds is not None:
         if "seed" in grid or not isinstance(seeds, list) or not seeds or any(
                 isinstance(v, bool) or not isinstance(v, int) for v in seeds):
-            raise ConfigError(f"{path}: 'seeds' must be a non-empty list of integers (and the "
+            raise ConfigError(f"{where}: 'seeds' must be a non-empty list of integers (and the "
                               "grid must not also hold seed)")
         grid = {**grid, "seed": seeds}  # every cell once per seed: 07 shows mean +- std
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
-    combos += [dict(c) for c in extra_cells]
-    if not combos:
-        combos = [{}]
-    root = Path(output_root or spec.get("output_root") or "outputs")
-    directory = root / notebook.stem / name
+    if seeds is not None and extra_cells:  # extra cells, once per seed too
+        extra_cells = [{**c, "seed": sd} if "seed" not in c else c for c in extra_cells for sd in seeds]
+        combos = combos if spec.get("grid") else []  # only cells: the seeds alone are no cell
+    combos = (combos + [dict(c) for c in extra_cells]) or [{}]
+    stage = spec.get("stage")
+    directory = root / notebook.stem / name / (str(stage) if stage else "")
     cells, seen = [], set()
     for values in combos:
         cname = cell_name(values)
         if cname in seen:
-            raise ConfigError(f"{path}: two cells are both named {cname!r}")
+            raise ConfigError(f"{where}: two cells are both named {cname!r}")
         seen.add(cname)
         params = {**base, **values}
-        params["name"] = f"{name}-{cname}" if "name" not in values else params["name"]
+        if "name" not in values:
+            params["name"] = f"{name}-{stage}-{cname}" if stage else f"{name}-{cname}"
         try:
             params = normalize_params(notebook, params, absolute_path(root))
             if validate:
                 validate_notebook_params(notebook, params)
         except ConfigError as e:
             raise ConfigError(f"sweep {name}, cell {cname}: {e}") from None
-        cells.append(SweepCell(cname, params, (directory / cname).resolve()))
-    jobs = spec.get("jobs")
-    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
-        raise ConfigError(f"{path}: jobs={jobs!r} is invalid: expected an integer >= 1")
-    return Sweep(name, notebook, params_file, cells, root, jobs, path, directory)
+        cells.append(SweepCell(cname, params, (directory / cname).resolve(), notebook,
+                               params_file, stage))
+    return cells
 
 
 def visible_gpus() -> list[str]:
@@ -240,7 +300,8 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
         bar = tqdm(total=len(sweep.cells), initial=len(result.skipped), unit="run",
                    desc=f"sweep {sweep.name}", dynamic_ncols=True)
     say = log or (bar.write if bar is not None else print)
-    say(f"sweep {sweep.name}: {len(sweep.cells)} cells of {sweep.notebook.name} in "
+    say(f"sweep {sweep.name}: {len(sweep.cells)} cells of "
+        f"{', '.join(dict.fromkeys((c.notebook or sweep.notebook).name for c in sweep.cells))} in "
         f"{sweep.directory}; {len(result.skipped)} finished before, {len(todo)} to run, "
         f"{jobs} at once" + (f" on GPUs {','.join(gpus)}" if gpus else " on CPU"))
     if stale:
@@ -249,11 +310,12 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
             "to run it again.")
     if dry_run:
         for cell in sweep.cells:
-            say(f"  {run_status(cell.run_dir):>11}  {cell.name}")
+            say(f"  {run_status(cell.run_dir):>11}  {cell.label}")
         if bar is not None:
             bar.close()
         return result
-    sweep.directory.mkdir(parents=True, exist_ok=True)
+    for folder in {c.run_dir.parent for c in sweep.cells}:
+        folder.mkdir(parents=True, exist_ok=True)
     pending = deque(todo)
     running: dict = {}  # Popen -> (cell, slot, log file)
     free = list(range(jobs))
@@ -265,16 +327,20 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                     cell, slot = pending.popleft(), free.pop(0)
                     extra = {"sweep": sweep.name, "sweep_file": str(sweep.path), "cell": cell.name}
                     params = {**cell.params, "run_dir": str(cell.run_dir)}
-                    prepare_run_dir(cell.run_dir, params, sweep.notebook, extra)
+                    notebook = cell.notebook or sweep.notebook
+                    if cell.stage:
+                        extra["stage"] = cell.stage
+                    prepare_run_dir(cell.run_dir, params, notebook, extra)
                     env = dict(os.environ)
                     if gpus:
                         env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
                     else:
                         env.setdefault("OMP_NUM_THREADS", str(threads))
                         env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
-                    spec = {"notebook": str(sweep.notebook), "params": cell.params,
+                    params_file = cell.params_file or sweep.params_file
+                    spec = {"notebook": str(notebook), "params": cell.params,
                             "run_dir": str(cell.run_dir), "output_root": absolute_path(sweep.output_root),
-                            "params_file": str(sweep.params_file) if sweep.params_file else None,
+                            "params_file": str(params_file) if params_file else None,
                             "extra": extra}
                     logf = open(cell.run_dir / "log.txt", "a")
                     logf.write(f"\n=== {datetime.now():%Y-%m-%d %H:%M:%S} start (slot {slot}) ===\n")
@@ -283,7 +349,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                                             stdout=logf, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)
                     running[proc] = (cell, slot, logf)
-                    say(f"started  {cell.name}" + (f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else ""))
+                    say(f"started  {cell.label}" + (f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else ""))
                 time.sleep(0.3)
                 for proc in [p for p in running if p.poll() is not None]:
                     cell, slot, logf = running.pop(proc)
@@ -292,7 +358,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                     status = run_status(cell.run_dir)
                     if status == FINISHED:
                         result.finished.append(cell.name)
-                        say(f"finished {cell.name}: {_cell_summary(cell.run_dir)}")
+                        say(f"finished {cell.label}: {_cell_summary(cell.run_dir)}")
                     else:
                         if status in ("running", "dead", "queued"):  # the process died abruptly
                             info = read_json(cell.run_dir / "run.json")
@@ -300,7 +366,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                                         f" (see {cell.run_dir / 'log.txt'})")
                             write_json(cell.run_dir / "run.json", info)
                         result.failed.append(cell.name)
-                        say(f"FAILED   {cell.name}: {_cell_summary(cell.run_dir)} "
+                        say(f"FAILED   {cell.label}: {_cell_summary(cell.run_dir)} "
                             f"(log: {cell.run_dir / 'log.txt'})")
                     if bar is not None:
                         bar.update(1)
