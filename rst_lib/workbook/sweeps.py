@@ -16,6 +16,8 @@ is missing. Sweep file::
     seeds: [0, 1, 2]                          # each cell once per seed (optional)
     cells: [{keep_ratio: 0.5, seed: 0}]       # extra cells (optional)
     jobs: 2                                   # optional; --jobs wins
+    executor: slurm                           # optional: local (default) | slurm; --executor wins
+    slurm: {partition: gpu, gpus_per_cell: 1, time: 600}   # job options (rst_lib.workbook.cluster)
 """
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ class Sweep:
     jobs: int | None = None
     path: Path | None = None
     directory: Path = field(default=Path("."))
+    executor: str | None = None
+    slurm: dict = field(default_factory=dict)
 
 
 def _value_text(v) -> str:
@@ -90,7 +94,8 @@ def _find(path: str, near: Path | None, kind: str, suffixes=("",)) -> Path:
                       + (f" and above {near.parent}" if near else "") + ")")
 
 
-SWEEP_KEYS = ("notebook", "name", "params", "set", "grid", "seeds", "cells", "jobs", "output_root")
+SWEEP_KEYS = ("notebook", "name", "params", "set", "grid", "seeds", "cells", "jobs", "output_root",
+              "executor", "slurm")
 
 
 def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.PathLike | None = None,
@@ -156,7 +161,11 @@ def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.Path
     jobs = spec.get("jobs")
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise ConfigError(f"{path}: jobs={jobs!r} is invalid: expected an integer >= 1")
-    return Sweep(name, notebook, params_file, cells, root, jobs, path, directory)
+    slurm = spec.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise ConfigError(f"{path}: 'slurm' must be a mapping of job options (partition: ...)")
+    return Sweep(name, notebook, params_file, cells, root, jobs, path, directory,
+                 spec.get("executor"), slurm)
 
 
 def visible_gpus() -> list[str]:
@@ -272,10 +281,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                     else:
                         env.setdefault("OMP_NUM_THREADS", str(threads))
                         env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
-                    spec = {"notebook": str(sweep.notebook), "params": cell.params,
-                            "run_dir": str(cell.run_dir), "output_root": absolute_path(sweep.output_root),
-                            "params_file": str(sweep.params_file) if sweep.params_file else None,
-                            "extra": extra}
+                    spec = cell_spec(sweep, cell)
                     logf = open(cell.run_dir / "log.txt", "a")
                     logf.write(f"\n=== {datetime.now():%Y-%m-%d %H:%M:%S} start (slot {slot}) ===\n")
                     logf.flush()
@@ -331,9 +337,21 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
     return result
 
 
+def cell_spec(sweep: Sweep, cell: SweepCell) -> dict:
+    """What a process (or a cluster job) needs to run one cell: :func:`run_cell`'s argument."""
+    return {"notebook": str(sweep.notebook), "params": cell.params, "run_dir": str(cell.run_dir),
+            "output_root": absolute_path(sweep.output_root),
+            "params_file": str(sweep.params_file) if sweep.params_file else None,
+            "extra": {"sweep": sweep.name, "sweep_file": str(sweep.path), "cell": cell.name}}
+
+
 def _cell_main(argv: list[str]) -> int:
     """Child process of a sweep: run one cell (``python -m rst_lib.workbook.sweeps SPEC_JSON``)."""
-    spec = json.loads(argv[0])
+    return run_cell(json.loads(argv[0]))
+
+
+def run_cell(spec: dict) -> int:
+    """Run one cell (its notebook, resumed if it was started before); the exit code."""
     try:
         with sigterm_as_interrupt():
             run_notebook(spec["notebook"], None, spec["params"], spec["output_root"],
