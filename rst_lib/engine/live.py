@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter  # the `tensorboard` package (~0.3 s import)
 
 from ..config import RunConfig
 from ..masks import masking
@@ -43,7 +44,6 @@ class LiveLog:
         self.writer = None
         if self.run_dir is None:
             return
-        from torch.utils.tensorboard import SummaryWriter  # heavy import: only when writing
         # purge_step: a resumed run drops the events of epochs it will redo (killed mid-epoch)
         self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR),
                                     purge_step=start_epoch + 1 if start_epoch else None,

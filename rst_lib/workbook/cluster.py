@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import submitit
+
 from ..errors import ConfigError
 from ..utils.files import read_json, write_json
 from .index import run_progress
@@ -168,7 +170,6 @@ class CellJob:
         return run_status(run_dir)
 
     def checkpoint(self, spec: dict):
-        import submitit  # noqa: PLC0415 - heavy optional import, only inside a job
         return submitit.helpers.DelayedSubmission(CellJob(), spec)
 
 
@@ -272,8 +273,6 @@ def submit_sweep(sweep: Sweep, executor: str, options: SlurmOptions, dry_run: bo
                  say=print) -> list[CellState]:
     """Submit every cell that is neither finished nor queued/running; returns the states
     (after submission) of all cells."""
-    import submitit  # noqa: PLC0415 - heavy optional import, only when submitting
-
     states = cell_states(sweep)
     todo = [s for s in states if s.state in ("failed", "not submitted")]
     say(f"sweep {sweep.name}: {len(sweep.cells)} cells of {sweep.notebook.name}; "
