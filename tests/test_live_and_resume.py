@@ -119,3 +119,17 @@ def test_a_journal_of_another_model_is_not_reused(tmp_path, data):
     again = final_evaluation(b, cfg, data, progress=False, run_dir=tmp_path)
     assert again.pop("resumed_units") == 4  # 32 inputs in batches of 8, all read back
     assert again == other and first["examples"] == other["examples"] == 32
+
+
+def test_index_shows_how_far_a_running_run_is(tmp_path):
+    from rst_lib.utils.files import write_json
+    from rst_lib.workbook.index import write_index
+    run = tmp_path / "01_search" / "a-run"
+    write_json(run / "run.json", {"notebook": "01_search.ipynb", "status": "running"})
+    write_json(run / "keep-0.1" / "progress.json", {"epoch": 3, "epochs": 10, "phase": "training"})
+    done = tmp_path / "01_search" / "b-run"
+    write_json(done / "run.json", {"notebook": "01_search.ipynb", "status": "finished"})
+    write_json(done / "progress.json", {"epoch": 10, "epochs": 10, "phase": "finished"})
+    page = write_index(tmp_path).read_text()
+    assert "keep-0.1: epoch 3 of 10" in page
+    assert "epoch 10 of 10" not in page  # finished runs show no progress
