@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .files import read_json, write_json
+from .files import read_json, write_text
 
 
 def unit_seed(seed: int, index: int) -> int:
@@ -66,7 +66,9 @@ class Journal:
         if unit not in self.units:
             self.units[unit] = compute()
             if self.path is not None:
-                write_json(self.path, {"key": self.key, "units": self.units})
+                # compact: rewritten after every unit (thousands of per-input flags)
+                write_text(self.path, json.dumps({"key": self.key, "units": self.units},
+                                                 separators=(",", ":")))
         return self.units[unit]
 
     def count(self, prefix: str) -> int:
