@@ -80,7 +80,7 @@ fi
 export PATH=$PATH:/usr/sbin:/sbin
 
 # ---------------------------------------------------------------- slurm.conf
-CPUS=$(nproc)
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys OMP_NUM_THREADS (tests set 1)
 MEM_MB=$(awk '/^MemTotal:/ {print int($2/1024)}' /proc/meminfo)
 [ -n "$MEM_MB" ] && [ "$MEM_MB" -gt 512 ] || fail "cannot read MemTotal from /proc/meminfo"
 REAL_MEM=$(( MEM_MB * 90 / 100 ))     # a bit under the real one, else slurmd drains the node

@@ -337,7 +337,6 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
         row["keep_ratio"] = masking.mask_summary(model)["keep_ratio"]
         row["epoch_seconds"] = time.time() - t_epoch
         history.append(row)
-        live.epoch(row, model)
         stuck = stuck + 1 if is_collapsed(row["train_loss"], row["clean_acc"],
                                           data.num_classes) else 0
         if stuck == cfg.collapse_patience:
@@ -363,6 +362,7 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
                               writer / "last.pt")
             write_json(writer / "metrics.json", _metrics(cfg, model, history, best, notes,
                                                         time.time() - t0, "running", stopped))
+        live.epoch(row, model)  # after last.pt: progress.json's epoch k is saved
         if stopped is not None:
             break
     if cfg.compile and net.fallback:  # metrics.json says the run was not compiled
