@@ -65,7 +65,8 @@ def _epoch(run_dir: Path) -> int:
 EPOCHS = 12  # long enough to cancel a cell between two epochs
 
 
-@pytest.mark.slow  # two notebook runs as cluster jobs, one cancelled and resumed (~2-4 min)
+@pytest.mark.slow  # two notebook runs as cluster jobs, one cancelled and resumed: 13 min
+# wall at load ~15 on 2 cores (other sessions); mostly torch imports of 5 CLI calls and 3 jobs
 def test_smoke_sweep_on_slurm_with_a_cancelled_cell_resubmitted(tmp_path, executor):
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump({
