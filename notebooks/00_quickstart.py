@@ -117,7 +117,8 @@ plot_comparison(rows, f"eps={cfg.eval_eps_value:g}, keep ratio {cfg.keep_ratio:g
 
 # %%
 checks = (final_checks(robust.model, cfg, robust.data, robust.final, masking_examples,
-                       masking_more_steps, masking_restarts, progress) if masking_checks else None)
+                       masking_more_steps, masking_restarts, progress, run_dir)
+          if masking_checks else None)  # run_dir: a killed check resumes where it stopped
 display(Markdown(checks_markdown(checks)))
 
 # %% [markdown]

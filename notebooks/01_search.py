@@ -169,7 +169,8 @@ plot_comparison([final], f"{cfg.model}, keep {cfg.keep_ratio:g}, eps {cfg.eval_e
 
 # %%
 checks = (final_checks(result.model, cfg, result.data, result.final, masking_examples,
-                       masking_more_steps, masking_restarts, progress) if masking_checks else None)
+                       masking_more_steps, masking_restarts, progress, run_dir)
+          if masking_checks else None)  # run_dir: a killed check resumes where it stopped
 display(Markdown(checks_markdown(checks)))
 
 # %% [markdown]

@@ -11,8 +11,11 @@ import logging
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..masks.masking import frozen_masks
+from ..utils.devices import seeded_rng
+from ..utils.journal import Journal
 
 AUTOATTACK_VERSIONS = ("fast", "standard", "rand")
 # APGD-T of the fast version attacks the 3 most likely wrong classes (the standard version: 9).
@@ -32,41 +35,95 @@ def autoattack_class():
             raise ImportError("AutoAttack needs the `pyautoattack` package: pip install pyautoattack") from None
 
 
-def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                      threat_model: str, version: str, device, seed: int,
-                      batch_size: int = 250) -> torch.Tensor:
-    """Per input: does it survive AutoAttack's ``version``? (bool, on the CPU)"""
+def make_adversary(model: nn.Module, eps: float, threat_model: str, version: str, device,
+                   seed: int):
+    """An AutoAttack object configured for ``version`` (its ``attacks_to_run`` in order)."""
     if version not in AUTOATTACK_VERSIONS:
         raise ValueError(f"version={version!r} is invalid: valid {', '.join(AUTOATTACK_VERSIONS)}")
     AutoAttack, flavour = autoattack_class()
     norm = {"linf": "Linf", "l2": "L2"}[threat_model]
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    if flavour == "pyautoattack":
+        kw = dict(device=str(device), eps=eps, norm=norm, seed=seed)
+        adversary = (AutoAttack(model, attacks=["apgd-ce", "apgd-t"], version="custom", **kw)
+                     if version == "fast" else AutoAttack(model, version=version, **kw))
+        adversary.verbose = False
+    else:
+        adversary = AutoAttack(model, norm=norm, eps=eps, device=str(device), seed=seed,
+                               version="custom" if version == "fast" else version,
+                               verbose=False)
+        if version == "fast":
+            adversary.attacks_to_run = ["apgd-ce", "apgd-t"]
+    if version == "fast":  # 1 restart each (custom keeps 5); the 3 likeliest wrong classes
+        adversary.apgd.n_restarts = 1
+        adversary.apgd_targeted.n_restarts = 1
+        adversary.apgd_targeted.n_target_classes = FAST_TARGET_CLASSES
+    return adversary, flavour
+
+
+def _attack_batch(adversary, flavour: str, attack: str, model: nn.Module, x: torch.Tensor,
+                  y: torch.Tensor, eps: float, threat_model: str, device) -> torch.Tensor:
+    """One of AutoAttack's attacks on one batch (inputs not broken yet): survives? (bool, CPU)"""
+    adversary.attacks_to_run = [attack]
+    if flavour == "pyautoattack":
+        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(x))
+    else:
+        x_adv = adversary.run_standard_evaluation(x, y, bs=len(x))
+    if threat_model == "linf" and (x_adv.cpu() - x).abs().flatten(1).max() > eps + 1e-5:
+        raise RuntimeError("AutoAttack returned perturbations outside the eps-ball")
+    with torch.no_grad():
+        return (model(x_adv.to(device)).argmax(1).cpu() == y)
+
+
+def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                      threat_model: str, version: str, device, seed: int,
+                      batch_size: int = 250, progress: bool = False, journal: Journal | None = None,
+                      unit: str = "autoattack") -> torch.Tensor:
+    """Per input: does it survive AutoAttack's ``version``? (bool, on the CPU)
+
+    Runs AutoAttack's attacks one after the other, as AutoAttack does (each on the inputs
+    the ones before did not break), batch by batch of the input order: each (attack, batch)
+    is one unit of ``journal`` (a killed evaluation resumes at the next unit) and one step
+    of that attack's progress bar. Every attack call re-seeds with ``seed`` (AutoAttack
+    does), so a unit's result does not depend on what ran before it in this process; the
+    caller's random stream is left as it was.
+    """
     device = torch.device(device)
     model = model.to(device).eval()
-    logging.getLogger("auto-attack").setLevel(logging.WARNING)
-    with frozen_masks(model):
-        if flavour == "pyautoattack":
-            kw = dict(device=str(device), eps=eps, norm=norm, seed=seed)
-            adversary = (AutoAttack(model, attacks=["apgd-ce", "apgd-t"], version="custom", **kw)
-                         if version == "fast" else AutoAttack(model, version=version, **kw))
-        else:
-            adversary = AutoAttack(model, norm=norm, eps=eps, device=str(device), seed=seed,
-                                   version="custom" if version == "fast" else version,
-                                   verbose=False)
-            if version == "fast":
-                adversary.attacks_to_run = ["apgd-ce", "apgd-t"]
-        if version == "fast":  # 1 restart each (custom keeps 5); the 3 likeliest wrong classes
-            adversary.apgd.n_restarts = 1
-            adversary.apgd_targeted.n_restarts = 1
-            adversary.apgd_targeted.n_target_classes = FAST_TARGET_CLASSES
-        if flavour == "pyautoattack":
-            x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-        else:
-            x_adv = adversary.run_standard_evaluation(x, y, bs=batch_size)
-        if (x_adv - x).abs().flatten(1).max() > eps + 1e-5 and threat_model == "linf":
-            raise RuntimeError("AutoAttack returned perturbations outside the eps-ball")
-        flags = []
-        with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                pred = model(x_adv[i:i + batch_size].to(device)).argmax(1).cpu()
-                flags.append(pred == y[i:i + batch_size])
-    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
+    adversary, flavour = make_adversary(model, eps, threat_model, version, device, seed)
+    attacks = list(adversary.attacks_to_run)
+    journal = journal or Journal(None, "")
+    starts = range(0, len(x), batch_size)
+    with frozen_masks(model), seeded_rng(seed, device):
+        robust = torch.zeros(len(x), dtype=torch.bool)
+        for b, i in enumerate(starts):  # AutoAttack attacks what is classified correctly
+            flags = journal.run(f"{unit}/clean/{b}", lambda: _clean_flags(
+                model, x[i:i + batch_size], y[i:i + batch_size], device))
+            robust[i:i + batch_size] = torch.tensor(flags, dtype=torch.bool)
+        for attack in attacks:
+            bar = tqdm(total=len(starts), desc=f"AutoAttack {attack}", unit="batch", leave=False,
+                       disable=not progress, initial=journal.count(f"{unit}/{attack}/"))
+            for b, i in enumerate(starts):
+                part = robust[i:i + batch_size]
+
+                def attack_batch(part=part, i=i):
+                    out = part.clone()
+                    if part.any():
+                        xb, yb = x[i:i + batch_size][part], y[i:i + batch_size][part]
+                        out[part] = _attack_batch(adversary, flavour, attack, model, xb, yb,
+                                                  eps, threat_model, device)
+                    return out.int().tolist()
+
+                done = journal.done(f"{unit}/{attack}/{b}")
+                robust[i:i + batch_size] = torch.tensor(
+                    journal.run(f"{unit}/{attack}/{b}", attack_batch), dtype=torch.bool)
+                if not done:
+                    bar.update(1)
+                bar.set_postfix(robust=f"{int(robust.sum())}/{len(x)}")
+            bar.close()
+    return robust
+
+
+@torch.no_grad()
+def _clean_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> list[int]:
+    return (model(x.to(device)).argmax(1).cpu() == y).int().tolist()

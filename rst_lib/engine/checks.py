@@ -2,17 +2,23 @@
 overstates robustness, measured and flagged."""
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from ..attacks.gradient import FGSM, PGD
 from ..attacks.noise import UniformNoise
 from ..config import RunConfig
-from ..data.datasets import DataBundle, fixed_subset
-from ..data.loaders import make_loader
+from ..data.datasets import DataBundle
+from ..masks.masking import frozen_masks
 from ..utils.devices import resolve_device, seeded_rng
-from .evaluation import autoattack_accuracy, evaluate
+from ..utils.journal import fingerprint, open_journal, unit_seed
+from .evaluation import autoattack_accuracy, count_correct, input_tensors
+
+CHECK_BATCH = 250  # inputs per batch of a check (one progress step, one journal unit)
 
 
 def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alpha: float,
@@ -20,7 +26,8 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
                             steps: int = 20, more_steps: int = 100, restarts: int = 5,
                             eps_factors=(0.25, 0.5, 1.0, 2.0, 4.0), large_eps: float | None = None,
                             autoattack: str = "none", device: str | torch.device = "cpu",
-                            seed: int = 0, progress: bool = True, early_stop: bool = False) -> dict:
+                            seed: int = 0, progress: bool = True, early_stop: bool = False,
+                            run_dir: str | os.PathLike | None = None) -> dict:
     """Measure the signs of gradient masking (Carlini et al., 2019, "On Evaluating
     Adversarial Robustness", section 5) and flag each one that shows.
 
@@ -32,35 +39,64 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
     ``early_stop``: every PGD stops on an input once it is misclassified (the run's
     ``eval_early_stop``; an input counts as broken if any iterate breaks it).
 
+    Each check runs batch by batch (batch ``b`` seeded with ``unit_seed(seed, b)``) with a
+    progress bar; with ``run_dir`` every batch's counts are recorded in
+    ``run_dir/eval-state/masking_checks.json``, so a killed report resumes where it stopped
+    with the numbers of an uninterrupted one.
+
     Returns ``{"accuracy": {...}, "eps_curve": [(eps, acc), ...], "flags": [str, ...]}``;
     an empty ``flags`` list means no sign was seen (not a proof of robustness).
     """
     device = torch.device(device)
     model = model.to(device).eval()
-    loader = make_loader(fixed_subset(dataset, n_examples), 250)
-    n = len(fixed_subset(dataset, n_examples))
+    x, y = input_tensors(dataset, n_examples)
+    n = len(x)
     large_eps = large_eps if large_eps is not None else (1.0 if threat_model == "linf" else 100.0)
+    settings = dict(eps=eps, alpha=alpha, threat_model=threat_model, n=n, steps=steps,
+                    more_steps=more_steps, restarts=restarts, eps_factors=list(eps_factors),
+                    large_eps=large_eps, autoattack=autoattack, seed=seed, early_stop=early_stop)
+    journal = open_journal(run_dir, "masking_checks", fingerprint(model, settings))
 
-    def acc(attacks: dict) -> dict:
-        with seeded_rng(seed, device):
-            return evaluate(model, loader, device, attacks, progress, desc="masking checks")
+    def acc(name: str, attacks: dict) -> dict:
+        """Accuracy clean and under each attack, batch by batch (one journal unit each)."""
+        correct = dict.fromkeys(["clean", *attacks], 0)
+        starts = range(0, n, CHECK_BATCH)
+        bar = tqdm(total=len(starts), desc=f"masking check: {name}", unit="batch",
+                   leave=False, disable=not progress, initial=journal.count(f"{name}/"))
+
+        def run(b: int, i: int) -> dict:
+            xb, yb = x[i:i + CHECK_BATCH].to(device), y[i:i + CHECK_BATCH].to(device)
+            with seeded_rng(unit_seed(seed, b), device):
+                out = {"clean": count_correct(model, xb, yb)}
+                out.update({k: count_correct(model, a(xb, yb), yb) for k, a in attacks.items()})
+            bar.update(1)
+            return out
+
+        with frozen_masks(model):
+            for b, i in enumerate(starts):
+                for k, v in journal.run(f"{name}/{b}", lambda: run(b, i)).items():
+                    correct[k] += v
+        bar.close()
+        return {f"{k}_acc": v / n if n else 0.0 for k, v in correct.items()}
 
     def pgd(e, a, k, r=1):
         return PGD(model, e, a, k, r, norm=threat_model, early_stop=early_stop)
 
-    base = acc({"fgsm": FGSM(model, eps, norm=threat_model), "pgd": pgd(eps, alpha, steps),
+    base = acc("base", {"fgsm": FGSM(model, eps, norm=threat_model), "pgd": pgd(eps, alpha, steps),
                 "pgd_more_steps": pgd(eps, alpha / 2, more_steps),
                 "pgd_restarts": pgd(eps, alpha, steps, restarts),
                 "noise": UniformNoise(model, eps, threat_model)})
     curve = []
     for f in eps_factors:
         e = eps * f
-        curve.append((e, acc({"pgd": pgd(e, max(alpha * f, 1e-6), steps)})["pgd_acc"]))
-    curve.append((large_eps, acc({"pgd": pgd(large_eps, large_eps / 4, steps)})["pgd_acc"]))
+        curve.append((e, acc(f"eps={e:.6g}", {"pgd": pgd(e, max(alpha * f, 1e-6), steps)})["pgd_acc"]))
+    curve.append((large_eps, acc(f"large eps={large_eps:g}",
+                                 {"pgd": pgd(large_eps, large_eps / 4, steps)})["pgd_acc"]))
     accuracy = {k.removesuffix("_acc"): v for k, v in base.items() if k.endswith("_acc")}
     if autoattack != "none":
         accuracy["autoattack"] = autoattack_accuracy(model, dataset, eps, threat_model, autoattack,
-                                                     n_examples, device, seed)
+                                                     n_examples, device, seed, CHECK_BATCH,
+                                                     progress, journal)
     tol = 2.0 / n  # two examples: differences below this are noise
     flags = []
     if accuracy["pgd"] > accuracy["fgsm"] + tol:
@@ -89,15 +125,16 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
 
 def final_checks(model: nn.Module, cfg: RunConfig, data: DataBundle, final: dict,
                  n_examples: int | None = 500, more_steps: int = 100, restarts: int = 5,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, run_dir: str | os.PathLike | None = None) -> dict:
     """The gradient-masking checks of a final ticket (:func:`gradient_masking_report` on
     ``n_examples`` test inputs, with the run's evaluation attack), plus the AutoAttack
     check on the final numbers themselves: AutoAttack far below PGD on the same test
-    examples (``final``, from :func:`final_evaluation`) means PGD overstates robustness."""
+    examples (``final``, from :func:`final_evaluation`) means PGD overstates robustness.
+    ``run_dir``: record each batch there, so a killed check resumes (see above)."""
     report = gradient_masking_report(
         model, data.test, cfg.eval_eps_value, cfg.eval_alpha_value, cfg.threat_model,
         n_examples, cfg.eval_steps, more_steps, restarts, device=resolve_device(cfg.device),
-        seed=cfg.seed, progress=progress, early_stop=cfg.eval_early_stop)
+        seed=cfg.seed, progress=progress, early_stop=cfg.eval_early_stop, run_dir=run_dir)
     aa, pgd = final.get("autoattack_acc"), final.get("pgd_acc_on_autoattack_examples")
     if aa is not None and aa < pgd - 0.05:
         report["flags"].append(

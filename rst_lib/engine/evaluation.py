@@ -2,6 +2,7 @@
 (:mod:`rst_lib.attacks.autoattack`) on datasets, and a run's final evaluation."""
 from __future__ import annotations
 
+import os
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from ..config import RunConfig
 from ..data.datasets import DataBundle, fixed_subset
 from ..data.loaders import make_loader
 from ..utils.devices import Distributed, resolve_device, seeded_rng
+from ..utils.journal import Journal, fingerprint, open_journal, unit_seed
 from ..masks.masking import frozen_masks
 from ..attacks.autoattack import autoattack_robust
 from .precision import autocast_context
@@ -93,27 +95,35 @@ def eval_attacks(model: nn.Module, cfg: RunConfig) -> dict:
 
 
 def final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
-                     device: torch.device | None = None, progress: bool = True) -> dict:
+                     device: torch.device | None = None, progress: bool = True,
+                     run_dir: str | os.PathLike | None = None) -> dict:
     """The numbers to report: clean and PGD (``eval_*``) accuracy, and AutoAttack
     (``cfg.autoattack``), on the first ``final_examples`` of the test split's fixed random
     order (:func:`~rst_lib.data.datasets.fixed_subset`), each also per class, in
     ``cfg.eval_precision`` (fp32 unless asked otherwise, whatever autocast surrounds it).
 
-    Random starts come from a generator seeded with ``cfg.seed`` (the global RNG is left
-    as it was), so every model evaluated with the same ``cfg`` meets the same attack.
+    Random starts come from generators seeded per batch from ``cfg.seed`` (the global RNG
+    is left as it was), so every model evaluated with the same ``cfg`` meets the same attack.
+
+    ``run_dir``: each batch's outcome (PGD, then each AutoAttack attack) is recorded in
+    ``run_dir/eval-state/final_evaluation.json`` as soon as it is known; a killed
+    evaluation called again with the same model and config continues where it stopped and
+    gives the numbers of an uninterrupted one. Progress bars: one per attack, per batch.
     """
     device = device or resolve_device(cfg.device)
+    journal = open_journal(run_dir, "final_evaluation", fingerprint(model, cfg.to_dict()))
     with autocast_context(cfg.eval_precision, device):
-        return _final_evaluation(model, cfg, data, device)
+        return _final_evaluation(model, cfg, data, device, progress, journal)
 
 
 def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
-                      device: torch.device) -> dict:
+                      device: torch.device, progress: bool, journal: Journal) -> dict:
     test = fixed_subset(data.test, cfg.final_examples)
-    x, y = _tensors(test, None)
-    with seeded_rng(cfg.seed, device):  # per input: clean and PGD outcome, in test order
-        clean_ok, pgd_ok = _correct_flags(model, x, y, eval_attacks(model, cfg)["pgd"],
-                                          cfg.eval_batch_size, device)
+    x, y = input_tensors(test, None)
+    # per input: clean and PGD outcome, in test order
+    clean_ok, pgd_ok = _correct_flags(model, x, y, eval_attacks(model, cfg)["pgd"],
+                                      cfg.eval_batch_size, device, cfg.seed, journal,
+                                      progress, f"final PGD-{cfg.eval_steps}")
     out = {"split": "test", "examples": len(test), "clean_acc": _fraction(clean_ok),
            "pgd_acc": _fraction(pgd_ok), "pgd": f"PGD-{cfg.eval_steps}",
            "eps": cfg.eval_eps_value, "threat_model": cfg.threat_model}
@@ -128,7 +138,8 @@ def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
         if survivors.any():
             robust[survivors] = autoattack_robust(model, x[:n][survivors], y[:n][survivors],
                                                    cfg.eval_eps_value, cfg.threat_model,
-                                                   cfg.autoattack, device, cfg.seed)
+                                                   cfg.autoattack, device, cfg.seed,
+                                                   cfg.eval_batch_size, progress, journal)
         out["autoattack_acc"] = _fraction(robust)
         out["autoattack"] = {"version": cfg.autoattack, "examples": n,
                              "on": "inputs PGD did not break (per-example worst case)"}
@@ -141,6 +152,8 @@ def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
     out["robust_attack"] = (f"AutoAttack ({cfg.autoattack})" if "autoattack_acc" in out
                             else out["pgd"])
     out["robust_examples"] = out["autoattack"]["examples"] if "autoattack" in out else len(test)
+    if journal.resumed:
+        out["resumed_units"] = journal.resumed  # batches recorded before an interruption
     return out
 
 
@@ -165,7 +178,8 @@ def per_class_accuracy(labels: torch.Tensor, flags: dict[str, torch.Tensor],
     return out
 
 
-def _tensors(dataset: Dataset, n_examples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def input_tensors(dataset: Dataset, n_examples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n_examples`` of ``dataset``'s fixed order as two tensors (inputs, labels)."""
     sub = fixed_subset(dataset, n_examples)
     xs, ys = zip(*make_loader(sub, 500))
     return torch.cat(xs), torch.cat(ys)
@@ -174,7 +188,8 @@ def _tensors(dataset: Dataset, n_examples: int | None) -> tuple[torch.Tensor, to
 def autoattack_accuracy(model: nn.Module, dataset: Dataset, eps: float, threat_model: str = "linf",
                         version: str = "standard", n_examples: int | None = 1000,
                         device: str | torch.device = "cpu", seed: int = 0,
-                        batch_size: int = 250) -> float:
+                        batch_size: int = 250, progress: bool = False,
+                        journal: Journal | None = None) -> float:
     """Robust accuracy under AutoAttack on the first ``n_examples`` of the fixed test order.
 
     ``version``: ``standard`` (APGD-CE, APGD-T, FAB-T, Square); ``fast`` = APGD-CE (1
@@ -182,10 +197,12 @@ def autoattack_accuracy(model: nn.Module, dataset: Dataset, eps: float, threat_m
     the two attacks that decide most standard-AA numbers; ``rand`` = AutoAttack's
     version for randomized defenses (APGD-CE and APGD-DLR with 20 EOT samples per step),
     e.g. R2S's random switch.
+
+    ``journal`` (:class:`~rst_lib.utils.journal.Journal`): records each (attack, batch).
     """
-    x, y = _tensors(dataset, n_examples)
+    x, y = input_tensors(dataset, n_examples)
     return _fraction(autoattack_robust(model, x, y, eps, threat_model, version, device, seed,
-                                        batch_size))
+                                        batch_size, progress, journal))
 
 
 def _fraction(flags: torch.Tensor) -> float:
@@ -195,15 +212,34 @@ def _fraction(flags: torch.Tensor) -> float:
 
 @torch.no_grad()
 def _correct_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, batch_size: int,
-                   device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per input, in one pass: classified correctly clean, and under ``attack``? (bool, CPU)"""
+                   device, seed: int = 0, journal: Journal | None = None, progress: bool = False,
+                   desc: str = "PGD") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per input, in one pass: classified correctly clean, and under ``attack``? (bool, CPU)
+
+    Batch ``b`` runs under seed :func:`unit_seed` (``seed``, b) and is one unit of
+    ``journal``: recorded when done, read back instead of recomputed when resumed."""
     model = model.to(device).eval()
+    journal = journal or Journal(None, "")
     clean, adv = [], []
+    starts = range(0, len(x), batch_size)
+    prefix = desc.split()[-1].lower()
+    bar = tqdm(total=len(starts), desc=desc, unit="batch", leave=False, disable=not progress,
+               initial=journal.count(f"{prefix}/"))
+
+    def run(b: int, i: int) -> list:
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        with seeded_rng(unit_seed(seed, b), device):
+            ok_clean = (model(xb).argmax(1) == yb).cpu()
+            ok_adv = (model(attack(xb, yb)).argmax(1) == yb).cpu()
+        bar.update(1)
+        return [ok_clean.int().tolist(), ok_adv.int().tolist()]
+
     with frozen_masks(model):
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-            clean.append((model(xb).argmax(1) == yb).cpu())
-            adv.append((model(attack(xb, yb)).argmax(1) == yb).cpu())
+        for b, i in enumerate(starts):
+            c, a = journal.run(f"{prefix}/{b}", lambda: run(b, i))
+            clean.append(torch.tensor(c, dtype=torch.bool))
+            adv.append(torch.tensor(a, dtype=torch.bool))
+    bar.close()
     empty = torch.zeros(0, dtype=torch.bool)
     return (torch.cat(clean) if clean else empty), (torch.cat(adv) if adv else empty)
 
@@ -223,6 +259,6 @@ def robustness_report(model: nn.Module, dataset: Dataset, eps: float, alpha: flo
         out = evaluate(model.to(device), loader, device, attacks, progress, desc="robustness")
     if autoattack != "none":
         out["autoattack_acc"] = autoattack_accuracy(model, dataset, eps, threat_model, autoattack,
-                                                    n_examples, device, seed)
+                                                    n_examples, device, seed, progress=progress)
     out["eps"], out["n_examples"] = eps, len(fixed_subset(dataset, n_examples))
     return out

@@ -30,6 +30,7 @@ from ..data.datasets import DataBundle, fixed_subset
 from ..data.loaders import make_loader, set_epoch
 from ..utils.devices import Distributed, resolve_device, seeded_rng, setup_distributed
 from .evaluation import eval_attacks, evaluate, final_evaluation
+from .live import LiveLog
 from ..utils.files import TORCH_LOAD_ERRORS, torch_save, write_json
 from ..models.registry import RandomNetwork
 from .precision import autocast_context, check_supported, make_scaler
@@ -306,6 +307,7 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
                          with_index=cfg.train_attack == "fgsm_carried",
                          num_workers=cfg.num_workers, device=device)  # workers live all run
     stuck = 0
+    live = LiveLog(writer, cfg, start_epoch)  # TensorBoard events and progress.json
     epochs = tqdm(range(start_epoch, cfg.epochs if stopped is None else start_epoch),
                   desc=cfg.name or cfg.task, unit="epoch", disable=not (progress and dist.main),
                   initial=start_epoch, total=cfg.epochs)
@@ -361,6 +363,7 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
                               writer / "last.pt")
             write_json(writer / "metrics.json", _metrics(cfg, model, history, best, notes,
                                                         time.time() - t0, "running", stopped))
+        live.epoch(row, model)  # after last.pt: progress.json's epoch k is saved
         if stopped is not None:
             break
     if cfg.compile and net.fallback:  # metrics.json says the run was not compiled
@@ -370,11 +373,12 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
     model.eval()
     final = None
     if dist.main:  # the only place the test split is read (unless val_fraction=0)
-        final = final_evaluation(model, cfg, data, device, progress)  # in cfg.eval_precision
+        final = final_evaluation(model, cfg, data, device, progress, writer)  # resumable
     if writer is not None:
         write_json(writer / "metrics.json",
                    _metrics(cfg, model, history, best, notes, time.time() - t0,
                             "collapsed" if stopped else "finished", stopped, final))
+    live.close()
     dist.barrier()  # every rank returns once rank 0 has written the results
     return TrainResult(model, history, best, run_dir,
                         run_dir / "ticket.pt" if run_dir is not None else None, cfg, data, notes,

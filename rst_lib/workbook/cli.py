@@ -2,6 +2,8 @@
 
     rst-workbook run 01_search -p params/01_search/cpu-demo.yaml -p keep_ratio=0.05
     rst-workbook sweep params/sweeps/keep-ratios-cpu.yaml --jobs 2
+    rst-workbook sweep params/sweeps/smoke.yaml --executor slurm --partition debug
+    rst-workbook sweep params/sweeps/smoke.yaml --status
     rst-workbook index                       # rewrite outputs/index.html
     rst-workbook params 01_search            # a notebook's parameters and defaults
     rst-workbook model -p params/presets/rbrn-resnet34-cifar10.yaml   # the network it builds
@@ -30,8 +32,10 @@ from ..errors import ConfigError, did_you_mean
 from ..utils.files import sigterm_as_interrupt
 from .runs import RunExists, run_notebook
 from .index import write_index
-from .sweeps import run_sweep
 from ..engine.tasks import describe_model
+from .cluster import (EXECUTORS, SlurmOptions, add_arguments, cell_states, cli_options,
+                      status_lines, submit_sweep)
+from .sweeps import load_sweep, run_sweep
 from ..engine.training import train
 from ..interop import export_ticket, import_checkpoint
 from ..interop.seeds import PARAMS as IMPORT_PARAMS, SOURCES
@@ -92,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="do not retry cells that failed before")
     sw.add_argument("--dry-run", action="store_true", help="list the cells and their status")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    sw.add_argument("--executor", choices=EXECUTORS, default=None,
+                    help="local: processes on this machine (default); slurm: one job per cell "
+                         "through submitit; submitit-local: submitit's local executor (no Slurm)")
+    sw.add_argument("--status", action="store_true",
+                    help="list each cell's state (finished, running, queued, failed) and exit")
+    add_arguments(sw)
 
     ix = sub.add_parser("index", help="rewrite index.html in the output root from its runs")
     ix.add_argument("-o", "--output-root", default=None, help=out_help)
@@ -149,6 +159,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _sweep_executor(args) -> str:
+    executor = load_sweep(args.sweep, args.param, _output_root(args.output_root),
+                          validate=False).executor or "local"
+    if executor not in EXECUTORS:
+        raise ConfigError(f"{args.sweep}: executor={executor!r} is invalid: valid "
+                          f"{', '.join(EXECUTORS)}")
+    return executor
+
+
+def _cluster_sweep(args) -> int:
+    """``sweep --status``, and ``sweep --executor slurm`` (submit what is missing)."""
+    sweep = load_sweep(args.sweep, args.param, _output_root(args.output_root))
+    if args.status:
+        for line in status_lines(cell_states(sweep)):
+            print(line)
+        return 0
+    executor = args.executor or _sweep_executor(args)
+    options = SlurmOptions.from_mapping(sweep.slurm, f"{args.sweep}: slurm").merged(
+        cli_options(args))
+    submit_sweep(sweep, executor, options, dry_run=args.dry_run)
+    if not args.dry_run:
+        print(f"watch it: rst-workbook sweep {args.sweep} --status")
+    return 0
+
+
 def _command(args) -> int:
     if args.command == "run":
         notebook = find_notebook(args.notebook)
@@ -167,6 +202,8 @@ def _command(args) -> int:
         bad = [p for p in args.param if "=" not in p]
         if bad:
             raise ConfigError(f"sweep takes key=value overrides only, got {bad}")
+        if args.status or (args.executor or _sweep_executor(args)) != "local":
+            return _cluster_sweep(args)
         result = run_sweep(args.sweep, args.jobs, args.param, _output_root(args.output_root),
                            progress=not args.no_progress, retry_failed=not args.skip_failed,
                            dry_run=args.dry_run)

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterable
 
+from ..engine.live import PROGRESS_FILE
 from ..utils.files import read_json, write_text
 
 HEADLINE_KEYS = ("dataset", "model", "keep_ratio", "clean_acc", "pgd_acc", "autoattack_acc",
@@ -54,6 +55,24 @@ def find_runs(root: str | os.PathLike) -> list[Path]:
     return sorted(notebook_runs | python_runs)
 
 
+def run_progress(run_dir: str | os.PathLike) -> str:
+    """How far a run's training is (``epoch 3 of 10``, ``final evaluation``), from the newest
+    ``progress.json`` in its folder or one level below (a notebook that trains several
+    models, each in its own subfolder); "" when there is none."""
+    d = Path(run_dir)
+    files = [p for p in (d / PROGRESS_FILE, *d.glob(f"*/{PROGRESS_FILE}")) if p.is_file()]
+    if not files:
+        return ""
+    newest = max(files, key=lambda p: p.stat().st_mtime)
+    p = read_json(newest)
+    where = "" if newest.parent == d else f"{newest.parent.name}: "
+    if p.get("phase") == "final evaluation":
+        return f"{where}final evaluation"
+    if isinstance(p.get("epoch"), int) and isinstance(p.get("epochs"), int):
+        return f"{where}epoch {p['epoch']} of {p['epochs']}"
+    return ""
+
+
 def run_rows(root: str | os.PathLike) -> list[dict]:
     """One dict per run under ``root``: notebook, name, status, timings, headline, paths."""
     root = Path(root)
@@ -71,6 +90,7 @@ def run_rows(root: str | os.PathLike) -> list[dict]:
         rows.append({
             "notebook": Path(info.get("notebook", "")).stem or rel.split("/")[0],
             "run": rel, "status": info.get("status", "?"),
+            "progress": run_progress(d) if info.get("status") == "running" else "",
             "started": info.get("started", ""), "seconds": info.get("seconds"),
             "failed_cell": info.get("failed_cell"), "error": info.get("error"),
             "report": report.relative_to(root).as_posix() if report.is_file() else None,
@@ -134,7 +154,8 @@ def write_index(root: str | os.PathLike = "outputs") -> Path:
         kr = r.get("keep_ratio")
         cells = [
             f"<td>{e(r['notebook'])}</td>", f"<td>{link}</td>",
-            f'<td class="{e(r["status"])}">{e(r["status"])}</td>',
+            f'<td class="{e(r["status"])}">{e(r["status"])}'
+            + (f'<br><small>{e(r["progress"])}</small>' if r.get("progress") else "") + "</td>",
             f"<td>{e(str(r.get('dataset', '')))}</td>", f"<td>{e(str(r.get('model', '')))}</td>",
             f'<td class="num">{e(f"{kr:.3g}" if isinstance(kr, (int, float)) else str(kr or ""))}</td>',
             *(f'<td class="num" data-v="{r.get(k, "")}">{_pct(r.get(k))}</td>'

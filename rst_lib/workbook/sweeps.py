@@ -24,6 +24,8 @@ level's ``set`` and ``seeds`` are their defaults). All cells of all stages form 
 (the same jobs pool, the same resume); a stage's cells go to
 ``outputs/<its notebook>/<sweep>/<stage>/<cell>/``. Stages do not feed each other: a notebook that
 needs a ticket searches its own (``02_finetune`` with ``ticket: null``).
+    executor: slurm                           # optional: local (default) | slurm; --executor wins
+    slurm: {partition: gpu, gpus_per_cell: 1, time: 600}   # job options (rst_lib.workbook.cluster)
 """
 from __future__ import annotations
 
@@ -74,6 +76,8 @@ class Sweep:
     jobs: int | None = None
     path: Path | None = None
     directory: Path = field(default=Path("."))
+    executor: str | None = None
+    slurm: dict = field(default_factory=dict)
 
 
 def _value_text(v) -> str:
@@ -106,7 +110,7 @@ def _find(path: str, near: Path | None, kind: str, suffixes=("",)) -> Path:
 
 
 SWEEP_KEYS = ("notebook", "name", "params", "set", "grid", "seeds", "cells", "jobs", "output_root",
-              "stages")
+              "stages", "executor", "slurm")
 STAGE_KEYS = ("stage", "notebook", "params", "set", "grid", "seeds", "cells")
 
 
@@ -158,8 +162,12 @@ def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.Path
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise ConfigError(f"{path}: jobs={jobs!r} is invalid: expected an integer >= 1")
     folders = {c.run_dir.parent for c in cells}
+    slurm = spec.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise ConfigError(f"{path}: 'slurm' must be a mapping of job options (partition: ...)")
     return Sweep(name, cells[0].notebook, cells[0].params_file, cells, root, jobs, path,
-                 folders.pop() if len(folders) == 1 else (root / name).resolve())
+                 folders.pop() if len(folders) == 1 else (root / name).resolve(),
+                 spec.get("executor"), slurm)
 
 
 def _stage_cells(spec: dict, path: Path, where: str, name: str, root: Path, overrides,
@@ -337,11 +345,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                     else:
                         env.setdefault("OMP_NUM_THREADS", str(threads))
                         env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
-                    params_file = cell.params_file or sweep.params_file
-                    spec = {"notebook": str(notebook), "params": cell.params,
-                            "run_dir": str(cell.run_dir), "output_root": absolute_path(sweep.output_root),
-                            "params_file": str(params_file) if params_file else None,
-                            "extra": extra}
+                    spec = cell_spec(sweep, cell)
                     logf = open(cell.run_dir / "log.txt", "a")
                     logf.write(f"\n=== {datetime.now():%Y-%m-%d %H:%M:%S} start (slot {slot}) ===\n")
                     logf.flush()
@@ -397,9 +401,24 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
     return result
 
 
+def cell_spec(sweep: Sweep, cell: SweepCell) -> dict:
+    """What a process (or a cluster job) needs to run one cell: :func:`run_cell`'s argument."""
+    params_file = cell.params_file or sweep.params_file
+    extra = {"sweep": sweep.name, "sweep_file": str(sweep.path), "cell": cell.name}
+    if cell.stage:
+        extra["stage"] = cell.stage
+    return {"notebook": str(cell.notebook or sweep.notebook), "params": cell.params,
+            "run_dir": str(cell.run_dir), "output_root": absolute_path(sweep.output_root),
+            "params_file": str(params_file) if params_file else None, "extra": extra}
+
+
 def _cell_main(argv: list[str]) -> int:
     """Child process of a sweep: run one cell (``python -m rst_lib.workbook.sweeps SPEC_JSON``)."""
-    spec = json.loads(argv[0])
+    return run_cell(json.loads(argv[0]))
+
+
+def run_cell(spec: dict) -> int:
+    """Run one cell (its notebook, resumed if it was started before); the exit code."""
     try:
         with sigterm_as_interrupt():
             run_notebook(spec["notebook"], None, spec["params"], spec["output_root"],

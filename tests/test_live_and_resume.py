@@ -1,0 +1,135 @@
+"""Live curves (TensorBoard events, progress.json, the index's 'epoch k of n') read back
+while a run is going, and a final evaluation killed (SIGKILL) in the middle of AutoAttack
+that resumes to exactly the numbers of an uninterrupted run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rst_lib import RunConfig, train
+from rst_lib.workbook.index import run_progress
+
+# Tiny, deterministic; AutoAttack in batches of 8 so it has many units to be killed between.
+CFG = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.3, end_with_bn=True,
+           train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+           eps=0.1, alpha=0.125, eval_eps=0.02, eval_alpha=0.005, eval_steps=3, lr=0.1, epochs=2,
+           final_examples=160, autoattack="fast", autoattack_examples=160, eval_batch_size=8,
+           seed=3)
+
+CHILD = """
+import json, sys, torch
+torch.set_num_threads(1)
+from rst_lib import RunConfig, train
+cfg = RunConfig.from_dict(json.loads(sys.argv[1]))
+train(cfg, sys.argv[2], progress=True, resume=True)
+"""
+
+
+def _units(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "eval-state" / "final_evaluation.json").read_text())["units"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _scalars(run_dir: Path) -> tuple[dict, list]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0,
+                                                                         "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    return ({t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags["scalars"]},
+            tags["histograms"])
+
+
+@pytest.mark.slow  # three tiny trainings with AutoAttack, one in a subprocess (~1 min)
+def test_autoattack_killed_mid_evaluation_resumes_to_the_same_numbers(tmp_path):
+    cfg = RunConfig(**CFG).validate()
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfg.to_dict()), str(killed)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    deadline = time.time() + 300
+    seen_live = None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            units = _units(killed)
+            if any(u.startswith("autoattack/apgd-ce/") for u in units):
+                # the run is alive, in its final evaluation: its curves are readable now
+                seen_live = (_scalars(killed), json.loads((killed / "progress.json").read_text()),
+                             run_progress(killed))
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None and seen_live is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=60)
+    assert seen_live is not None, f"the child never reached AutoAttack: {err[-2000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    done_at_kill = _units(killed)
+    aa_total = sum(u.startswith("autoattack/") for u in done_at_kill)
+    assert not (killed / "metrics.json").exists() or json.loads(
+        (killed / "metrics.json").read_text())["final"] is None  # killed before the end
+    # progress bars in a batch log: per attack and per batch
+    assert "final PGD-3" in err and "AutoAttack apgd-ce" in err
+
+    (scalars, hists), progress, index_text = seen_live
+    assert [s for s, _ in scalars["accuracy/val_pgd"]] == [1, 2]
+    for tag in ("loss/train", "accuracy/val_clean", "schedule/lr", "schedule/eps", "mask/keep_ratio"):
+        assert [s for s, _ in scalars[tag]] == [1, 2], tag
+    kept = [t for t in scalars if t.startswith("kept_fraction/")]
+    assert kept and all(0.25 < scalars[t][-1][1] < 0.35 for t in kept)
+    assert any(h.startswith("scores/") for h in hists)
+    metrics_live = json.loads((killed / "metrics.json").read_text())
+    assert [v for _, v in scalars["accuracy/val_pgd"]] == pytest.approx(
+        [h["pgd_acc"] for h in metrics_live["history"]])
+    assert progress["epoch"] == 2 and progress["epochs"] == 2
+    assert index_text == "final evaluation"
+
+    # resume (the path a restarted notebook or a requeued sweep job takes)
+    resumed = train(cfg, killed, progress=False, resume=True)
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    assert resumed.final.pop("resumed_units") == len(done_at_kill)
+    assert resumed.final == straight.final  # exactly the same numbers
+    assert 0 < aa_total < sum(u.startswith("autoattack/") for u in _units(killed))
+    assert _units(killed) == _units(tmp_path / "straight")  # per batch, per input
+    assert straight.final["autoattack_acc"] <= straight.final["pgd_acc_on_autoattack_examples"]
+    starts = json.loads((killed / "progress.json").read_text())["starts"]
+    assert [s["epoch"] for s in starts] == [0, 2]  # started, then resumed after the epochs
+
+
+def test_a_journal_of_another_model_is_not_reused(tmp_path, data):
+    """A stale eval-state (other weights) must not leak into a new run's numbers."""
+    from rst_lib.engine.evaluation import final_evaluation
+    from rst_lib.engine.tasks import build_task
+    cfg = RunConfig(**{**CFG, "autoattack": "none", "final_examples": 32}).validate()
+    _, a = build_task(cfg, data)
+    _, b = build_task(cfg.replace(seed=4), data)
+    first = final_evaluation(a, cfg, data, progress=False, run_dir=tmp_path)
+    other = final_evaluation(b, cfg, data, progress=False, run_dir=tmp_path)
+    assert "resumed_units" not in other
+    again = final_evaluation(b, cfg, data, progress=False, run_dir=tmp_path)
+    assert again.pop("resumed_units") == 4  # 32 inputs in batches of 8, all read back
+    assert again == other and first["examples"] == other["examples"] == 32
+
+
+def test_index_shows_how_far_a_running_run_is(tmp_path):
+    from rst_lib.utils.files import write_json
+    from rst_lib.workbook.index import write_index
+    run = tmp_path / "01_search" / "a-run"
+    write_json(run / "run.json", {"notebook": "01_search.ipynb", "status": "running"})
+    write_json(run / "keep-0.1" / "progress.json", {"epoch": 3, "epochs": 10, "phase": "training"})
+    done = tmp_path / "01_search" / "b-run"
+    write_json(done / "run.json", {"notebook": "01_search.ipynb", "status": "finished"})
+    write_json(done / "progress.json", {"epoch": 10, "epochs": 10, "phase": "finished"})
+    page = write_index(tmp_path).read_text()
+    assert "keep-0.1: epoch 3 of 10" in page
+    assert "epoch 10 of 10" not in page  # finished runs show no progress
