@@ -18,6 +18,7 @@ def test_eps_warmup_ramps_linearly_from_zero():
 def test_eps_warmup_reaches_the_training_attack(data):
     """The attack used in the first batches of a warm-up is smaller than eps."""
     from rst_lib.engine.tasks import build_task, make_optimizer, make_train_attack
+    from rst_lib.engine.batch_steps import EpochContext
     from rst_lib.engine.training import train_epoch
     from rst_lib.data.loaders import make_loader
     cfg = RunConfig(model="conv2", width=0.125, train_attack="pgd", eps=0.3, alpha=0.1, steps=2,
@@ -35,11 +36,13 @@ def test_eps_warmup_reaches_the_training_attack(data):
     attack.perturb = spy
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     loader = make_loader(torch.utils.data.TensorDataset(*[t[:256] for t in data.train.tensors]), 64)
-    train_epoch(model, loader, opt, cfg, 0, torch.device("cpu"), progress=False, attack=attack)
+    ctx = EpochContext.build(model, opt, cfg, torch.device("cpu"), 256, attack=attack,
+                             progress=False)
+    train_epoch(ctx, loader, 0)
     assert [round(e, 4) for e, _ in seen] == [0.0, 0.0375, 0.075, 0.1125]  # 0.3 * (i/4) / 2
     assert all(a == pytest.approx(e / 3) for e, a in seen)  # the step follows the radius
     seen.clear()
-    train_epoch(model, loader, opt, cfg, 2, torch.device("cpu"), progress=False, attack=attack)
+    train_epoch(ctx, loader, 2)
     assert all(e == pytest.approx(0.3) for e, _ in seen)  # after the warm-up: the full eps
 
 

@@ -13,6 +13,7 @@ from rst_lib.data.loaders import make_loader
 from rst_lib.masks.masking import get_mask_param
 from rst_lib.engine.schedules import (at_target_sparsity, discard_fraction, keep_ratios_at, lr_factor, staged_keep_ratios)
 from rst_lib.engine.tasks import build_task, make_optimizer, make_train_attack
+from rst_lib.engine.batch_steps import EpochContext
 from rst_lib.engine.training import train_epoch
 
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
@@ -152,8 +153,9 @@ def test_discard_stops_the_gradient_of_the_lowest_scores_per_layer(data):
         assert p.scores.abs()[p.discarded].max() <= p.scores.abs()[~p.discarded].min()
     before = {n: get_mask_param(m).scores.detach().clone() for n, m in masking.masked_layers(model)}
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
-    train_epoch(model, make_loader(data.train, 64), optimizer, cfg, 0, torch.device("cpu"),
-                progress=False)
+    ctx = EpochContext.build(model, optimizer, cfg, torch.device("cpu"), len(data.train),
+                             progress=False)
+    train_epoch(ctx, make_loader(data.train, 64), 0)
     for name, layer in masking.masked_layers(model):
         p = get_mask_param(layer)
         assert torch.equal(p.scores[p.discarded], before[name][p.discarded])
