@@ -51,7 +51,7 @@ def test_unknown_parameter_lists_the_valid_ones(tmp_path):
     ("04_r2s", "eot_samples=null", "eot_samples=None is invalid"),
     ("05_mask_patterns", "interactive=3", "interactive=3 is invalid: expected true or false"),
     ("02_finetune", "tasks=finetune", "tasks='finetune' is invalid: expected a list"),
-    ("06_evaluate", "pgd_steps=[10, 2.5]", "pgd_steps=2.5 is invalid: expected an integer"),
+    ("06_evaluate", "pgd_steps=[10, 2.5]", "pgd_steps=2.5 is invalid: expected int"),
     ("06_evaluate", "train_attack=fgsm", "train_attack='fgsm' is invalid (did you mean 'fgsm_rs'?): valid choices"),
 ])
 def test_wrong_types_fail_before_any_kernel(tmp_path, notebook, override, match):

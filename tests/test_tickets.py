@@ -112,7 +112,7 @@ def test_corrupted_and_foreign_files(tmp_path, tiny_model, batch):
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(TicketError, match="not an rst-workbook ticket"):
         load_ticket(other)
-    with pytest.raises(TicketError, match="no ticket at"):
+    with pytest.raises(TicketError, match="no file at"):
         load_ticket(tmp_path / "missing.pt")
 
 

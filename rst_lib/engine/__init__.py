@@ -3,9 +3,9 @@ schedules, precision and tuned steps, the evaluation and the gradient-masking ch
 from .checks import final_checks, gradient_masking_report
 from .evaluation import (autoattack_accuracy, count_correct, evaluate, final_evaluation,
                          robustness_report)
-from .tasks import build_task, load_run_data
+from .tasks import build_task, check_run, load_run_data
 from .training import TrainResult, train
 
 __all__ = ["final_checks", "gradient_masking_report", "autoattack_accuracy", "count_correct",
-           "evaluate", "final_evaluation", "robustness_report", "build_task", "load_run_data",
+           "evaluate", "final_evaluation", "robustness_report", "build_task", "check_run", "load_run_data",
            "TrainResult", "train"]

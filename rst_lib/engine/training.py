@@ -33,7 +33,7 @@ from .batch_steps import EpochContext
 from .collapse import CollapseWarning, collapse_message, is_collapsed
 from .precision import autocast_context, check_supported, make_scaler
 from .schedules import at_target_sparsity, discard_fraction, eps_factor, keep_ratios_at, lr_factor
-from .tasks import build_task, make_optimizer, make_train_attack, trainable_parameters
+from .tasks import build_task, check_run, make_optimizer, make_train_attack, trainable_parameters
 from ..models.tickets import save_ticket
 from .tuning import CompiledNetwork, backend_settings, resolve_channels_last
 
@@ -142,7 +142,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: bo
     Random numbers come from the global torch RNG seeded with ``cfg.seed`` inside the call;
     the caller's random stream is restored afterwards.
     """
-    cfg.validate()
+    check_run(cfg)  # every parameter, and the model and ticket they name, before compute
     device = resolve_device(cfg.device)
     with seeded_rng(cfg.seed, device), backend_settings(device):  # cuDNN autotuning on CUDA
         run = prepare_run(cfg, run_dir, progress, data, resume)

@@ -35,9 +35,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..config import allowed
+from ..errors import check_keep_ratio
 from .topk import topk_mask
 
-GRANULARITIES = ("weight", "kernel", "filter", "row")
+GRANULARITIES = allowed("granularity")  # declared with the parameter
 
 
 def score_shape(weight_shape: torch.Size, granularity: str) -> tuple[int, ...]:
@@ -106,8 +108,7 @@ class TopKMask(nn.Module):
 
     def __init__(self, weight: torch.Tensor, keep_ratio: float, granularity: str = "weight"):
         super().__init__()
-        if not 0.0 < keep_ratio <= 1.0:
-            raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+        check_keep_ratio(keep_ratio)
         self.keep_ratio = float(keep_ratio)
         self.granularity = granularity
         self.scores = nn.Parameter(torch.empty(score_shape(weight.shape, granularity),
@@ -279,8 +280,7 @@ def set_keep_ratios(model: nn.Module, ratios: dict[str, float]) -> None:
     """Change the keep ratio of masked layers (by layer name); masks follow on next use."""
     layers = dict(masked_layers(model))
     for name, r in ratios.items():
-        if not 0.0 < r <= 1.0:
-            raise ValueError(f"keep ratio of {name} must be in (0, 1], got {r}")
+        check_keep_ratio(r, f"keep ratio of {name}")
         get_mask_param(layers[name]).keep_ratio = float(r)
 
 
@@ -295,8 +295,7 @@ def allocate_keep_ratios(sizes: list[int], keep_ratio: float, p: float = 1.0) ->
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p={p!r} is invalid: it must be in [0, 1]")
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio={keep_ratio!r} is invalid: it must be in (0, 1]")
+    check_keep_ratio(keep_ratio)
     budget = keep_ratio * sum(sizes)
     ratios: list[float | None] = [None] * len(sizes)
     while True:
