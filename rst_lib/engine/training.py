@@ -1,11 +1,15 @@
 """The training loop: one epoch (:func:`train_epoch`) and a whole run (:func:`train`).
 
-Read top to bottom: :func:`train` builds data and model for ``cfg.task``
+:func:`train` reads as its steps: :func:`prepare_run` builds data and model for ``cfg.task``
 (:func:`rst_lib.engine.tasks.build_task`: a ticket search by default, or finetuning / dense /
-BNN baselines), then for each epoch trains (scores for a search, weights otherwise),
-checks clean and PGD accuracy on the validation split, keeps the best model as
-``ticket.pt`` and writes ``metrics.json`` plus a resumable ``last.pt``. The test split is
-read once, at the end (:func:`rst_lib.engine.evaluation.final_evaluation`).
+BNN baselines), the splits, the optimizer and the per-batch step (:mod:`.batch_steps`, chosen
+once by ``cfg.train_attack``); :func:`restore` resumes from ``last.pt``; then per epoch
+:func:`one_epoch` trains (scores for a search, weights otherwise) and checks clean and PGD
+accuracy on the validation split, :func:`record_epoch` records the row (the one place a
+logger hooks in), :func:`watch_collapse` stops a run that does not learn,
+:func:`choose_best` keeps the best model as ``ticket.pt`` and :func:`checkpoint` writes
+``metrics.json`` and a resumable ``last.pt``; :func:`finish` reads the test split, once,
+for the best model (:func:`rst_lib.engine.evaluation.final_evaluation`).
 """
 from __future__ import annotations
 
