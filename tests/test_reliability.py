@@ -15,6 +15,7 @@ from torch import nn
 
 from rst_lib import RunConfig, create_model, load_dataset, train
 from rst_lib.config import ConfigError
+from rst_lib.engine.tasks import check_run
 from rst_lib.engine.training import LossJumpWarning, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +34,8 @@ def test_finetune_ticket_of_another_architecture_is_refused_before_compute(tmp_p
     train(RunConfig(**TINY, epochs=1).validate(), run, progress=False, data=data)
     with pytest.raises(ConfigError, match="does not match the model .*ticket has 'conv2', "
                                           "parameters say 'resnet18'"):
-        RunConfig(**{**TINY, "model": "resnet18", "task": "finetune",
-                     "ticket": str(run / "ticket.pt")}).validate()
+        check_run(RunConfig(**{**TINY, "model": "resnet18", "task": "finetune",
+                               "ticket": str(run / "ticket.pt")}))  # train's first step
 
 
 def test_run_directory_is_never_overwritten(tmp_path, data):
