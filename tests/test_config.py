@@ -96,3 +96,12 @@ def test_cross_checks_run_at_the_entry_point_and_validate_reads_no_ticket(tmp_pa
         check_run(RunConfig(model="conv99"))
     with pytest.raises(ConfigError, match=r"keep_ratio=0 is invalid: it must be in \(0, 1\]"):
         check_run(RunConfig(keep_ratio=0))
+
+
+def test_trainer_parameter_errors(tmp_path):
+    with pytest.raises(ConfigError, match="needs ticket"):
+        RunConfig(task="finetune").validate()
+    with pytest.raises(ConfigError, match="ticket='nope.pt' does not exist"):
+        RunConfig(task="finetune", ticket="nope.pt").validate()
+    with pytest.raises(ConfigError, match="adaptive_p=2"):
+        RunConfig(adaptive_p=2).validate()

@@ -247,6 +247,7 @@ def test_compiled_run_falls_back_once_and_says_so(monkeypatch, tmp_path, data):
     assert math.isfinite(result.history[0]["train_loss"])
 
 
+@pytest.mark.slow  # torch.compile of a network (compiling takes minutes on 2 cores)
 def test_compiled_search_step_matches_eager(data):
     """PGD input gradient, search-step loss and score gradients of the compiled network (one
     graph per mode, masks computed eagerly) against eager, and both against float64."""
@@ -317,6 +318,7 @@ def gpu_table(monkeypatch, tmp_path):
     return gpu_table
 
 
+@pytest.mark.slow  # the GPU table's 27 configurations of a resnet34 on the CPU
 def test_gpu_table_code_path_runs_on_cpu(monkeypatch, gpu_table):
     """What ``bench/run.py --device cuda`` runs, on the CPU with a tiny resnet34 (width
     0.125, batch 4, PGD-2). torch.compile is the identity here (compiling nine networks
