@@ -26,6 +26,9 @@ def test_final_evaluation_reports_autoattack_as_the_robust_accuracy(data):
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
             train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
             eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, epochs=1, autoattack="none", final_examples=200)
+TINY_512 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
+                train_examples=512, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, autoattack="none", final_examples=200)
 
 
 def test_autoattack_is_at_most_pgd(data):
@@ -51,7 +54,7 @@ class _Quantized(nn.Module):
 
 def test_gradient_masking_checks(data):
     from rst_lib.engine.checks import gradient_masking_report
-    cfg = RunConfig(**{**TINY, "train_attack": "none", "epochs": 2, "train_examples": 1000}).validate()
+    cfg = RunConfig(**{**TINY_512, "train_attack": "none", "epochs": 2, "train_examples": 1000}).validate()
     model = train(cfg, None, progress=False, data=data).model
     honest = gradient_masking_report(model, data.test, 0.1, 0.025, n_examples=100, steps=5,
                                      more_steps=10, restarts=2, progress=False)

@@ -28,6 +28,9 @@ def test_lr_schedules():
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
             train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
             eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, epochs=1, autoattack="none", final_examples=200)
+TINY_256 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
+                train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, final_examples=64, autoattack="none")
 
 
 def test_lr_policies():
@@ -86,7 +89,7 @@ def test_staged_schedule_stages_ratios_and_restarts_the_cosine(data):
     assert keep_ratios_at(one, {}, sizes, 0) is None  # one stage: the target from the start
     assert lr_factor(one, 3) == pytest.approx(0.5)
 
-    tiny = RunConfig(**TINY, epochs=3, keep_ratio_schedule="staged", keep_ratio_stages=3).validate()
+    tiny = RunConfig(**TINY_256, epochs=3, keep_ratio_schedule="staged", keep_ratio_stages=3).validate()
     result = train(tiny, None, progress=False, data=data)
     kept = [h["keep_ratio"] for h in result.history]
     assert kept == pytest.approx([0.2 ** (1 / 3), 0.2 ** (2 / 3), 0.2], abs=0.01)

@@ -19,6 +19,12 @@ from rst_lib.models.tickets import TicketError
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
             train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
             eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, epochs=1, autoattack="none", final_examples=200)
+TINY_512 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
+                train_examples=512, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, autoattack="none", final_examples=200)
+TINY_256 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
+                train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, final_examples=64, autoattack="none")
 
 
 def _raw(model):
@@ -104,7 +110,7 @@ def test_robust_trained_ticket_searches_inside_trained_weights(tmp_path, data):
 
 
 def test_finetune_reinit_draws_kaiming_normal_by_default(tmp_path, data):
-    rst = {**TINY, "scale_fan": False}  # RST's configs leave --scale-fan off
+    rst = {**TINY_256, "scale_fan": False}  # RST's configs leave --scale-fan off
     ticket = train(RunConfig(**rst, epochs=1).validate(), tmp_path / "t", progress=False,
                     data=data).ticket_path
     cfg = RunConfig(**{**rst, "task": "finetune_reinit", "ticket": str(ticket)}).validate()
@@ -124,10 +130,10 @@ def test_finetune_reinit_draws_kaiming_normal_by_default(tmp_path, data):
 
 def test_finetune_ticket_of_another_architecture_is_refused_before_compute(tmp_path, data):
     run = tmp_path / "run"
-    train(RunConfig(**TINY, epochs=1).validate(), run, progress=False, data=data)
+    train(RunConfig(**TINY_512, epochs=1).validate(), run, progress=False, data=data)
     with pytest.raises(ConfigError, match="does not match the model .*ticket has 'conv2', "
                                           "parameters say 'resnet18'"):
-        check_run(RunConfig(**{**TINY, "model": "resnet18", "task": "finetune",
+        check_run(RunConfig(**{**TINY_512, "model": "resnet18", "task": "finetune",
                                "ticket": str(run / "ticket.pt")}))  # train's first step
 
 

@@ -30,6 +30,15 @@ from rst_lib.engine.training import LossJumpWarning, load_checkpoint
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
             train_examples=600, eval_examples=100, batch_size=64, train_attack="fgsm_rs",
             eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, autoattack="none")
+TINY_512 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
+                train_examples=512, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, autoattack="none", final_examples=200)
+TINY_ONE_EPOCH = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
+                      train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+                      eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, epochs=1, autoattack="none", final_examples=200)
+TINY_256 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
+                train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, final_examples=64, autoattack="none")
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +318,7 @@ def test_eps_warmup_reaches_the_training_attack(data):
 @pytest.mark.parametrize("threat_model", ["linf", "l2"])
 def test_every_inner_attack_trains(data, attack, threat_model):
     eps = 0.1 if threat_model == "linf" else 1.0
-    cfg = RunConfig(**{**TINY, "train_attack": attack, "threat_model": threat_model, "eps": eps,
+    cfg = RunConfig(**{**TINY_ONE_EPOCH, "train_attack": attack, "threat_model": threat_model, "eps": eps,
                        "alpha": eps / 4, "steps": 2, "free_repeats": 2, "epochs": 2,
                        "train_examples": 512}).validate()
     result = train(cfg, None, progress=False, data=data)
@@ -324,7 +333,7 @@ def model():
 
 
 def test_fgsm_carried_search_keeps_one_buffer_across_epochs(data):
-    cfg = RunConfig(**{**TINY, "train_attack": "fgsm_carried", "alpha": 0.05}, epochs=2).validate()
+    cfg = RunConfig(**{**TINY_256, "train_attack": "fgsm_carried", "alpha": 0.05}, epochs=2).validate()
     _, model = build_task(cfg, data)
     attack = make_train_attack(model, cfg, 256)
     assert isinstance(attack, CarriedFGSM) and not attack.eval_mode  # train mode, as RBRN
@@ -336,7 +345,7 @@ def test_fgsm_carried_search_keeps_one_buffer_across_epochs(data):
 
 
 def test_search_with_discard_runs_and_records_the_discarded_scores(data):
-    cfg = RunConfig(**TINY, epochs=2, discard=True, discard_every=1, discard_rate=0.3).validate()
+    cfg = RunConfig(**TINY_256, epochs=2, discard=True, discard_every=1, discard_rate=0.3).validate()
     result = train(cfg, None, progress=False, data=data)
     p = get_mask_param(next(m for _, m in masking.masked_layers(result.model)))
     assert int(p.discarded.sum()) == int(0.6 * p.scores.numel())  # 2 discards of 30 %
@@ -364,7 +373,7 @@ DDP_SCRIPT = textwrap.dedent("""
 
 
 def test_run_directory_is_never_overwritten(tmp_path, data):
-    cfg = RunConfig(**TINY, epochs=1).validate()
+    cfg = RunConfig(**TINY_512, epochs=1).validate()
     train(cfg, tmp_path, progress=False, data=data)
     before = (tmp_path / "metrics.json").read_text()
     with pytest.raises(FileExistsError, match="never overwritten"):
@@ -373,7 +382,7 @@ def test_run_directory_is_never_overwritten(tmp_path, data):
 
 
 def test_nan_loss_stops_with_the_step_and_is_recorded(tmp_path, data):
-    cfg = RunConfig(**{**TINY, "task": "dense", "lr": 1e30, "train_attack": "none", "epochs": 2}).validate()
+    cfg = RunConfig(**{**TINY_512, "task": "dense", "lr": 1e30, "train_attack": "none", "epochs": 2}).validate()
     with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at epoch \d+, batch \d+"):
         train(cfg, tmp_path, progress=False, data=data)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -381,7 +390,7 @@ def test_nan_loss_stops_with_the_step_and_is_recorded(tmp_path, data):
 
 
 def test_loss_jump_debug_mode(data):
-    cfg = RunConfig(**{**TINY, "task": "dense", "lr": 100.0, "train_attack": "none", "epochs": 1,
+    cfg = RunConfig(**{**TINY_512, "task": "dense", "lr": 100.0, "train_attack": "none", "epochs": 1,
                        "end_with_bn": False, "batch_size": 32,
                        "loss_jump_factor": 1.5, "optimizer": "sgd", "momentum": 0.0}).validate()
     with pytest.warns(LossJumpWarning, match="loss jump at epoch 1, batch"):
@@ -409,7 +418,7 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
 @pytest.mark.slow  # three searches in subprocesses, one killed mid-epoch
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     script = tmp_path / "run.py"
-    script.write_text(SCRIPT.format(tiny=TINY))
+    script.write_text(SCRIPT.format(tiny=TINY_512))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     full = tmp_path / "full"
     subprocess.run([sys.executable, str(script), str(full)], check=True, env=env, timeout=600)
@@ -440,7 +449,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
 def test_two_process_ddp_equals_single_process_with_the_same_global_batch(tmp_path):
     # No BatchNorm (on CPU there is no SyncBatchNorm, so BN statistics would be per rank) and
     # a natural search (attack random starts come from each rank's own RNG).
-    cfg = {**TINY, "norm": "none", "end_with_bn": False, "train_attack": "none", "epochs": 2,
+    cfg = {**TINY_512, "norm": "none", "end_with_bn": False, "train_attack": "none", "epochs": 2,
            "batch_size": 64, "eval_batch_size": 32, "lr": 0.05}
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT.format(cfg=cfg))  # same as `torchrun -m rst_lib.engine.training`
