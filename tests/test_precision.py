@@ -179,7 +179,7 @@ def test_channels_last_auto_is_on_for_cuda_and_off_for_cpu():
     assert RunConfig().channels_last == "auto"
     for old in (True, False):  # the former bool parameter still works
         assert RunConfig(channels_last=old).validate().channels_last is old
-    with pytest.raises(ConfigError, match="channels_last='yes' is invalid: use auto"):
+    with pytest.raises(ConfigError, match="channels_last='yes' is invalid: valid choices are auto, true, false"):
         RunConfig(channels_last="yes").validate()
 
 
