@@ -116,14 +116,14 @@ def model():
 
 
 @pytest.fixture
-def batch(data):
+def digit_batch(data):
     return data.test.tensors[0][:32], data.test.tensors[1][:32]
 
 
-def test_early_stop_keeps_the_random_start_of_examples_fooled_there(model, batch):
+def test_early_stop_keeps_the_random_start_of_examples_fooled_there(model, digit_batch):
     """RST trainers/default.py attack_pgd: an example misclassified at the current iterate is
     not updated any more, so one fooled at the random start keeps that start."""
-    x, y = batch
+    x, y = digit_batch
     attack = PGD(model, 0.3, 0.05, steps=10, early_stop=True)
     torch.manual_seed(0)
     start = attack._random_delta(x)
@@ -140,11 +140,11 @@ def test_early_stop_keeps_the_random_start_of_examples_fooled_there(model, batch
     assert wrong_at_end[fooled_at_start].all()
 
 
-def test_early_stop_attacks_only_the_unfooled_and_matches_the_whole_batch_loop(model, batch):
+def test_early_stop_attacks_only_the_unfooled_and_matches_the_whole_batch_loop(model, digit_batch):
     """In eval mode early-stop PGD takes gradients of the still-correct examples only; the
     adversarial examples are those of the whole-batch loop (what a stochastic model gets),
     and the forward passes shrink with the survivors."""
-    x, y = batch
+    x, y = digit_batch
     sizes = []
     hook = model.register_forward_hook(lambda m, i, o: sizes.append(len(i[0])))
     torch.manual_seed(0)
@@ -161,8 +161,8 @@ def test_early_stop_attacks_only_the_unfooled_and_matches_the_whole_batch_loop(m
     assert sizes == sorted(sizes, reverse=True)
 
 
-def test_early_stop_ends_when_every_example_is_fooled(model, batch):
-    x, y = batch
+def test_early_stop_ends_when_every_example_is_fooled(model, digit_batch):
+    x, y = digit_batch
     wrong = (model(x).argmax(1) + 1) % 10  # labels the model never predicts at x ...
     calls = []
     hook = model.register_forward_hook(lambda *a: calls.append(1))
@@ -171,8 +171,8 @@ def test_early_stop_ends_when_every_example_is_fooled(model, batch):
     assert len(calls) == 1  # one check, then the loop stops
 
 
-def test_carried_fgsm_continues_from_each_examples_stored_perturbation(model, batch):
-    x, y = batch
+def test_carried_fgsm_continues_from_each_examples_stored_perturbation(model, digit_batch):
+    x, y = digit_batch
     idx = torch.arange(len(x)) + 100
     attack = CarriedFGSM(model, eps=0.1, alpha=0.05, n_examples=1000, eval_mode=True)
     first = attack(x, y, idx) - x
@@ -192,7 +192,7 @@ def test_carried_fgsm_continues_from_each_examples_stored_perturbation(model, ba
         attack(x, y)
 
 
-def test_trades_attack_runs_the_model_in_eval_mode(data, batch):
+def test_trades_attack_runs_the_model_in_eval_mode(data, digit_batch):
     cfg = RunConfig(**{**TINY, "train_attack": "trades"}).validate()
     _, model = build_task(cfg, data)
     attack = make_train_attack(model, cfg, 256)
@@ -200,7 +200,7 @@ def test_trades_attack_runs_the_model_in_eval_mode(data, batch):
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     bn.register_forward_pre_hook(lambda m, _: modes.append(m.training))
     model.train()
-    attack(*batch)
+    attack(*digit_batch)
     assert modes and not any(modes) and model.training  # eval inside, train again after
     assert make_train_attack(model, cfg.replace(train_attack="pgd"), 256).eval_mode is False
     forced = make_train_attack(model, cfg.replace(attack_train_mode=True), 256)
