@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine (python3, pip and make only):
 #   make quickstart   - install into .venv, run notebooks/00_quickstart.ipynb, render its report
-#   make test         - install into .venv, run the test suite
+#   make test         - install into .venv, run the test suite (all of it: what CI runs)
+#   make test-quick   - the same without the tests marked slow (notebooks, longer searches)
 # Re-running is fast: the install step re-runs only when pyproject.toml or constraints.txt change.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install quickstart test bench notebooks clean-venv
+.PHONY: install quickstart test test-quick bench notebooks clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,9 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

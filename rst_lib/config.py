@@ -12,40 +12,40 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import yaml
 
 
-from .errors import ConfigError, check_choice, did_you_mean, parse_number  # noqa: F401 (re-exported)
+from .errors import (ConfigError, check_choice, check_keep_ratio, did_you_mean,  # noqa: F401
+                     parse_number)  # ConfigError re-exported
 
 
-DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100", "svhn", "imagefolder")
-TRAIN_ATTACKS = ("pgd", "fgsm_rs", "fgsm_carried", "free", "trades", "none")
-KEEP_RATIO_SCHEDULES = ("none", "staged", "geometric")
-THREAT_MODELS = ("linf", "l2")
-TASKS = ("search", "finetune", "finetune_reinit", "finetune_full", "dense", "bnn")
-FINETUNE_INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant", "unsigned_constant",
-                  "xavier_normal", "xavier_constant", "binary", "uniform", "same")
-OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("cosine", "step", "multistep", "cifar_piecewise", "constant")
-LR_STEPS = ("batch", "epoch")
-# The per-channel input normalization inside the model: the dataset's usual statistics, or the
-# constants of RST's data loader / RBRN's DataNormalizeLayer (data.datasets.SEED_NORMALIZATIONS).
-NORMALIZATIONS = ("dataset", "rst", "rbrn")
-AUTOATTACK = ("none", "fast", "standard")
+def param(default, help: str, unit: str | None = None, choices=None):
+    """A schema entry: the default, a one-line help, the unit and the allowed values (the
+    type is the annotation). ``choices``: the values allowed, a tuple or a mapping of value
+    to a short note; :func:`check_fields` checks them and the help shows them first
+    (``a | b (note) | c: help``). The notebooks' parameters cells, ``rst-workbook params``
+    and validation all read these."""
+    meta = {"help": _help_text(help, choices), "unit": unit,
+            "choices": tuple(choices) if choices is not None else None}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
-_CHECKS: list[Callable[["RunConfig"], None]] = []
+def _help_text(help: str, choices) -> str:
+    if choices is None:
+        return help
+    notes = choices if isinstance(choices, dict) else dict.fromkeys(choices)
+    shown = " | ".join((str(v).lower() if isinstance(v, bool) else str(v))
+                       + (f" ({note})" if note else "") for v, note in notes.items())
+    return f"{shown}: {help}" if help else shown
 
 
-def register_check(check: Callable[["RunConfig"], None]) -> Callable:
-    """Add a check that :meth:`RunConfig.validate` runs last. The layers above the config
-    register theirs when imported (``models``: the architecture can be built with these
-    settings; ``tickets``: a finetune ticket matches the model), so the config itself
-    imports none of them."""
-    _CHECKS.append(check)
-    return check
+def allowed(name: str, schema: type | None = None) -> tuple:
+    """The allowed values of a parameter, from its declaration (RunConfig by default)."""
+    return (schema or RunConfig).__dataclass_fields__[name].metadata["choices"]
 
 
 def default(name: str):
@@ -54,14 +54,18 @@ def default(name: str):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def param(default, help: str, unit: str | None = None):
-    """A schema entry: the default, a one-line help and the unit (the type is the
-    annotation). The notebooks' parameters cells, ``rst-workbook params`` and validation
-    all read these."""
-    meta = {"help": help, "unit": unit}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+def check_fields(obj, names: Iterable[str] | None = None) -> None:
+    """Every field of a schema dataclass (or those in ``names``) has its annotated type and,
+    where declared, one of its allowed values: one ConfigError naming the first that does
+    not. RunConfig and the notebooks' own parameters are checked by this one function."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if names is not None and f.name not in names:
+            continue
+        value = getattr(obj, f.name)
+        check_type(f.name, value, hints[f.name])
+        if f.metadata.get("choices") is not None and value is not None:
+            check_choice(f.name, value, f.metadata["choices"])
 
 
 @dataclass
@@ -76,18 +80,20 @@ class RunConfig:
 
     # --- run
     name: str | None = param(None, "run name: the folder is <name>-<time> (None: the notebook's name)")
-    task: str = param("search", "search | finetune | finetune_reinit | finetune_full | dense | bnn")
+    task: str = param("search", "", choices=("search", "finetune", "finetune_reinit", "finetune_full", "dense", "bnn"))
     ticket: str | None = param(None, "a ticket.pt or a run folder (finetune tasks; 02 and 06 take it too)", "path")
-    finetune_init: str = param("kaiming_normal", "finetune_reinit draws weights so (RST --ft_init); same: the ticket's scheme")
+    finetune_init: str = param("kaiming_normal", "finetune_reinit draws weights so (RST --ft_init)", choices={
+        "kaiming_normal": None, "kaiming_uniform": None, "signed_constant": None, "unsigned_constant": None,
+        "xavier_normal": None, "xavier_constant": None, "binary": None, "uniform": None, "same": "the ticket's scheme"})
     pretrained: str | None = param(None, "trained dense checkpoint to search in (robust trained tickets)", "path")
     seed: int = param(0, "seed of the random weights, the validation split and the attacks")
     device: str = param("auto", "auto | cpu | cuda | cuda:N")
-    channels_last: bool | str = param("auto", "NHWC conv layout: auto (on for CUDA, off for CPU) | true | false")
-    precision: str = param("fp32", "fp32 | bf16 | fp16 (loss-scaled): autocast of the training steps, their attacks, the per-epoch check")
-    eval_precision: str = param("fp32", "fp32 | bf16 | fp16: autocast of the final test numbers (PGD, AutoAttack)")
+    channels_last: bool | str = param("auto", "NHWC conv layout", choices={"auto": "on for CUDA, off for CPU", True: None, False: None})
+    precision: str = param("fp32", "autocast of the training steps, their attacks, the per-epoch check", choices={"fp32": None, "bf16": None, "fp16": "loss-scaled"})
+    eval_precision: str = param("fp32", "autocast of the final test numbers (PGD, AutoAttack)", choices=("fp32", "bf16", "fp16"))
     compile: bool = param(False, "torch.compile the network (masks stay eager); falls back to eager with one warning")
     # --- data
-    dataset: str = param("mnist5k", "mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder")
+    dataset: str = param("mnist5k", "", choices={"mnist5k": "embedded", "cifar10": None, "cifar100": None, "svhn": None, "mnist": None, "imagefolder": None})
     data_dir: str | None = param(None, "where the data lives (None: $RST_DATA_DIR or data/)", "path")
     download: bool = param(False, "let torchvision download a missing dataset")
     train_examples: int | None = param(None, "training examples used (None: all but the validation split)", "examples")
@@ -99,7 +105,7 @@ class RunConfig:
     augment: bool = param(True, "random crop + flip (32x32 color data only)")
     data_cache: bool = param(True, "decode small images (up to 64 px) once into a uint8 cache; batches augmented on the device")
     data_cache_dir: str | None = param(None, "where that cache goes (None: data_dir/.rst-cache, or ~/.cache/rst-workbook if read-only)", "path")
-    normalization: str = param("dataset", "input mean/std inside the model: dataset (its usual statistics) | rst (RST's loader) | rbrn (RBRN's DataNormalizeLayer)")
+    normalization: str = param("dataset", "input mean/std inside the model", choices={"dataset": "its usual statistics", "rst": "RST's loader", "rbrn": "RBRN's DataNormalizeLayer"})
     num_workers: int | str = param("auto", "loader processes for resized (uncached) images: auto (CPUs - 1, max 8; none with 2 CPUs or fewer) | N")
     # --- model (rst_lib.models.registry.ModelConfig takes these)
     model: str = param("conv4", "conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2")
@@ -107,10 +113,10 @@ class RunConfig:
     width: float = param(0.5, "channel multiplier")
     keep_ratio: float = param(0.1, "fraction of the weights KEPT (RBRN's --prune-rate)", "fraction")
     adaptive_p: float = param(1.0, "RBRN's p: a layer keeps ~ size^(p-1); 1: the same ratio everywhere")
-    granularity: str = param("weight", "what one score gates: weight | kernel | filter | row")
-    keep_rule: str = param("round", "kept scores of a layer: round (round(k n), at least 1) | getsubnet (n - int((1 - k) n), the seeds' GetSubnet)")
-    keep_allocation: str = param("closed_form", "per-layer keep ratios from keep_ratio and adaptive_p: closed_form (one solve) | rbrn (RBRN's set_model_prune_rate walk)")
-    keep_ratio_schedule: str = param("none", "none | staged (RBRN pr_steps) | geometric (per epoch)")
+    granularity: str = param("weight", "what one score gates", choices=("weight", "kernel", "filter", "row"))
+    keep_rule: str = param("round", "kept scores of a layer", choices={"round": "round(k n), at least 1", "getsubnet": "n - int((1 - k) n), the seeds' GetSubnet"})
+    keep_allocation: str = param("closed_form", "per-layer keep ratios from keep_ratio and adaptive_p", choices={"closed_form": "one solve", "rbrn": "RBRN's set_model_prune_rate walk"})
+    keep_ratio_schedule: str = param("none", "", choices={"none": None, "staged": "RBRN pr_steps", "geometric": "per epoch"})
     keep_ratio_stages: int = param(1, "staged: stage k of S keeps keep_ratio^(k/S); the cosine LR restarts")
     keep_ratio_warmup: int = param(0, "geometric: dense epochs before shrinking", "epochs")
     keep_ratio_steps: int = param(0, "geometric: epochs to shrink from 1 to keep_ratio", "epochs")
@@ -118,30 +124,32 @@ class RunConfig:
     discard_every: int = param(10, "RST --discard_epoch: epochs between discards", "epochs")
     discard_rate: float = param(0.1, "RST --discard_rate: scores discarded per discard", "fraction")
     discard_progressive: bool = param(False, "RST --progressive_prune: keep 0.9 - discarded (not below keep_ratio)")
-    weight_init: str = param("signed_constant", "signed_constant (RST) | binary (RBRN) | kaiming_normal | ...")
+    weight_init: str = param("signed_constant", "frozen random weights", choices={
+        "signed_constant": "RST", "binary": "RBRN", "unsigned_constant": None, "kaiming_normal": None,
+        "kaiming_uniform": None, "xavier_normal": None, "xavier_constant": None, "uniform": None})
     scale_fan: bool = param(True, "weight scale uses fan x keep ratio (RBRN's correct init)")
-    score_init: str = param("kaiming_uniform", "kaiming_uniform (RST) | uniform (U(-a, a), RBRN)")
+    score_init: str = param("kaiming_uniform", "", choices={"kaiming_uniform": "RST", "uniform": "U(-a, a), RBRN"})
     score_init_scale: float = param(0.01, "a of the uniform score init")
-    score_fan_mode: str = param("none", "uniform scores divided by sqrt(fan): none | all | except_last | only_last")
-    norm: str = param("bn", "bn | none")
+    score_fan_mode: str = param("none", "uniform scores divided by sqrt(fan)", choices=("none", "all", "except_last", "only_last"))
+    norm: str = param("bn", "", choices=("bn", "none"))
     bn_affine: bool = param(False, "affine BatchNorm (both seeds: non-affine)")
     end_with_bn: bool = param(False, "RBRN's last BatchNorm on the logits")
     dense_first: bool = param(False, "keep the first layer dense (unmasked)")
     dense_last: bool = param(False, "keep the last layer dense (unmasked)")
     # --- optimization (of the scores; of the weights when finetuning)
     epochs: int = param(6, "training epochs", "epochs")
-    optimizer: str = param("sgd", "sgd | adam")
+    optimizer: str = param("sgd", "", choices=("sgd", "adam"))
     lr: float = param(0.2, "base learning rate")
     momentum: float = param(0.9, "SGD momentum")
     weight_decay: float = param(5e-4, "weight decay (on the scores in a search, as both seeds)")
-    lr_schedule: str = param("cosine", "cosine | step | multistep | cifar_piecewise | constant")
-    lr_step: str = param("batch", "when the LR changes: batch (every batch) | epoch (once per epoch, before it: both seeds)")
+    lr_schedule: str = param("cosine", "", choices=("cosine", "step", "multistep", "cifar_piecewise", "constant"))
+    lr_step: str = param("batch", "when the LR changes", choices={"batch": "every batch", "epoch": "once per epoch, before it: both seeds"})
     lr_milestones: list[int] = param([], "step / multistep: epochs where the LR is multiplied by lr_gamma; cifar_piecewise: x0.1 at each (empty: at 50 % and 75 % of the epochs)", "epochs")
     lr_gamma: float = param(0.1, "step / multistep LR factor")
     warmup_epochs: float = param(0, "linear LR warm-up", "epochs")
     # --- training attack
-    train_attack: str = param("pgd", "pgd | fgsm_rs | fgsm_carried (RBRN fast) | free | trades | none (natural)")
-    threat_model: str = param("linf", "linf | l2")
+    train_attack: str = param("pgd", "", choices={"pgd": None, "fgsm_rs": None, "fgsm_carried": "RBRN fast", "free": None, "trades": None, "none": "natural"})
+    threat_model: str = param("linf", "", choices=("linf", "l2"))
     free_repeats: int = param(4, "Free AT: replays of each minibatch")
     trades_beta: float = param(6.0, "TRADES: weight of the KL term")
     eps: Any = param(0.3, "attack budget ('8/255' works)", "pixels in [0, 1]")
@@ -155,7 +163,7 @@ class RunConfig:
     eval_steps: int = param(20, "PGD steps of the evaluation")
     eval_restarts: int = param(1, "PGD restarts of the evaluation")
     eval_early_stop: bool = param(True, "PGD stops on an input once it is misclassified (RST; stronger and cheaper)")
-    autoattack: str = param("fast", "final AutoAttack: none | fast (APGD-CE + APGD-T) | standard")
+    autoattack: str = param("fast", "final AutoAttack", choices={"none": None, "fast": "APGD-CE + APGD-T", "standard": None})
     autoattack_examples: int = param(1000, "test examples of the final AutoAttack", "examples")
     # --- monitoring
     collapse_patience: int = param(2, "epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse", "epochs")
@@ -188,24 +196,11 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Check types and ranges; normalize eps-like fields to floats. Returns self."""
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), hints[f.name])
-        check_choice("dataset", self.dataset, DATASETS)
-        check_choice("train_attack", self.train_attack, TRAIN_ATTACKS)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        check_choice("lr_step", self.lr_step, LR_STEPS)
-        check_choice("normalization", self.normalization, NORMALIZATIONS)
+        check_fields(self)  # types and allowed values, as declared above
         if self.normalization != "dataset" and self.dataset not in ("cifar10", "cifar100", "imagefolder"):
             raise ConfigError(f"normalization={self.normalization!r} is the seeds' CIFAR normalization: "
                               f"it needs dataset cifar10, cifar100 or imagefolder, not {self.dataset!r} "
                               "(use normalization: dataset)")
-        check_choice("task", self.task, TASKS)
-        check_choice("threat_model", self.threat_model, THREAT_MODELS)
-        check_choice("autoattack", self.autoattack, AUTOATTACK)
-        check_choice("keep_ratio_schedule", self.keep_ratio_schedule, KEEP_RATIO_SCHEDULES)
-        check_choice("finetune_init", self.finetune_init, FINETUNE_INITS)
         if self.keep_ratio_schedule == "geometric" and self.keep_ratio_steps < 1:
             raise ConfigError("keep_ratio_schedule='geometric' needs keep_ratio_steps >= 1 (epochs "
                               "to shrink from 1 to keep_ratio)")
@@ -237,9 +232,7 @@ class RunConfig:
         for name in ("keep_ratio_warmup", "keep_ratio_steps", "warmup_epochs", "eps_warmup_epochs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: it must be >= 0")
-        if not 0.0 < self.keep_ratio <= 1.0:
-            raise ConfigError(f"keep_ratio={self.keep_ratio!r} is invalid: it must be in (0, 1] "
-                              "(the fraction of weights KEPT; RBRN's --prune-rate 0.01 is 0.01)")
+        check_keep_ratio(self.keep_ratio)
         for name in ("eps", "alpha", "eval_eps", "eval_alpha"):
             value = getattr(self, name)
             if value is None and name.startswith("eval_"):
@@ -267,6 +260,10 @@ class RunConfig:
                               f"{self.weight_decay!r}, {self.momentum!r}, {self.lr_gamma!r}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ConfigError(f"device={self.device!r} is invalid: use auto, cpu, cuda or cuda:N")
+        if self.num_workers != "auto" and not (isinstance(self.num_workers, int)
+                                                and self.num_workers >= 0):
+            raise ConfigError(f"num_workers={self.num_workers!r} is invalid: use auto or a number "
+                              "of worker processes >= 0")
         if self.dataset == "imagefolder" and not self.data_dir:
             raise ConfigError("dataset='imagefolder' needs data_dir: a folder with train/ and "
                               "test/ (or val/) class subfolders")
@@ -274,8 +271,6 @@ class RunConfig:
                 and not self.download:
             raise ConfigError(f"data_dir={self.data_dir!r} does not exist; create it, point it "
                               "at your data, or set download: true where downloading is possible")
-        for check in _CHECKS:  # the model and the ticket (see register_check)
-            check(self)
         return self
 
     # ------------------------------------------------------------------ derived
@@ -304,7 +299,7 @@ EXECUTION_ONLY_FIELDS = ("name", "device", "channels_last", "compile", "data_dir
                          "loss_jump_factor")
 
 
-def _check_type(name: str, value, hint) -> None:
+def check_type(name: str, value, hint) -> None:
     """Small runtime type check for the annotation shapes RunConfig uses."""
     if hint is Any:
         return
@@ -314,7 +309,7 @@ def _check_type(name: str, value, hint) -> None:
         errors = []
         for opt in options:
             try:
-                _check_type(name, value, opt)
+                check_type(name, value, opt)
                 return
             except ConfigError as e:
                 errors.append(e)
@@ -329,7 +324,7 @@ def _check_type(name: str, value, hint) -> None:
             raise ConfigError(f"{name}={value!r} is invalid: expected a list")
         (item,) = typing.get_args(hint) or (Any,)
         for v in value:
-            _check_type(name, v, item)
+            check_type(name, v, item)
         return
     if hint is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -343,6 +338,8 @@ def _check_type(name: str, value, hint) -> None:
 
 
 def _type_name(t) -> str:
+    if t is bool:
+        return "true or false"
     return "null" if t is type(None) else getattr(t, "__name__", str(t))
 
 

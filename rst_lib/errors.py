@@ -16,11 +16,21 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def check_choice(param: str, value, allowed: Iterable[str]) -> None:
+def check_choice(param: str, value, allowed: Iterable) -> None:
+    """``value`` is one of ``allowed`` (true / false written as in YAML)."""
     allowed = list(allowed)
-    if value not in allowed:
-        raise ConfigError(f"{param}={value!r} is invalid{did_you_mean(value, allowed)}: valid "
-                          f"choices are {', '.join(allowed)}")
+    if value not in allowed or isinstance(value, bool) != any(
+            isinstance(a, bool) and a == value for a in allowed):
+        shown = [str(a).lower() if isinstance(a, bool) else str(a) for a in allowed]
+        raise ConfigError(f"{param}={value!r} is invalid{did_you_mean(value, shown)}: valid "
+                          f"choices are {', '.join(shown)}")
+
+
+def check_keep_ratio(value, name: str = "keep_ratio") -> None:
+    """THE keep-ratio rule: a fraction of the weights KEPT, in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ConfigError(f"{name}={value!r} is invalid: it must be in (0, 1] (the fraction of "
+                          "weights KEPT; RBRN's --prune-rate 0.01 is 0.01)")
 
 
 def parse_number(param: str, value) -> float:

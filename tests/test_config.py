@@ -1,6 +1,7 @@
 import pytest
 
 from rst_lib.config import ConfigError, RunConfig, load_config, parse_override
+from rst_lib.engine.tasks import check_run
 
 
 @pytest.mark.parametrize("params, match", [
@@ -23,7 +24,7 @@ from rst_lib.config import ConfigError, RunConfig, load_config, parse_override
 ])
 def test_bad_parameters_give_one_clear_message(params, match):
     with pytest.raises(ConfigError, match=match):
-        RunConfig.from_dict(params)
+        check_run(RunConfig.from_dict(params))  # what train and the batch runner check
 
 
 def test_eps_fractions_and_defaults():
@@ -53,3 +54,54 @@ def test_every_params_file_is_valid():
     assert files
     for f in files:
         validate_notebook_params(root / "notebooks" / "00_quickstart.ipynb", load_params(f))
+
+
+def test_allowed_values_are_declared_once_with_the_parameter_and_shown_in_its_help():
+    import dataclasses
+
+    from rst_lib.config import allowed
+    from rst_lib.engine.batch_steps import BATCH_STEPS
+    from rst_lib.masks import inits, masking
+    from rst_lib.workbook.params import NotebookParams
+    declared = {f.name: f.metadata for f in dataclasses.fields(RunConfig)
+                if f.metadata["choices"] is not None}
+    assert {"train_attack", "task", "dataset", "precision", "weight_init", "granularity"} <= set(declared)
+    for name, meta in declared.items():
+        for value in meta["choices"]:
+            shown = str(value).lower() if isinstance(value, bool) else str(value)
+            assert shown in meta["help"], (name, value)
+        bad = dataclasses.replace(RunConfig(), **{name: "no-such-value"})
+        with pytest.raises(ConfigError, match=f"{name}='no-such-value' is invalid"):
+            bad.validate()
+    # the code that implements each value reads the one declaration
+    assert set(BATCH_STEPS) == set(allowed("train_attack"))
+    assert inits.WEIGHT_INITS == allowed("weight_init")
+    assert masking.GRANULARITIES == allowed("granularity")
+    with pytest.raises(ConfigError, match="mode='single' is invalid: valid choices are batch, example"):
+        NotebookParams(mode="single").validate()
+    with pytest.raises(ConfigError, match=r"keep_ratios='x' is invalid: expected float"):
+        NotebookParams(keep_ratios=[0.1, "x"]).validate()
+
+
+def test_cross_checks_run_at_the_entry_point_and_validate_reads_no_ticket(tmp_path):
+    """RunConfig.validate checks the schema only (what it checks does not depend on what was
+    imported); check_run adds the model and the ticket, reading the ticket file once."""
+    bad_ticket = tmp_path / "ticket.pt"
+    bad_ticket.write_bytes(b"not a ticket")
+    cfg = RunConfig(task="finetune", ticket=str(bad_ticket))
+    cfg.validate()  # the file exists; it is not read here
+    with pytest.raises(ConfigError, match="not a ticket"):
+        check_run(cfg)
+    with pytest.raises(ConfigError, match="model='conv99' is invalid"):
+        check_run(RunConfig(model="conv99"))
+    with pytest.raises(ConfigError, match=r"keep_ratio=0 is invalid: it must be in \(0, 1\]"):
+        check_run(RunConfig(keep_ratio=0))
+
+
+def test_trainer_parameter_errors(tmp_path):
+    with pytest.raises(ConfigError, match="needs ticket"):
+        RunConfig(task="finetune").validate()
+    with pytest.raises(ConfigError, match="ticket='nope.pt' does not exist"):
+        RunConfig(task="finetune", ticket="nope.pt").validate()
+    with pytest.raises(ConfigError, match="adaptive_p=2"):
+        RunConfig(adaptive_p=2).validate()

@@ -1,3 +1,4 @@
+"""rst_lib.data: the embedded digits, torchvision sets, image folders, loaders."""
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,8 @@ from PIL import Image
 
 from rst_lib.data.datasets import DatasetUnavailable, fixed_subset, load_dataset
 from rst_lib.data.loaders import make_loader
+from rst_lib.config import ConfigError
+
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 
@@ -89,3 +92,8 @@ def test_shared_cifar10_jpeg_loads_as_imagefolder():
     assert data.classes[:3] == ["airplane", "automobile", "bird"]
     x, y = data.test[0]
     assert x.shape == (3, 32, 32)
+
+
+def test_unknown_dataset_name_lists_valid_ones():
+    with pytest.raises(ConfigError, match="valid choices are .*cifar10"):
+        load_dataset("imagenet22k")

@@ -34,6 +34,7 @@ from rst_lib.config import ConfigError
 from rst_lib.data.loaders import make_loader
 from rst_lib.engine.precision import autocast_context, make_scaler
 from rst_lib.engine.tasks import build_task, make_optimizer, trainable_parameters
+from rst_lib.engine.batch_steps import EpochContext
 from rst_lib.engine.training import train_epoch
 from rst_lib.engine.tuning import CompileFallbackWarning, CompiledNetwork, resolve_channels_last
 
@@ -62,8 +63,8 @@ def _search(model0, cfg, data, attack_seed: int, steps: int = 5):
     losses = []
     for i in range(steps):
         batch = torch.utils.data.Subset(data.train, range(64 * i, 64 * (i + 1)))
-        losses.append(train_epoch(model, make_loader(batch, 64), opt, cfg, 0, CPU,
-                                  progress=False, scaler=scaler)["train_loss"])
+        ctx = EpochContext.build(model, opt, cfg, CPU, len(batch), scaler=scaler, progress=False)
+        losses.append(train_epoch(ctx, make_loader(batch, 64), 0)["train_loss"])
     return losses, masking.get_masks(model)
 
 
@@ -178,7 +179,7 @@ def test_channels_last_auto_is_on_for_cuda_and_off_for_cpu():
     assert RunConfig().channels_last == "auto"
     for old in (True, False):  # the former bool parameter still works
         assert RunConfig(channels_last=old).validate().channels_last is old
-    with pytest.raises(ConfigError, match="channels_last='yes' is invalid: use auto"):
+    with pytest.raises(ConfigError, match="channels_last='yes' is invalid: valid choices are auto, true, false"):
         RunConfig(channels_last="yes").validate()
 
 
@@ -194,7 +195,8 @@ def test_channels_last_steps_feed_nhwc_inputs():
     cfg = RunConfig(channels_last=True, train_attack="fgsm_rs", eps=0.1, alpha=0.125,
                     batch_size=16).validate()
     opt = make_optimizer(trainable_parameters(model), cfg)
-    train_epoch(model, make_loader(ds, 16), opt, cfg, 0, CPU, progress=False)
+    train_epoch(EpochContext.build(model, opt, cfg, CPU, len(ds), progress=False),
+                make_loader(ds, 16), 0)
     assert layouts and all(layouts)  # the attack's and the update's forwards alike
 
 
@@ -245,6 +247,7 @@ def test_compiled_run_falls_back_once_and_says_so(monkeypatch, tmp_path, data):
     assert math.isfinite(result.history[0]["train_loss"])
 
 
+@pytest.mark.slow  # torch.compile of a network (compiling takes minutes on 2 cores)
 def test_compiled_search_step_matches_eager(data):
     """PGD input gradient, search-step loss and score gradients of the compiled network (one
     graph per mode, masks computed eagerly) against eager, and both against float64."""
@@ -315,6 +318,7 @@ def gpu_table(monkeypatch, tmp_path):
     return gpu_table
 
 
+@pytest.mark.slow  # the GPU table's 27 configurations of a resnet34 on the CPU
 def test_gpu_table_code_path_runs_on_cpu(monkeypatch, gpu_table):
     """What ``bench/run.py --device cuda`` runs, on the CPU with a tiny resnet34 (width
     0.125, batch 4, PGD-2). torch.compile is the identity here (compiling nine networks

@@ -14,7 +14,10 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from rst_lib.workbook.index import collect_metrics, run_rows, write_index
 
-from rst_lib.workbook.notebooks import load_any, resolve_tickets, search_tickets, ticket_label
+from rst_lib.models.tickets import TicketError
+from rst_lib.workbook.notebooks import (load_any, resolve_checkpoint, resolve_tickets,
+                                        search_tickets, ticket_label)
+from rst_lib.workbook.params import normalize_params, validate_notebook_params
 
 from rst_lib.workbook.report import render_html
 from rst_lib.workbook.runs import run_notebook
@@ -189,3 +192,19 @@ def test_search_tickets_share_one_network_and_load_any_reads_tickets_and_checkpo
     assert info["kind"] == "checkpoint" and info["config"]["dataset"] == "mnist5k"
     with torch.no_grad():
         assert torch.allclose(ticket(x), last(x), atol=1e-5)
+    # A run killed before it wrote a ticket holds only last.pt: its folder resolves to it,
+    # loads, and passes the batch runner's checks (a folder with neither is one clear error).
+    killed = tmp_path / "keep-0.3"
+    (killed / "ticket.pt").unlink()
+    assert resolve_checkpoint(killed) == killed / "last.pt"
+    model, info = load_any(killed, data=data)
+    assert info["kind"] == "checkpoint" and info["path"] == str(killed / "last.pt")
+    with torch.no_grad():
+        assert torch.allclose(model(x), models[1](x), atol=1e-5)  # one epoch: last = best
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "06_evaluate.ipynb"
+    params = normalize_params(nb, {"ticket": str(killed)})
+    assert params["ticket"] == str(killed / "last.pt")
+    validate_notebook_params(nb, params)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TicketError, match="folder without a ticket.pt or last.pt"):
+        resolve_checkpoint(tmp_path / "empty")

@@ -141,11 +141,12 @@ def test_notebooks_import_from_few_places():
 
 
 def test_unknown_model_kwargs_are_refused_naming_the_valid_ones():
+    from rst_lib.engine import check_run
     with pytest.raises(ConfigError, match=r"model_kwargs dept unknown .* valid model_kwargs are depth, widen_factor"):
-        RunConfig(model="wide_resnet", model_kwargs={"dept": 34}).validate()
+        check_run(RunConfig(model="wide_resnet", model_kwargs={"dept": 34}))
     with pytest.raises(ConfigError, match="valid model_kwargs are none"):
-        RunConfig(model="conv4", model_kwargs={"depth": 3}).validate()
-    RunConfig(model="wide_resnet", model_kwargs={"depth": 16, "widen_factor": 2}).validate()
+        check_run(RunConfig(model="conv4", model_kwargs={"depth": 3}))
+    check_run(RunConfig(model="wide_resnet", model_kwargs={"depth": 16, "widen_factor": 2}))
 
 
 def test_model_config_defaults_come_from_the_run_schema():

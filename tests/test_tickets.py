@@ -9,6 +9,7 @@ from rst_lib.masks import masking
 from rst_lib.models.registry import ModelConfig
 from rst_lib.masks.codec import decode_mask, encode_mask, pack_bits, unpack_bits
 from rst_lib.models.tickets import TicketError, checkpoint_size_bytes, load_ticket, save_ticket
+from rst_lib import create_model
 
 
 def _searched(tiny_model, batch, steps=5):
@@ -112,7 +113,7 @@ def test_corrupted_and_foreign_files(tmp_path, tiny_model, batch):
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(TicketError, match="not an rst-workbook ticket"):
         load_ticket(other)
-    with pytest.raises(TicketError, match="no ticket at"):
+    with pytest.raises(TicketError, match="no file at"):
         load_ticket(tmp_path / "missing.pt")
 
 
@@ -158,3 +159,12 @@ def test_architecture_mismatch_is_refused(tmp_path, tiny_model, batch):
     with pytest.raises(TicketError, match="name is 'conv2' in the ticket but 'resnet18'"):
         load_ticket(path, expect=ModelConfig(name="resnet18", in_channels=1, image_size=12,
                                              width=0.125))
+
+
+def test_granularity_in_models_and_tickets(tmp_path):
+    model = create_model("conv2", 10, 1, image_size=12, width=0.125, keep_ratio=0.3,
+                         granularity="filter")
+    loaded = load_ticket(save_ticket(model.eval(), tmp_path / "t.pt"))
+    x = torch.rand(4, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))

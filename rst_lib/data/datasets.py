@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from ..config import DATASETS
+from ..config import allowed
 from .cache import (MAX_CACHED_SIZE, Augment, CachedImages, NotCacheable, cache_folder,
                          decode_image_files, files_fingerprint, load_or_build, log,
                          torchvision_tensors, tree_files)
@@ -106,7 +106,7 @@ def dataset_shape(name: str, data_dir: str | os.PathLike | None = None) -> DataS
         classes, channels, size = SHAPES[name]
         return DataShape(classes, channels, size, *STATS["mnist" if name == "mnist5k" else name])
     if name != "imagefolder":
-        raise ConfigError(f"dataset={name!r} is invalid: valid choices are {', '.join(DATASETS)}")
+        raise ConfigError(f"dataset={name!r} is invalid: valid choices are {', '.join(allowed('dataset'))}")
     from PIL import Image
     check_available(name, data_dir)
     root = Path(data_dir).expanduser()
@@ -336,7 +336,7 @@ def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = Non
         if not root.is_dir():
             raise DatasetUnavailable(f"imagefolder: {str(root)!r} is not a directory. {DATA_HELP}")
         return _imagefolder(root, augment, image_size, cache, cache_dir)
-    raise ConfigError(f"dataset={name!r} is invalid: valid choices are {', '.join(DATASETS)}")
+    raise ConfigError(f"dataset={name!r} is invalid: valid choices are {', '.join(allowed('dataset'))}")
 
 
 def _subset(ds: Dataset, idx: torch.Tensor) -> Dataset:

@@ -11,9 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from ..config import register_check
 from .cache import CachedImages, augment_seed, random_crop_flip
-from ..errors import ConfigError
 
 
 def shard_order(n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
@@ -95,14 +93,6 @@ def resolve_num_workers(num_workers: int | str) -> int:
         return int(num_workers)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return 0 if cpus <= 2 else min(8, cpus - 1)
-
-
-@register_check
-def _check_num_workers(cfg) -> None:
-    w = getattr(cfg, "num_workers", 0)
-    if not (w == "auto" or (isinstance(w, int) and not isinstance(w, bool) and w >= 0)):
-        raise ConfigError(f"num_workers={w!r} is invalid: use auto or a number of worker "
-                          "processes >= 0")
 
 
 class WithIndex(Dataset):

@@ -3,10 +3,10 @@ schedules, precision and tuned steps, the evaluation and the gradient-masking ch
 from .checks import final_checks, gradient_masking_report
 from .evaluation import (autoattack_accuracy, count_correct, evaluate, final_evaluation,
                          robustness_report)
-from .tasks import build_task, describe_model, load_run_data, run_model_config
+from .tasks import build_task, check_run, describe_model, load_run_data, run_model_config
 from .training import TrainResult, train
 
 __all__ = ["final_checks", "gradient_masking_report", "autoattack_accuracy", "count_correct",
-           "evaluate", "final_evaluation", "robustness_report", "build_task", "describe_model",
-           "load_run_data", "run_model_config",
+           "evaluate", "final_evaluation", "robustness_report", "build_task", "check_run",
+           "describe_model", "load_run_data", "run_model_config",
            "TrainResult", "train"]

@@ -23,17 +23,11 @@ import contextlib
 
 import torch
 
-from ..config import RunConfig, register_check
+from ..config import allowed
 from ..errors import ConfigError, check_choice
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = allowed("precision")  # declared with the parameter
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@register_check
-def _check_precisions(cfg: RunConfig) -> None:
-    for name in ("precision", "eval_precision"):
-        check_choice(name, getattr(cfg, name), PRECISIONS)
 
 
 def check_supported(precision: str, device: torch.device | str, param: str = "precision") -> None:

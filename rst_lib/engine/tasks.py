@@ -14,8 +14,21 @@ from ..config import ConfigError, RunConfig
 from ..data.datasets import DataBundle, DataShape, dataset_shape, load_dataset, normalization_stats
 from ..utils.devices import resolve_device
 from ..utils.files import TORCH_LOAD_ERRORS
-from ..models.registry import ModelConfig, build_model, conv_linear_layers
-from ..models.tickets import TicketError, load_ticket, read_ticket
+from ..models.registry import ModelConfig, build_model, check_run_model, conv_linear_layers
+from ..models.tickets import TicketError, check_run_ticket, load_ticket, read_ticket
+
+
+def check_run(cfg: RunConfig) -> RunConfig:
+    """Every check of a run's parameters before any compute: the schema's own
+    (:meth:`RunConfig.validate`), then the ones that need the layers above it: the model
+    can be built with these settings, a finetune's ticket is readable and of this
+    architecture (the ticket file is read here, once). The entry points call it:
+    :func:`~rst_lib.engine.training.train`, the notebook-parameter validation of batch
+    runs and sweeps."""
+    cfg.validate()
+    check_run_model(cfg)
+    check_run_ticket(cfg)
+    return cfg
 
 
 def load_dense_weights(model: nn.Module, path: str | os.PathLike) -> int:

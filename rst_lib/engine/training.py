@@ -1,15 +1,18 @@
 """The training loop: one epoch (:func:`train_epoch`) and a whole run (:func:`train`).
 
-Read top to bottom: :func:`train` builds data and model for ``cfg.task``
+:func:`train` reads as its steps: :func:`prepare_run` builds data and model for ``cfg.task``
 (:func:`rst_lib.engine.tasks.build_task`: a ticket search by default, or finetuning / dense /
-BNN baselines), then for each epoch trains (scores for a search, weights otherwise),
-checks clean and PGD accuracy on the validation split, keeps the best model as
-``ticket.pt`` and writes ``metrics.json`` plus a resumable ``last.pt``. The test split is
-read once, at the end (:func:`rst_lib.engine.evaluation.final_evaluation`).
+BNN baselines), the splits, the optimizer and the per-batch step (:mod:`.batch_steps`, chosen
+once by ``cfg.train_attack``); :func:`restore` resumes from ``last.pt``; then per epoch
+:func:`one_epoch` trains (scores for a search, weights otherwise) and checks clean and PGD
+accuracy on the validation split, :func:`record_epoch` records the row (the one place a
+logger hooks in), :func:`watch_collapse` stops a run that does not learn,
+:func:`choose_best` keeps the best model as ``ticket.pt`` and :func:`checkpoint` writes
+``metrics.json`` and a resumable ``last.pt``; :func:`finish` reads the test split, once,
+for the best model (:func:`rst_lib.engine.evaluation.final_evaluation`).
 """
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import time
@@ -18,13 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..masks import masking
-from ..attacks.gradient import lp_step, project
 from ..config import ConfigError, RunConfig
 from ..data.datasets import DataBundle, fixed_subset
 from ..data.loaders import make_loader, set_epoch
@@ -33,15 +34,13 @@ from .evaluation import eval_attacks, evaluate, final_evaluation
 from .live import LiveLog
 from ..utils.files import TORCH_LOAD_ERRORS, torch_save, write_json
 from ..models.registry import RandomNetwork
+from .batch_steps import EpochContext
+from .collapse import CollapseWarning, collapse_message, is_collapsed
 from .precision import autocast_context, check_supported, make_scaler
 from .schedules import at_target_sparsity, discard_fraction, eps_factor, keep_ratios_at, lr_factor
-from .tasks import build_task, make_optimizer, make_train_attack, trainable_parameters
+from .tasks import build_task, check_run, make_optimizer, make_train_attack, trainable_parameters
 from ..models.tickets import save_ticket
-from .tuning import CompiledNetwork, backend_settings, resolve_channels_last, to_channels_last
-
-
-class CollapseWarning(UserWarning):
-    """The search predicts (almost) one class: loss stuck near ln(num_classes)."""
+from .tuning import CompiledNetwork, backend_settings, resolve_channels_last
 
 
 class LossJumpWarning(UserWarning):
@@ -64,129 +63,51 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ck
 
 
-def is_collapsed(train_loss: float, eval_acc: float, num_classes: int) -> bool:
-    """"Not learning": the training loss within 5 % of ln(C) and the evaluation accuracy
-    within 5 points of chance (1/C), whatever the predictions look like. A collapse to
-    near-uniform logits spreads its argmax over several classes, so the prediction
-    histogram is not part of the test."""
-    chance_loss = math.log(num_classes)
-    return (abs(train_loss - chance_loss) < 0.05 * chance_loss
-            and eval_acc < 1.0 / num_classes + 0.05)
-
-
-def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, cfg: RunConfig,
-                epoch: int, device: torch.device, progress: bool = True,
-                notes: list[str] | None = None, forward_model: nn.Module | None = None,
-                dist: Distributed | None = None, attack=None, scaler=None) -> dict:
-    """One epoch on the trainable tensors (scores for a search, weights for finetuning).
-
-    Inner attacks: ``pgd``, ``fgsm_rs`` (adversarial examples, then a step on them),
-    ``trades`` (CE on clean + beta * KL(adv || clean)), ``free`` (each minibatch replayed
-    ``free_repeats`` times; one backward gives both the step and the perturbation update,
-    Shafahi et al., 2019), ``none`` (natural edge-popup / training).
+def train_epoch(ctx: EpochContext, loader, epoch: int) -> dict:
+    """One epoch on the trainable tensors (scores for a search, weights for finetuning):
+    per batch, the LR and eps schedules, then the run's step (:mod:`.batch_steps`).
 
     A non-finite loss stops the run (FloatingPointError naming epoch and batch). With
     ``cfg.loss_jump_factor`` set (RBRN's debug mode), a batch loss above that factor times
-    the running mean is reported as a warning and appended to ``notes``.
-
-    Distributed: ``forward_model`` is the DDP wrapper (it averages the gradients of the
-    training step); attacks run on the plain ``model`` of each rank's shard; the returned
-    loss and accuracy are reduced over all ranks.
-
-    ``attack``: the inner attack (:func:`make_train_attack`; built here when None). A
-    ``fgsm_carried`` attack keeps state across epochs, so :func:`search` builds it once;
-    its loader yields (x, y, index).
-
-    ``cfg.precision``: the attack and the forward passes run under autocast, backward and
-    the step outside; ``scaler`` (:func:`make_scaler`, kept across epochs) scales fp16 losses.
+    the running mean is reported as a warning and appended to ``ctx.notes``. Distributed:
+    the returned loss and accuracy are reduced over all ranks.
     """
+    cfg = ctx.cfg
+    ctx.model.train()
+    ctx.step.start_epoch()
     running = None
-    scaler = make_scaler(cfg.precision, device) if scaler is None else scaler
-    nhwc = resolve_channels_last(cfg.channels_last, device)
-    dist = dist or Distributed()
-    net = forward_model if forward_model is not None else model
-    model.train()
-    if attack is None:
-        attack = make_train_attack(model, cfg, len(loader.dataset))
     total = correct = 0
     loss_sum = 0.0
     n_batches = len(loader)
-    free_delta = None
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs} train", leave=False,
-               disable=not progress)
+               disable=not ctx.progress)
     for i, batch in enumerate(bar):
-        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        x = to_channels_last(x) if nhwc else x
-        for group in optimizer.param_groups:
+        x, y, index = ctx.batch_to_device(batch)
+        for group in ctx.optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch + i / n_batches)
         eps = cfg.eps * eps_factor(cfg, epoch + i / n_batches)
-        if attack is not None:
-            attack.set_eps(eps, cfg.alpha * eps / cfg.eps if cfg.eps else cfg.alpha)
-        if cfg.train_attack == "free":
-            if free_delta is None or free_delta.shape != x.shape:
-                free_delta = torch.zeros_like(x)
-            for _ in range(cfg.free_repeats):
-                free_delta.requires_grad_(True)
-                with autocast_context(cfg.precision, device):
-                    logits = net(x + free_delta)
-                    loss = F.cross_entropy(logits, y)
-                _check_finite(loss, epoch, i)
-                _update(loss, optimizer, scaler, model, cfg)
-                grad = torch.nan_to_num(free_delta.grad, 0.0, 0.0, 0.0)  # fp16: scaled, inf
-                step = lp_step(grad, eps, cfg.threat_model)
-                free_delta = project(x, free_delta.detach() + step, eps, cfg.threat_model)
-        else:
-            with autocast_context(cfg.precision, device):  # the attack's delta stays fp32
-                if attack is None:
-                    x_in = x
-                elif cfg.train_attack == "fgsm_carried":
-                    x_in = attack(x, y, batch[2])  # each example's perturbation carries over
-                else:
-                    x_in = attack(x, y)  # masks computed once, reused by every attack step
-                if cfg.train_attack == "trades":
-                    # Separate passes, as the TRADES code does (BN statistics of each batch).
-                    # Only one goes through DDP; both gradients sum before its hooks fire.
-                    logits_adv = net(x_in)
-                    logits = model(x)  # TRADES fits and reports clean predictions
-                    loss = F.cross_entropy(logits, y) + cfg.trades_beta * F.kl_div(
-                        F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
-                else:
-                    logits = net(x_in)
-                    loss = F.cross_entropy(logits, y)
-            _check_finite(loss, epoch, i)
-            _update(loss, optimizer, scaler, model, cfg)
+        ctx.step.set_eps(eps, cfg.alpha * eps / cfg.eps if cfg.eps else cfg.alpha)
+        loss, logits = ctx.step(ctx, x, y, index, eps, (epoch, i))
         value = loss.item()
         if cfg.loss_jump_factor and running is not None and value > cfg.loss_jump_factor * running:
-            msg = (f"loss jump at epoch {epoch + 1}, batch {i}: {value:.4f} after a running mean "
-                   f"of {running:.4f}")
-            warnings.warn(msg, LossJumpWarning, stacklevel=2)
-            if notes is not None:
-                notes.append(msg)
+            _note_loss_jump(ctx, epoch, i, value, running)
         running = value if running is None else 0.9 * running + 0.1 * value
         loss_sum += value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         total += len(y)
         bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
-    loss_sum, correct, total = dist.sum([loss_sum, correct, total]).tolist()
+    loss_sum, correct, total = ctx.dist.sum([loss_sum, correct, total]).tolist()
     return {"train_loss": loss_sum / total, "train_acc": correct / total,
-            "lr": optimizer.param_groups[0]["lr"]}
+            "lr": ctx.optimizer.param_groups[0]["lr"]}
 
 
-def _update(loss, optimizer, scaler: torch.amp.GradScaler, model: nn.Module, cfg) -> None:
-    """Backward (an fp16 loss scaled), RST's discard (discarded scores get no gradient),
-    the step (skipped by the scaler after an fp16 overflow); masks follow the new scores."""
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if cfg.discard:
-        masking.zero_discarded_grads(model)
-    scaler.step(optimizer)
-    scaler.update()
-
-
-def _check_finite(loss: torch.Tensor, epoch: int, batch: int) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch}; "
-                                 "lower lr or check the data")
+def _note_loss_jump(ctx: EpochContext, epoch: int, batch: int, value: float,
+                    running: float) -> None:
+    msg = (f"loss jump at epoch {epoch + 1}, batch {batch}: {value:.4f} after a running mean "
+           f"of {running:.4f}")
+    warnings.warn(msg, LossJumpWarning, stacklevel=3)
+    if ctx.notes is not None:
+        ctx.notes.append(msg)
 
 
 @dataclass
@@ -226,14 +147,64 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: bo
     Random numbers come from the global torch RNG seeded with ``cfg.seed`` inside the call;
     the caller's random stream is restored afterwards.
     """
-    cfg.validate()
+    check_run(cfg)  # every parameter, and the model and ticket they name, before compute
     device = resolve_device(cfg.device)
     with seeded_rng(cfg.seed, device), backend_settings(device):  # cuDNN autotuning on CUDA
-        return _train(cfg, run_dir, progress, data, resume)
+        run = prepare_run(cfg, run_dir, progress, data, resume)
+        state = restore(run, resume)
+        run.live = LiveLog(run.writer, cfg, state.epoch)  # TensorBoard events, progress.json
+        for epoch in epoch_bar(run, state):
+            row = one_epoch(run, state, epoch)
+            record_epoch(run, state, row)
+            watch_collapse(run, state, row)
+            choose_best(run, state, row)
+            checkpoint(run, state)
+            run.live.epoch(row, run.model)  # after last.pt: progress.json's epoch k is saved
+            if state.stopped is not None:
+                break
+        return finish(run, state)
 
 
-def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
-           resume: bool) -> TrainResult:
+@dataclass
+class Run:
+    """What stays fixed while a run trains (built by :func:`prepare_run`)."""
+    cfg: RunConfig
+    run_dir: Path | None
+    writer: Path | None               # run_dir on the process that writes files, else None
+    device: torch.device
+    dist: Distributed
+    data: DataBundle
+    model: RandomNetwork
+    net: nn.Module                    # the model, compiled when cfg.compile
+    ctx: EpochContext                 # what train_epoch needs: optimizer, batch step, ...
+    loader: object                    # the training batches (order: seed * 100_003 + epoch)
+    select_loader: object             # the split the best epoch is chosen on
+    select_split: str                 # "val", or "test" with val_fraction=0
+    select_examples: int
+    final_ratios: dict                # the keep ratios a keep-ratio schedule ends at
+    layer_sizes: dict
+    progress: bool
+    bar: tqdm | None = None           # the epoch bar (:func:`epoch_bar`)
+    live: LiveLog | None = None       # TensorBoard events and progress.json
+
+
+@dataclass
+class RunState:
+    """What changes from epoch to epoch; ``last.pt`` keeps it to resume."""
+    notes: list[str]                  # the run's warnings (metrics.json)
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    best_model: dict | None = None    # the best epoch's state dict (CPU)
+    stopped: dict | None = None       # why the run stopped early (collapse), else None
+    epoch: int = 0                    # epochs done
+    stuck: int = 0                    # consecutive epochs at chance level (not resumed)
+    started: float = field(default_factory=time.time)
+
+
+def prepare_run(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
+                resume: bool) -> Run:
+    """The data and the network of ``cfg.task``, the splits, the optimizer and the
+    per-batch step; an existing run folder is refused unless resuming."""
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None and not resume and any(
             (run_dir / f).exists() for f in ("metrics.json", "last.pt", "ticket.pt")):
@@ -254,7 +225,6 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
     # All of the training split: as stored (the loader shuffles); else a fixed random sample.
     train_set = train_part if cfg.train_examples is None else fixed_subset(train_part, cfg.train_examples)
     # Epochs are compared on held-out training examples; the test split waits for the end.
-    select_split = "val" if val_part is not None else "test"
     select_set = fixed_subset(val_part if val_part is not None else data.test, cfg.eval_examples)
     select_loader = make_loader(select_set, max(1, cfg.eval_batch_size // dist.world_size),
                                 rank=dist.rank, world_size=dist.world_size,
@@ -273,149 +243,175 @@ def _train(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None,
     writer = run_dir if dist.main else None  # only rank 0 writes files
     if writer is not None:
         writer.mkdir(parents=True, exist_ok=True)
-    history: list[dict] = []
-    # Adversarial training keeps the most robust epoch; natural training the most accurate.
-    # Ties (e.g. several epochs at 0 % robust accuracy early on) go to the better other metric.
-    select = "clean_acc" if cfg.train_attack == "none" else "pgd_acc"
-    tiebreak = "pgd_acc" if select == "clean_acc" else "clean_acc"
-
-    def merit(r: dict) -> tuple[float, float]:
-        return r.get(select, -1.0), r.get(tiebreak, -1.0)
-
-    best: dict = {select: -1.0}
-    notes: list[str] = []
-    stopped = None
-    start_epoch = 0
-    best_state = None
-    if select_split == "test":
-        notes.append("val_fraction=0: the best epoch was chosen on the test split, which "
-                     "inflates the final test numbers")
-    if resume and run_dir is not None and (run_dir / "last.pt").exists():
-        ck = load_checkpoint(run_dir / "last.pt")
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["rng"])
-        history, best, start_epoch = ck["history"], ck["best"], ck["epoch"]
-        notes = ck.get("notes", [])
-        best_state = ck["best_model"]
-        stopped = ck.get("stopped")
-    t0 = time.time()
+    ctx = EpochContext.build(model, optimizer, cfg, device, len(train_set), attack=train_attack,
+                             scaler=scaler, forward_model=forward_model, dist=dist,
+                             progress=progress and dist.main, notes=[])
     loader = make_loader(train_set, cfg.batch_size // dist.world_size, shuffle=True,
                          seed=cfg.seed * 100_003, rank=dist.rank, world_size=dist.world_size,
                          with_index=cfg.train_attack == "fgsm_carried",
                          num_workers=cfg.num_workers, device=device)  # workers live all run
-    stuck = 0
-    live = LiveLog(writer, cfg, start_epoch)  # TensorBoard events and progress.json
-    epochs = tqdm(range(start_epoch, cfg.epochs if stopped is None else start_epoch),
-                  desc=cfg.name or cfg.task, unit="epoch", disable=not (progress and dist.main),
-                  initial=start_epoch, total=cfg.epochs)
-    for epoch in epochs:
-        ratios = keep_ratios_at(cfg, final_ratios, layer_sizes, epoch)
-        if ratios is not None:
-            masking.set_keep_ratios(model, ratios)
-        set_epoch(loader, epoch)  # this epoch's order: seed * 100_003 + epoch
-        t_epoch = time.time()
-        row = {"epoch": epoch + 1}
-        try:
-            row.update(train_epoch(model, loader, optimizer, cfg, epoch, device,
-                                   progress and dist.main, notes, forward_model, dist,
-                                   train_attack, scaler))
-        except FloatingPointError as e:
-            if writer is not None:
-                write_json(writer / "metrics.json", _metrics(
-                    cfg, model, history, best, notes + [str(e)], time.time() - t0, "failed"))
-            raise
-        if cfg.discard and (epoch + 1) % cfg.discard_every == 0:
-            masking.discard_low_scores(model, discard_fraction(cfg, epoch + 1))
-        with autocast_context(cfg.precision, device):  # the check runs as the training does
-            row.update(evaluate(model, select_loader, device, eval_attacks(model, cfg),
-                                progress and dist.main, desc=f"{select_split} check", dist=dist,
-                                num_classes=data.num_classes))
-        row["eval_split"] = select_split
-        row["eval_examples"] = len(select_set)
-        row["keep_ratio"] = masking.mask_summary(model)["keep_ratio"]
-        row["epoch_seconds"] = time.time() - t_epoch
-        history.append(row)
-        stuck = stuck + 1 if is_collapsed(row["train_loss"], row["clean_acc"],
-                                          data.num_classes) else 0
-        if stuck == cfg.collapse_patience:
-            msg = collapse_message(cfg, row, data.num_classes, stuck)
-            notes.append(msg)
-            if dist.main:
-                warnings.warn(msg, CollapseWarning, stacklevel=2)
-            if cfg.stop_on_collapse:
-                stopped = {"epoch": epoch + 1, "reason": "collapse", "message": msg}
-        if at_target_sparsity(cfg, epoch) and merit(row) > merit(best):
-            best = {k: row[k] for k in ("epoch", "clean_acc", "pgd_acc")}
-            best.update(split=select_split, examples=row["eval_examples"])
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            if writer is not None:
-                save_ticket(model, writer / "ticket.pt", meta={"run": cfg.to_dict(), "best": best})
-        epochs.set_postfix({f"{select_split} clean": f"{row['clean_acc']:.3f}",
-                            f"{select_split} pgd": f"{row['pgd_acc']:.3f}"})
-        if writer is not None:
-            torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "rng": torch.get_rng_state(), "history": history, "best": best,
-                               "epoch": epoch + 1, "best_model": best_state, "notes": notes,
-                               "stopped": stopped, "scaler": scaler.state_dict()},
-                              writer / "last.pt")
-            write_json(writer / "metrics.json", _metrics(cfg, model, history, best, notes,
-                                                        time.time() - t0, "running", stopped))
-        live.epoch(row, model)  # after last.pt: progress.json's epoch k is saved
-        if stopped is not None:
-            break
-    if cfg.compile and net.fallback:  # metrics.json says the run was not compiled
-        notes.append(f"compile fell back to eager: {net.fallback}")
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    return Run(cfg, run_dir, writer, device, dist, data, model, net, ctx, loader, select_loader,
+               "val" if val_part is not None else "test", len(select_set), final_ratios,
+               layer_sizes, progress)
+
+
+def restore(run: Run, resume: bool) -> RunState:
+    """A fresh start, or the state of ``run_dir/last.pt`` when resuming (model, optimizer,
+    loss scaler and RNG included, so the resumed run matches an uninterrupted one)."""
+    state = RunState(notes=run.ctx.notes,  # one list: the epochs' warnings land in it
+                     best={selection_metrics(run.cfg)[0]: -1.0})
+    if run.select_split == "test":
+        state.notes.append("val_fraction=0: the best epoch was chosen on the test split, which "
+                           "inflates the final test numbers")
+    last = run.run_dir / "last.pt" if run.run_dir is not None else None
+    if resume and last is not None and last.exists():
+        ck = load_checkpoint(last)
+        run.model.load_state_dict(ck["model"])
+        run.ctx.optimizer.load_state_dict(ck["optimizer"])
+        if ck.get("scaler"):
+            run.ctx.scaler.load_state_dict(ck["scaler"])
+        torch.set_rng_state(ck["rng"])
+        state.history, state.best, state.epoch = ck["history"], ck["best"], ck["epoch"]
+        state.notes[:] = ck.get("notes", [])
+        state.best_model, state.stopped = ck["best_model"], ck.get("stopped")
+    state.started = time.time()
+    return state
+
+
+def epoch_bar(run: Run, state: RunState):
+    """The epochs still to run (none if the run stopped early), with a progress bar."""
+    last = run.cfg.epochs if state.stopped is None else state.epoch
+    run.bar = tqdm(range(state.epoch, last), desc=run.cfg.name or run.cfg.task, unit="epoch",
+                   disable=not (run.progress and run.dist.main), initial=state.epoch,
+                   total=run.cfg.epochs)
+    return run.bar
+
+
+def one_epoch(run: Run, state: RunState, epoch: int) -> dict:
+    """Train one epoch (keep-ratio schedule, discard), then the clean and PGD check on the
+    selection split. A non-finite loss is recorded in metrics.json ('failed') and raised."""
+    cfg, model = run.cfg, run.model
+    ratios = keep_ratios_at(cfg, run.final_ratios, run.layer_sizes, epoch)
+    if ratios is not None:
+        masking.set_keep_ratios(model, ratios)
+    set_epoch(run.loader, epoch)  # this epoch's order: seed * 100_003 + epoch
+    started = time.time()
+    row = {"epoch": epoch + 1}
+    try:
+        row.update(train_epoch(run.ctx, run.loader, epoch))
+    except FloatingPointError as e:
+        if run.writer is not None:
+            write_json(run.writer / "metrics.json",
+                       _metrics(run, state, "failed", notes=state.notes + [str(e)]))
+        raise
+    if cfg.discard and (epoch + 1) % cfg.discard_every == 0:
+        masking.discard_low_scores(model, discard_fraction(cfg, epoch + 1))
+    with autocast_context(cfg.precision, run.device):  # the check runs as the training does
+        row.update(evaluate(model, run.select_loader, run.device, eval_attacks(model, cfg),
+                            run.progress and run.dist.main, desc=f"{run.select_split} check",
+                            dist=run.dist, num_classes=run.data.num_classes))
+    row["eval_split"] = run.select_split
+    row["eval_examples"] = run.select_examples
+    row["keep_ratio"] = masking.mask_summary(model)["keep_ratio"]
+    row["epoch_seconds"] = time.time() - started
+    return row
+
+
+def selection_metrics(cfg: RunConfig) -> tuple[str, str]:
+    """The metric the best epoch is chosen by, and the tie-break."""
+    return ("clean_acc", "pgd_acc") if cfg.train_attack == "none" else ("pgd_acc", "clean_acc")
+
+
+def record_epoch(run: Run, state: RunState, row: dict) -> None:
+    """THE place an epoch's metrics are recorded (history, hence metrics.json, and the
+    epoch bar; a logger hooks in here)."""
+    state.history.append(row)
+    state.epoch = row["epoch"]
+    if run.bar is not None:
+        run.bar.set_postfix({f"{run.select_split} clean": f"{row['clean_acc']:.3f}",
+                             f"{run.select_split} pgd": f"{row['pgd_acc']:.3f}"})
+
+
+def watch_collapse(run: Run, state: RunState, row: dict) -> None:
+    """``collapse_patience`` epochs in a row at chance level: warn, and with
+    ``stop_on_collapse`` stop the run."""
+    cfg, num_classes = run.cfg, run.data.num_classes
+    state.stuck = state.stuck + 1 if is_collapsed(row["train_loss"], row["clean_acc"],
+                                                  num_classes) else 0
+    if state.stuck == cfg.collapse_patience:
+        msg = collapse_message(cfg, row, num_classes, state.stuck)
+        state.notes.append(msg)
+        if run.dist.main:
+            warnings.warn(msg, CollapseWarning, stacklevel=2)
+        if cfg.stop_on_collapse:
+            state.stopped = {"epoch": row["epoch"], "reason": "collapse", "message": msg}
+
+
+def choose_best(run: Run, state: RunState, row: dict) -> None:
+    """Keep the epoch if it beats the best so far (once the keep ratio reached its target):
+    adversarial training keeps the most robust epoch, natural training the most accurate;
+    ties (e.g. several epochs at 0 % robust accuracy early on) go to the better other
+    metric. The best model is saved as ``ticket.pt``."""
+    select, tiebreak = selection_metrics(run.cfg)
+
+    def merit(r: dict) -> tuple[float, float]:
+        return r.get(select, -1.0), r.get(tiebreak, -1.0)
+
+    if not (at_target_sparsity(run.cfg, row["epoch"] - 1) and merit(row) > merit(state.best)):
+        return
+    state.best = {k: row[k] for k in ("epoch", "clean_acc", "pgd_acc")}
+    state.best.update(split=run.select_split, examples=row["eval_examples"])
+    state.best_model = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+    if run.writer is not None:
+        save_ticket(run.model, run.writer / "ticket.pt",
+                    meta={"run": run.cfg.to_dict(), "best": state.best})
+
+
+def checkpoint(run: Run, state: RunState) -> None:
+    """``last.pt`` (everything to resume) and ``metrics.json`` after each epoch."""
+    if run.writer is None:
+        return
+    torch_save({"model": run.model.state_dict(), "optimizer": run.ctx.optimizer.state_dict(),
+                "rng": torch.get_rng_state(), "history": state.history, "best": state.best,
+                "epoch": state.epoch, "best_model": state.best_model, "notes": state.notes,
+                "stopped": state.stopped, "scaler": run.ctx.scaler.state_dict()},
+               run.writer / "last.pt")
+    write_json(run.writer / "metrics.json", _metrics(run, state, "running"))
+
+
+def finish(run: Run, state: RunState) -> TrainResult:
+    """The best model, its final numbers on the test split (the only place the test split
+    is read, unless val_fraction=0) and the last metrics.json."""
+    cfg, model = run.cfg, run.model
+    if cfg.compile and run.net.fallback:  # metrics.json says the run was not compiled
+        state.notes.append(f"compile fell back to eager: {run.net.fallback}")
+    if state.best_model is not None:
+        model.load_state_dict(state.best_model)
     model.eval()
     final = None
-    if dist.main:  # the only place the test split is read (unless val_fraction=0)
-        final = final_evaluation(model, cfg, data, device, progress, writer)  # resumable
-    if writer is not None:
-        write_json(writer / "metrics.json",
-                   _metrics(cfg, model, history, best, notes, time.time() - t0,
-                            "collapsed" if stopped else "finished", stopped, final))
-    live.close()
-    dist.barrier()  # every rank returns once rank 0 has written the results
-    return TrainResult(model, history, best, run_dir,
-                        run_dir / "ticket.pt" if run_dir is not None else None, cfg, data, notes,
-                        final, stopped)
+    if run.dist.main:
+        # eval_precision; each batch recorded in run_dir, so a killed evaluation resumes
+        final = final_evaluation(model, cfg, run.data, run.device, run.progress, run.writer)
+    if run.writer is not None:
+        write_json(run.writer / "metrics.json", _metrics(
+            run, state, "collapsed" if state.stopped else "finished", final=final))
+    if run.live is not None:
+        run.live.close()
+    run.dist.barrier()  # every rank returns once rank 0 has written the results
+    return TrainResult(model, state.history, state.best, run.run_dir,
+                       run.run_dir / "ticket.pt" if run.run_dir is not None else None, cfg,
+                       run.data, state.notes, final, state.stopped)
 
 
-def collapse_message(cfg: RunConfig, row: dict, num_classes: int, epochs: int) -> str:
-    """Why a run is said to have collapsed, and the remedies the workbook offers that this
-    run does not use yet (the likeliest first)."""
-    remedies = []
-    # frozen random weights with few kept: without these, activations shrink to nothing
-    if cfg.norm == "none":
-        remedies.append("BatchNorm layers (norm: bn)")
-    if not cfg.scale_fan:
-        remedies.append("weights scaled to the kept fan (scale_fan: true)")
-    if cfg.train_attack != "none" and not cfg.eps_warmup_epochs:
-        remedies.append("an eps warm-up (eps_warmup_epochs: 5, linear from 0)")
-    if not cfg.warmup_epochs:
-        remedies.append("an LR warm-up (warmup_epochs: 2)")
-    if not cfg.end_with_bn:
-        remedies.append("a last BatchNorm on the logits (end_with_bn: true, RBRN)")
-    remedies += ["a larger keep_ratio", "a smaller lr"]
-    return (f"search collapsed (not learning) for {epochs} epochs up to epoch {row['epoch']}: "
-            f"training loss {row['train_loss']:.3f} ~ ln({num_classes}) = "
-            f"{math.log(num_classes):.3f} and {row.get('eval_split', 'eval')} accuracy "
-            f"{row['clean_acc']:.1%} ~ chance ({1 / num_classes:.1%}). "
-            f"{'Stopped early (stop_on_collapse). ' if cfg.stop_on_collapse else ''}"
-            f"Try: {'; '.join(remedies)}.")
-
-
-def _metrics(cfg, model, history, best, notes, seconds, status, stopped=None,
-             final=None) -> dict:
+def _metrics(run: Run, state: RunState, status: str, final: dict | None = None,
+             notes: list[str] | None = None) -> dict:
     """metrics.json: ``history`` and ``best`` are on ``selection_split`` (val unless
     val_fraction=0), ``final`` on the test split."""
-    return {"status": status, "config": cfg.to_dict(), "model_config": model.config.to_dict(),
-            "mask": masking.mask_summary(model), "selection_split": best.get(
+    cfg = run.cfg
+    return {"status": status, "config": cfg.to_dict(), "model_config": run.model.config.to_dict(),
+            "mask": masking.mask_summary(run.model), "selection_split": state.best.get(
                 "split", "val" if cfg.val_fraction > 0 else "test"),
-            "history": history, "best": best, "final": final, "stopped": stopped,
-            "warnings": notes, "search_seconds": seconds, "torch": torch.__version__,
+            "history": state.history, "best": state.best, "final": final,
+            "stopped": state.stopped, "warnings": state.notes if notes is None else notes,
+            "search_seconds": time.time() - state.started, "torch": torch.__version__,
             "threads": torch.get_num_threads()}

@@ -27,19 +27,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..masks import masking
-from ..config import RunConfig, register_check
-from ..errors import ConfigError
 
 
 class CompileFallbackWarning(UserWarning):
     """torch.compile failed here (no C++ compiler, unsupported op, ...): running eagerly."""
-
-
-@register_check
-def _check_channels_last(cfg: RunConfig) -> None:
-    if cfg.channels_last not in ("auto", True, False):  # the type check refused numbers
-        raise ConfigError(f"channels_last={cfg.channels_last!r} is invalid: use auto (on for "
-                          "CUDA, off for the CPU), true or false")
 
 
 def resolve_channels_last(setting: bool | str, device: torch.device | str) -> bool:

@@ -5,10 +5,12 @@ import math
 
 import torch
 
-WEIGHT_INITS = ("signed_constant", "unsigned_constant", "kaiming_normal", "kaiming_uniform",
-                "xavier_normal", "xavier_constant", "binary", "uniform")
-SCORE_INITS = ("kaiming_uniform", "uniform")
-SCORE_FAN_MODES = ("none", "all", "except_last", "only_last")
+from ..config import allowed
+
+# The values each parameter allows are declared with it (rst_lib.config.RunConfig).
+WEIGHT_INITS = allowed("weight_init")
+SCORE_INITS = allowed("score_init")
+SCORE_FAN_MODES = allowed("score_fan_mode")
 
 
 def fan_in(weight: torch.Tensor) -> int:

@@ -39,13 +39,15 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..config import allowed
+from ..errors import check_keep_ratio
 from .topk import topk_mask
 
-GRANULARITIES = ("weight", "kernel", "filter", "row")
-# How many scores of a layer a keep ratio keeps (see keep_count).
-KEEP_RULES = ("round", "getsubnet")
-# How one global keep ratio becomes per-layer ratios (see allocate_keep_ratios).
-KEEP_ALLOCATIONS = ("closed_form", "rbrn")
+GRANULARITIES = allowed("granularity")  # declared with the parameter
+# How many scores of a layer a keep ratio keeps (see keep_count), and how one global keep
+# ratio becomes per-layer ratios (see allocate_keep_ratios): declared with the parameters.
+KEEP_RULES = allowed("keep_rule")
+KEEP_ALLOCATIONS = allowed("keep_allocation")
 
 
 def score_shape(weight_shape: torch.Size, granularity: str) -> tuple[int, ...]:
@@ -129,8 +131,7 @@ class TopKMask(nn.Module):
     def __init__(self, weight: torch.Tensor, keep_ratio: float, granularity: str = "weight",
                  keep_rule: str = "round"):
         super().__init__()
-        if not 0.0 < keep_ratio <= 1.0:
-            raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+        check_keep_ratio(keep_ratio)
         if keep_rule not in KEEP_RULES:
             raise ValueError(f"keep_rule {keep_rule!r} is invalid: valid rules are {', '.join(KEEP_RULES)}")
         self.keep_ratio = float(keep_ratio)
@@ -308,8 +309,7 @@ def set_keep_ratios(model: nn.Module, ratios: dict[str, float]) -> None:
     """Change the keep ratio of masked layers (by layer name); masks follow on next use."""
     layers = dict(masked_layers(model))
     for name, r in ratios.items():
-        if not 0.0 < r <= 1.0:
-            raise ValueError(f"keep ratio of {name} must be in (0, 1], got {r}")
+        check_keep_ratio(r, f"keep ratio of {name}")
         get_mask_param(layers[name]).keep_ratio = float(r)
 
 
@@ -320,8 +320,7 @@ def allocate_keep_ratios(sizes: list[int], keep_ratio: float, p: float = 1.0,
     the workbook's) or ``rbrn`` (:func:`rbrn_keep_ratios`, RBRN's own walk)."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p={p!r} is invalid: it must be in [0, 1]")
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio={keep_ratio!r} is invalid: it must be in (0, 1]")
+    check_keep_ratio(keep_ratio)
     if allocation == "rbrn":
         return rbrn_keep_ratios(sizes, keep_ratio, p)
     if allocation != "closed_form":

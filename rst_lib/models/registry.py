@@ -22,8 +22,8 @@ from torch.nn.utils import parametrize
 from ..masks import inits
 
 from ..masks import masking
-from ..config import RunConfig, default, register_check
-from ..errors import ConfigError, check_choice
+from ..config import RunConfig, allowed, default
+from ..errors import ConfigError, check_choice, check_keep_ratio
 from .layers import Normalize
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -171,19 +171,14 @@ def validate_model_config(cfg: ModelConfig) -> None:
         valid = ", ".join(MODEL_OPTIONS[cfg.name]) or "none"
         raise ConfigError(f"model_kwargs {', '.join(unknown)} unknown for model {cfg.name!r}: "
                           f"valid model_kwargs are {valid}")
-    check_choice("weight_init", cfg.weight_init, inits.WEIGHT_INITS)
-    check_choice("score_init", cfg.score_init, inits.SCORE_INITS)
-    check_choice("score_fan_mode", cfg.score_fan_mode, inits.SCORE_FAN_MODES)
-    check_choice("granularity", cfg.granularity, masking.GRANULARITIES)
-    check_choice("keep_rule", cfg.keep_rule, masking.KEEP_RULES)
-    check_choice("keep_allocation", cfg.keep_allocation, masking.KEEP_ALLOCATIONS)
+    for name in ("weight_init", "score_init", "score_fan_mode", "granularity", "norm",
+                 "keep_rule", "keep_allocation"):
+        check_choice(name, getattr(cfg, name), allowed(name))  # declared with RunConfig's field
     if not 0.0 <= cfg.adaptive_p <= 1.0:
         raise ConfigError(f"adaptive_p={cfg.adaptive_p!r} is invalid: it must be in [0, 1] "
                           "(1 = the same keep ratio in every layer)")
-    check_choice("norm", cfg.norm, ("bn", "none"))
-    if cfg.keep_ratio is not None and not (0.0 < cfg.keep_ratio <= 1.0):
-        raise ConfigError(f"keep_ratio={cfg.keep_ratio!r} is invalid: it must be in (0, 1] "
-                          "(the fraction of weights KEPT), or None for a dense network")
+    if cfg.keep_ratio is not None:  # None: a dense network
+        check_keep_ratio(cfg.keep_ratio)
     for key in ("num_classes", "in_channels", "image_size"):
         if int(getattr(cfg, key)) < 1:
             raise ConfigError(f"{key}={getattr(cfg, key)!r} is invalid: it must be >= 1")
@@ -196,8 +191,7 @@ def validate_model_config(cfg: ModelConfig) -> None:
                           f"not {cfg.name!r}")
 
 
-@register_check
-def _check_run_model(cfg: RunConfig) -> None:
+def check_run_model(cfg: RunConfig) -> None:
     """The model part of a run's parameters is valid (checked on a 28x28 grey shape)."""
     validate_model_config(ModelConfig.from_run(cfg, num_classes=10, in_channels=1, image_size=28))
 

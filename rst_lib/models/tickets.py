@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from ..masks import masking
-from ..config import RunConfig, register_check
+from ..config import RunConfig
 from ..errors import ConfigError
-from ..utils.files import TORCH_LOAD_ERRORS, torch_save
+from ..utils.files import TORCH_LOAD_ERRORS, model_file, torch_save
 from ..masks.codec import decode_mask, encode_mask, unpack_bits
 from .registry import ModelConfig, RandomNetwork, build_model
 
@@ -76,15 +76,11 @@ def save_ticket(model: RandomNetwork, path: str | os.PathLike, meta: dict | None
 
 def resolve_ticket(path: str | os.PathLike) -> Path:
     """The ticket file of ``path``: the file itself, or ``ticket.pt`` in a run folder."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        if (p / "ticket.pt").is_file():
-            return p / "ticket.pt"
-        raise TicketError(f"{str(p.resolve())!r} is a folder without a ticket.pt (give a ticket "
-                          "file or the run folder of a search)")
-    if not p.is_file():
-        raise TicketError(f"no ticket at {str(p.resolve())!r}")
-    return p
+    try:
+        return model_file(path, ("ticket.pt",))
+    except FileNotFoundError as e:
+        raise TicketError(f"{e} (give a ticket file or the run folder of a "
+                          "search)") from None
 
 
 def _unreadable(path: Path, error: BaseException) -> TicketError:
@@ -169,9 +165,9 @@ def checkpoint_size_bytes(model: nn.Module) -> int:
     return sum(v.numel() * v.element_size() for v in model.state_dict().values())
 
 
-@register_check
-def _check_run_ticket(cfg: RunConfig) -> None:
-    """A finetune ticket is readable and of the configured architecture (before compute)."""
+def check_run_ticket(cfg: RunConfig) -> None:
+    """A finetune ticket is readable and of the configured architecture (before compute;
+    it reads the ticket file, so the entry points call it once: :func:`check_run`)."""
     if not (cfg.ticket and cfg.task.startswith("finetune")):
         return
     t = ticket_meta(cfg.ticket)["model_config"]

@@ -101,3 +101,23 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# What a run folder holds that a model loads from: the best ticket, else the resumable
+# checkpoint (a run killed before its first best epoch was saved holds only last.pt).
+RUN_MODEL_FILES = ("ticket.pt", "last.pt")
+
+
+def model_file(path: str | os.PathLike, names: tuple[str, ...] = RUN_MODEL_FILES) -> Path:
+    """THE resolver from a path to a model file: a file is itself; a run folder gives the
+    first of ``names`` it holds. FileNotFoundError says what is missing where."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in names:
+            if (p / name).is_file():
+                return p / name
+        raise FileNotFoundError(f"{str(p.resolve())!r} is a folder without a "
+                                f"{' or '.join(names)}")
+    if not p.is_file():
+        raise FileNotFoundError(f"no file at {str(p.resolve())!r}")
+    return p

@@ -32,7 +32,8 @@ from ..errors import ConfigError
 from ..utils.files import read_json, write_json
 from .index import run_progress
 from .runs import FINISHED, prepare_run_dir, run_status
-from .sweeps import Sweep, SweepCell, cell_spec, run_cell
+from .sweep_files import Sweep, SweepCell
+from .sweeps import cell_spec, run_cell
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 JOB_FILE = "job.json"

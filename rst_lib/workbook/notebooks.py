@@ -12,13 +12,13 @@ from typing import Iterable
 import torch
 
 from ..config import RunConfig
-from ..utils.files import TORCH_LOAD_ERRORS, new_run_dir, read_json, write_json
+from ..utils.files import TORCH_LOAD_ERRORS, model_file, new_run_dir, read_json, write_json
 from ..utils.stats import accuracy_text
 from ..engine.tasks import build_task, load_run_data
 from ..models.tickets import TicketError, load_ticket, resolve_ticket, ticket_meta
 from ..engine.training import train
 from .params import PROJECT_ROOT
-from .sweeps import load_sweep
+from .sweep_files import load_sweep
 
 def config_from(namespace: dict, **overrides):
     """A validated :class:`RunConfig` from every RunConfig field defined in ``namespace``.
@@ -47,14 +47,12 @@ def ensure_run_dir(run_dir: str | os.PathLike | None, notebook: str, name: str |
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A model file from a path: a run directory gives its ``ticket.pt``, else ``last.pt``."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        for name in ("ticket.pt", "last.pt"):
-            if (p / name).is_file():
-                return p / name
-            raise TicketError(f"{str(p)!r} holds neither ticket.pt nor last.pt")
-    return p
+    """A model file from a path: a run directory gives its ``ticket.pt``, else its
+    ``last.pt`` (a run killed before the end); a file is itself."""
+    try:
+        return model_file(path)
+    except FileNotFoundError as e:
+        raise TicketError(str(e)) from None
 
 
 def resolve_tickets(paths: str | os.PathLike | Iterable[str | os.PathLike] | None) -> list[Path]:

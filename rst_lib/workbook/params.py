@@ -4,19 +4,23 @@ paths made absolute)."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import papermill
 
-from ..config import RunConfig, param
+from ..config import RunConfig, allowed, check_fields, param
 from ..data.datasets import check_available
-from ..models.tickets import read_ticket
+from ..models.tickets import TicketError, read_ticket
+from ..engine.tasks import check_run
 from ..engine.training import load_checkpoint
 from ..errors import ConfigError, did_you_mean, parse_number
+from ..utils.files import model_file
 
 # The project this package belongs to (an editable install): notebooks/ and outputs/.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -65,51 +69,17 @@ def parameter_specs(notebook: str | os.PathLike) -> dict:
     return out
 
 
-def _type_error(name, value, expected: str) -> ConfigError:
-    return ConfigError(f"{name}={value!r} is invalid: expected {expected}, "
-                       f"got {type(value).__name__}")
-
-
-def _check_like(name: str, value, default, none_ok: bool) -> None:
-    """``value`` must have the type of the parameter's default value (notebook-only params)."""
-    if value is None:
-        if none_ok:
-            return
-        raise _type_error(name, value, type(default).__name__)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise _type_error(name, value, "true or false")
-    elif isinstance(default, (int, float)):
-        if isinstance(value, bool):
-            raise _type_error(name, value, "a number")
-        if isinstance(default, int) and not isinstance(value, int):
-            raise _type_error(name, value, "an integer")
-        if not isinstance(value, (int, float)):
-            parse_number(name, value)  # '8/255' is a number too
-    elif isinstance(default, str):
-        if not isinstance(value, str):
-            raise _type_error(name, value, "a string")
-    elif isinstance(default, (list, tuple)):
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(name, value, "a list")
-        kinds = {type(v) for v in default}
-        if len(kinds) == 1:
-            for v in value:
-                _check_like(name, v, default[0], False)
-    elif isinstance(default, dict):
-        if not isinstance(value, dict):
-            raise _type_error(name, value, "a mapping")
-
-
 def validate_notebook_params(notebook: str | os.PathLike, params: dict) -> None:
     """Unknown names or bad values fail here, before any kernel starts.
 
     * every name must be a parameter of the notebook's ``parameters`` cell (the error lists
       the valid ones);
-    * RunConfig fields are checked by :meth:`RunConfig.from_dict` together with the
-      notebook's own defaults (so combinations are checked too);
-    * other parameters must have the type of their default value; ``None`` is accepted
-      where the default is ``None`` or the parameter's comment mentions ``None``.
+    * RunConfig fields are checked by :func:`~rst_lib.engine.tasks.check_run` together with
+      the notebook's own defaults (so combinations, the model and a finetune's ticket are
+      checked too);
+    * the notebooks' own parameters are checked against their declaration in
+      :class:`NotebookParams` (type annotation and allowed values), as RunConfig's are;
+    * tickets and run folders given must hold a model file that loads.
     """
     specs = parameter_specs(notebook)
     if not specs:
@@ -123,19 +93,13 @@ def validate_notebook_params(notebook: str | os.PathLike, params: dict) -> None:
     merged = {k: s["value"] for k, s in specs.items()
               if k in fields and s["value"] is not _NO_DEFAULT}
     merged.update({k: v for k, v in params.items() if k in fields})
-    cfg = RunConfig.from_dict(merged)
+    cfg = check_run(RunConfig.from_dict(merged))
     check_available(cfg.dataset, cfg.data_dir, cfg.download)  # the data is there
+    own = {k: v for k, v in params.items() if k in NotebookParams.__dataclass_fields__}
+    NotebookParams(**own).validate(own)
     for path in ([params["ticket"]] if params.get("ticket") else []) + list(
             params.get("tickets") or []):
         _check_model_file(path)
-    for name, value in params.items():
-        spec = specs.get(name)
-        if name in fields or spec is None or spec["value"] is _NO_DEFAULT:
-            continue
-        default = spec["value"]
-        if default is None:
-            continue
-        _check_like(name, value, default, none_ok="None" in spec["help"])
 
 
 def _check_model_file(path: str) -> None:
@@ -144,17 +108,19 @@ def _check_model_file(path: str) -> None:
     if any(ch in str(path) for ch in "*?["):
         return  # a glob: its matches are resolved in the notebook
     p = Path(path)
-    if p.is_dir() and not (p / "ticket.pt").is_file() and (p / "last.pt").is_file():
-        p = p / "last.pt"
-    if p.name == "last.pt" and p.is_file():
-        try:
-            load_checkpoint(p)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        return
     if p.is_dir() and not (p / "ticket.pt").is_file() and list(p.glob("*/ticket.pt")):
         return  # a sweep folder: its tickets are loaded in the notebook
-    read_ticket(p)
+    try:
+        p = model_file(p)
+    except FileNotFoundError as e:
+        raise TicketError(str(e)) from None
+    if p.name != "last.pt":
+        read_ticket(p)
+        return
+    try:
+        load_checkpoint(p)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def absolute_path(p) -> str:
@@ -182,10 +148,8 @@ def normalize_params(notebook: str | os.PathLike, params: dict,
         if isinstance(params.get(k), str) and params[k]:
             params[k] = absolute_path(params[k])
             if k == "ticket" and Path(params[k]).is_dir():
-                for name in ("ticket.pt", "last.pt"):  # a run directory: its ticket (or checkpoint)
-                    if (Path(params[k]) / name).is_file():
-                        params[k] = str(Path(params[k]) / name)
-                        break
+                with contextlib.suppress(FileNotFoundError):  # else refused by validation
+                    params[k] = str(model_file(params[k]))  # a run folder: its model file
     for k in PATH_LIST_PARAMS:
         v = params.get(k)
         if isinstance(v, str):
@@ -206,13 +170,13 @@ class NotebookParams:
     run_dir: str | None = param(None, "the run folder (None: a new one under outputs/<notebook>/)", "path")
     progress: bool = param(True, "progress bars")
     resume: bool = param(True, "continue trainings already in run_dir (their last.pt)")
-    tickets: list = param([], "ticket.pt files / run folders / globs of ONE random network (empty: search here)", "paths")
-    keep_ratios: list = param([0.05, 0.1, 0.3], "keep ratios searched here when tickets is empty", "fractions")
-    tasks: list = param(["finetune", "finetune_reinit", "finetune_full"], "the finetunes to run")
+    tickets: list[str] = param([], "ticket.pt files / run folders / globs of ONE random network (empty: search here)", "paths")
+    keep_ratios: list[float] = param([0.05, 0.1, 0.3], "keep ratios searched here when tickets is empty", "fractions")
+    tasks: list[str] = param(["finetune", "finetune_reinit", "finetune_full"], "the finetunes to run")
     search_epochs: int = param(5, "epochs of the ticket search when ticket is None", "epochs")
     search_lr: float = param(0.1, "its learning rate (scores)")
     transfer_examples: int | None = param(500, "test inputs attacked on every source (None: all)", "examples")
-    mode: str = param("batch", "R2S draws one member per query batch (batch) or per input (example)")
+    mode: str = param("batch", "R2S draws one member per query batch or per input", choices=("batch", "example"))
     eot_samples: int = param(10, "gradient samples per step of the adaptive (EOT) attack")
     eval_draws: int = param(5, "member draws the switch's accuracy is averaged over")
     r2s_examples: int | None = param(500, "test inputs of the R2S evaluation (None: all)", "examples")
@@ -221,9 +185,9 @@ class NotebookParams:
     interactive: bool = param(True, "ipywidgets explorer (needs a live Jupyter front end)")
     layer: str | None = param(None, "conv layer of the filter maps (None: the last 3x3 conv)")
     top_patterns: int = param(20, "kept 3x3 patterns shown per ticket")
-    eval_dataset: str | None = param(None, "test data (None: the dataset the ticket was found on)")
-    pgd_steps: list = param([10, 20, 50], "PGD-k for each k (step eval_alpha, eval_restarts restarts)")
-    eps_curve: list | None = param(None, "eps values of the curve (None: 0 to 1.5 x the evaluation eps)", "pixels in [0, 1]")
+    eval_dataset: str | None = param(None, "test data (None: the dataset the ticket was found on)", choices=allowed("dataset"))
+    pgd_steps: list[int] = param([10, 20, 50], "PGD-k for each k (step eval_alpha, eval_restarts restarts)")
+    eps_curve: list[float | str] | None = param(None, "eps values of the curve (None: 0 to 1.5 x the evaluation eps)", "pixels in [0, 1]")
     curve_steps: int = param(10, "PGD steps of the curve (step scaled with eps)")
     curve_examples: int | None = param(500, "test inputs of the curve (None: all)", "examples")
     masking_checks: bool = param(True, "the gradient-masking checks of Carlini et al. (2019) on the final ticket")
@@ -231,11 +195,19 @@ class NotebookParams:
     masking_more_steps: int = param(100, "PGD steps of the 'more steps' check")
     masking_restarts: int = param(5, "restarts of the 'restarts' check")
     runs_root: str | None = param(None, "compare every metrics.json below this folder (None: the project's outputs/)", "path")
-    run_dirs: list = param([], "only these run folders / globs (empty: all of runs_root)", "paths")
-    task_filter: list | None = param(None, "only runs of these tasks, e.g. ['search'] (None: all)")
-    group_by: list = param(["model", "dataset", "train_attack", "task"], "runs differing only in these are one curve")
+    run_dirs: list[str] = param([], "only these run folders / globs (empty: all of runs_root)", "paths")
+    task_filter: list[str] | None = param(None, "only runs of these tasks, e.g. ['search'] (None: all)")
+    group_by: list[str] = param(["model", "dataset", "train_attack", "task"], "runs differing only in these are one curve")
     sweep: str | None = param(None, "the sweep file whose run folders are read (its stages are the claims' runs)", "path")
-    claims: list | None = param(None, "only these claims, by key, e.g. ['rbrn-last-bn'] (None: all)")
+    claims: list[str] | None = param(None, "only these claims, by key, e.g. ['rbrn-last-bn'] (None: all)")
+
+    def validate(self, names: Iterable[str] | None = None) -> "NotebookParams":
+        """Check the fields (those in ``names``) against their declaration, as
+        :meth:`RunConfig.validate` does; eps values may be fractions ('8/255')."""
+        check_fields(self, names)
+        for value in self.eps_curve or []:
+            parse_number("eps_curve", value)
+        return self
 
 
 def _fields(cls) -> list[str]:

@@ -1,4 +1,4 @@
-"""A newcomer's first hour (issue 13): the CLI from any folder, every mistake caught before a
+"""The command line (a newcomer's first hour): from any folder, every mistake caught before a
 kernel starts with one clear line and exit code 2, no run folder left behind, and run files
 that colleagues can read."""
 import os
@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from rst_lib.workbook import cli
+
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "rst_lib.workbook.cli"]
@@ -42,6 +45,7 @@ def _no_run_folders(out: Path):
     return not out.exists() or not [p for p in out.rglob("run.json")]
 
 
+@pytest.mark.slow  # nine CLI processes, each importing torch
 def test_mistakes_are_one_line_exit_2_and_leave_nothing(elsewhere, tmp_path):
     out = tmp_path / "out"
     o = ["-o", str(out)]
@@ -65,6 +69,7 @@ def test_mistakes_are_one_line_exit_2_and_leave_nothing(elsewhere, tmp_path):
     assert _no_run_folders(out)
 
 
+@pytest.mark.slow  # a search, then five CLI processes
 def test_bad_tickets_are_told_apart_before_any_kernel(elsewhere, tmp_path, data):
     from rst_lib import RunConfig, train
     out = tmp_path / "out"
@@ -95,6 +100,7 @@ def test_index_writes_where_the_runs_are_never_into_the_current_folder(elsewhere
     assert not (elsewhere / "outputs").exists()
 
 
+@pytest.mark.slow  # executes notebook 01 through the CLI
 def test_a_run_from_another_folder_finds_its_notebook_data_and_paths(elsewhere, tmp_path):
     out = tmp_path / "out"
     proc = _cli(["run", "01_search", "-p", str(ROOT / "params" / "01_search" / "smoke.yaml"),
@@ -139,3 +145,15 @@ def test_p_takes_several_files_and_overrides_in_order(tmp_path):
     params = _params([str(a), str(b), "epochs=6", "eps=8/255"], {"keep_ratio", "epochs", "eps"})
     assert params == {"keep_ratio": 0.1, "epochs": 6, "eps": "8/255"}
     assert _params([str(a), str(b)], set())["epochs"] == 4  # a later file wins
+
+
+NB = ROOT / "notebooks"
+
+
+def test_cli_reports_parameter_errors_and_lists_parameters(capsys, tmp_path):
+    assert cli.main(["run", "notebooks/01_search.ipynb", "-p", "keepratio=0.1", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown parameter(s) keepratio" in err and "keep_ratio" in err
+    assert cli.main(["params", str(NB / "04_r2s.ipynb")]) == 0
+    out = capsys.readouterr().out
+    assert "eot_samples" in out and "mode" in out

@@ -1,7 +1,9 @@
-"""Transferability matrix, random switch (R2S) with its attacks, and mask statistics."""
+"""rst_lib.analysis: the controls behind the headline claim, the transferability matrix, the
+random switch (R2S) with its attacks, and mask statistics."""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from rst_lib import create_model, evaluate
 from rst_lib.attacks.gradient import PGD
@@ -9,6 +11,12 @@ from rst_lib.masks.masking import masked_layers, set_masks
 from rst_lib.analysis import mask_stats as ms
 from rst_lib.analysis.r2s import EOTPGD, RandomSwitch, evaluate_r2s
 from rst_lib.analysis.transfer import check_same_network, transfer_matrix
+from rst_lib import RunConfig, train
+from rst_lib.masks import masking
+from rst_lib.analysis.controls import compare_models, natural_control, random_mask_control
+from rst_lib.data.loaders import make_loader, shard_order
+from rst_lib.engine.evaluation import recalibrate_bn
+from rst_lib.engine.tasks import build_task
 
 
 def _model(keep_ratio=0.2, seed=0, **kw):
@@ -314,3 +322,75 @@ def test_mask_summary_table_rows():
     linear = rows[2]
     assert (linear["kind"], linear["kept"], linear["pruned_out"]) == ("linear", 11, 30)
     assert linear["empty_kernels"] is None and linear["top_pattern"] is None
+
+
+CFG = dict(model="conv2", width=0.125, keep_ratio=0.2, epochs=1, train_examples=256,
+           eval_examples=64, final_examples=100, autoattack="none", eps=0.1, alpha=0.125,
+           eval_alpha=0.025, eval_steps=3, batch_size=64)
+
+
+def test_random_mask_control_is_the_untrained_network_with_recalibrated_bn(data):
+    cfg = RunConfig(**CFG).validate()
+    control = random_mask_control(cfg, data)
+    _, fresh = build_task(cfg, data)
+    # same random weights, the initial (random) top-k mask, no search
+    for (_, a), (_, b) in zip(masking.masked_layers(control), masking.masked_layers(fresh)):
+        assert torch.equal(masking.raw_weight(a), masking.raw_weight(b))
+        assert torch.equal(masking.get_mask_param(a).mask(), masking.get_mask_param(b).mask())
+    bn = next(m for m in control.modules() if isinstance(m, nn.BatchNorm2d))
+    assert not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))  # recalibrated
+    assert not control.training
+
+
+def test_controls_and_ticket_meet_the_same_attack_on_the_same_examples(data):
+    cfg = RunConfig(**{**CFG, "epochs": 3, "train_examples": 1024}).validate()
+    robust = train(cfg, None, progress=False, data=data)
+    natural = natural_control(cfg, data)
+    assert natural.config.train_attack == "none" and natural.config.seed == cfg.seed
+    rows = compare_models({"robust": robust.model, "random": random_mask_control(cfg, data)},
+                          cfg, data, progress=False)
+    assert [r["model"] for r in rows] == ["robust", "random"]
+    assert all(r["examples"] == 100 and r["split"] == "test" for r in rows)
+    # compare_models gives the ticket exactly the numbers its own run reported
+    assert rows[0]["clean_acc"] == robust.final["clean_acc"]
+    assert rows[0]["pgd_acc"] == robust.final["pgd_acc"]
+    # and a random mask is no robust ticket: the claim the quickstart makes
+    assert rows[1]["clean_acc"] < rows[0]["clean_acc"]
+
+
+def test_recalibrate_bn_estimates_statistics_from_the_loader(data):
+    model = create_model("conv2", 10, 1, image_size=28, width=0.125, keep_ratio=0.5)
+    x = data.train.tensors[0][:256]
+    loader = make_loader(data.train, 128)
+    recalibrate_bn(model, loader, torch.device("cpu"), max_batches=2)
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    with torch.no_grad():  # the BN input statistics over the same 256 examples
+        feats = model.body.features[0](model.normalize(x))
+    assert torch.allclose(bn.running_mean, feats.mean((0, 2, 3)), atol=1e-4)
+    assert not model.training and bn.momentum == 0.1
+
+
+def test_shard_order_splits_one_permutation_like_distributed_sampler():
+    from torch.utils.data.distributed import DistributedSampler
+    full = shard_order(10, True, seed=3)
+    assert sorted(full.tolist()) == list(range(10))
+    ranks = [shard_order(10, True, 3, rank=r, world_size=3) for r in range(3)]
+    assert [len(r) for r in ranks] == [4, 4, 4]  # padded to a multiple of the world size
+    for r in range(3):
+        sampler = DistributedSampler(range(10), num_replicas=3, rank=r, shuffle=True, seed=3)
+        assert ranks[r].tolist() == list(sampler)
+    assert shard_order(5, False, 0).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_mask_statistics_see_block_masks_per_weight():
+    from rst_lib.analysis.mask_stats import layer_density, pruned_units
+    model = create_model("conv2", 10, 1, image_size=12, width=0.25, keep_ratio=0.25,
+                         granularity="filter")
+    dens = layer_density(model)
+    pruned = pruned_units(model)
+    name = next(iter(dens))
+    assert dens[name]["density"] == pytest.approx(0.25)
+    assert dens[name]["shape"] == list(masking.raw_weight(dict(masking.masked_layers(model))[name]).shape)
+    # filter granularity: three quarters of the filters are pruned whole
+    out = pruned[name]["out_units"]
+    assert pruned[name]["pruned_out"] == out - round(0.25 * out)

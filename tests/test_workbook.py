@@ -17,7 +17,10 @@ from rst_lib.workbook.runs import RunExists, prepare_run_dir, run_notebook, run_
 from rst_lib.workbook.sweeps import cell_name, load_sweep, run_sweep
 from rst_lib.workbook.params import normalize_params, validate_notebook_params
 
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
 NB = ROOT / "notebooks"
 
 
@@ -26,9 +29,6 @@ def one_thread_kernels(monkeypatch):
     # papermill kernels are separate processes: keep them on one thread like this one
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
-
-
-# ------------------------------------------------------------------ parameter validation
 
 
 def test_unknown_parameter_lists_the_valid_ones(tmp_path):
@@ -51,7 +51,7 @@ def test_unknown_parameter_lists_the_valid_ones(tmp_path):
     ("04_r2s", "eot_samples=null", "eot_samples=None is invalid"),
     ("05_mask_patterns", "interactive=3", "interactive=3 is invalid: expected true or false"),
     ("02_finetune", "tasks=finetune", "tasks='finetune' is invalid: expected a list"),
-    ("06_evaluate", "pgd_steps=[10, 2.5]", "pgd_steps=2.5 is invalid: expected an integer"),
+    ("06_evaluate", "pgd_steps=[10, 2.5]", "pgd_steps=2.5 is invalid: expected int"),
     ("06_evaluate", "train_attack=fgsm", "train_attack='fgsm' is invalid (did you mean 'fgsm_rs'?): valid choices"),
 ])
 def test_wrong_types_fail_before_any_kernel(tmp_path, notebook, override, match):
@@ -99,9 +99,6 @@ def test_every_parameter_file_is_valid():
             load_sweep(f)
         finally:
             os.chdir(cwd)
-
-
-# ------------------------------------------------------------------------ run directories
 
 
 def test_prepare_run_dir_refuses_finished_and_foreign_dirs_and_resumes(tmp_path):
@@ -159,18 +156,6 @@ def test_sweep_expands_grid_and_validates_every_cell_first(tmp_path):
         run_sweep(bad, output_root=tmp_path / "out2", progress=False)
     assert not (tmp_path / "out2").exists()  # nothing ran
     assert cli.main(["sweep", str(bad), "-o", str(tmp_path / "out2"), "--no-progress"]) == 2
-
-
-def test_cli_reports_parameter_errors_and_lists_parameters(capsys, tmp_path):
-    assert cli.main(["run", "notebooks/01_search.ipynb", "-p", "keepratio=0.1", "-o", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "unknown parameter(s) keepratio" in err and "keep_ratio" in err
-    assert cli.main(["params", str(NB / "04_r2s.ipynb")]) == 0
-    out = capsys.readouterr().out
-    assert "eot_samples" in out and "mode" in out
-
-
-# ------------------------------------------------------------------------------- sweeps
 
 
 def _wait_for(predicate, timeout, proc=None):
@@ -247,3 +232,19 @@ def test_sweep_records_a_failing_cell_and_keeps_going(tmp_path, one_thread_kerne
     # --skip-failed leaves it; the default retries it (and it fails again: exit code 1)
     assert cli.main(["sweep", str(path), "-o", str(tmp_path / "out"), "--no-progress",
                      "--skip-failed"]) == 1
+
+
+def test_sweeps_take_a_list_of_seeds(tmp_path):
+    from rst_lib.errors import ConfigError
+    from rst_lib.workbook.sweeps import load_sweep
+    from rst_lib.workbook.params import NOTEBOOKS_DIR
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"notebook: {NOTEBOOKS_DIR / '01_search.ipynb'}\ngrid:\n  keep_ratio: [0.1, 0.3]\n"
+                     "seeds: [0, 1, 2]\n")
+    cells = load_sweep(sweep, output_root=tmp_path / "out").cells
+    assert [c.name for c in cells][:3] == ["keep_ratio=0.1-seed=0", "keep_ratio=0.1-seed=1",
+                                           "keep_ratio=0.1-seed=2"]
+    assert len(cells) == 6 and {c.params["seed"] for c in cells} == {0, 1, 2}
+    sweep.write_text(f"notebook: {NOTEBOOKS_DIR / '01_search.ipynb'}\nseeds: 3\n")
+    with pytest.raises(ConfigError, match="seeds"):
+        load_sweep(sweep)

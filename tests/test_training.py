@@ -1,5 +1,14 @@
+"""engine.training: the search and its run folder, resume and kill, collapse, non-finite
+losses, every training attack, distributed training."""
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,16 +16,29 @@ import torch
 from rst_lib import RunConfig, load_ticket, train
 from rst_lib.config import ConfigError
 from rst_lib.masks import masking
-from rst_lib.data.datasets import load_dataset, fixed_subset
+from rst_lib.data.datasets import fixed_subset
 from rst_lib.data.loaders import make_loader
 from rst_lib.engine.evaluation import evaluate
 from rst_lib.engine.training import is_collapsed
-from rst_lib.engine.schedules import lr_factor
-from rst_lib.utils.devices import resolve_device
+from rst_lib import create_model
+from rst_lib.attacks.gradient import CarriedFGSM
+from rst_lib.masks.masking import get_mask_param
+from rst_lib.engine.tasks import build_task, make_train_attack
+from rst_lib.engine.training import LossJumpWarning, load_checkpoint
+
 
 TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
             train_examples=600, eval_examples=100, batch_size=64, train_attack="fgsm_rs",
             eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, autoattack="none")
+TINY_512 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
+                train_examples=512, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, autoattack="none", final_examples=200)
+TINY_ONE_EPOCH = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
+                      train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+                      eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, epochs=1, autoattack="none", final_examples=200)
+TINY_256 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
+                train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, final_examples=64, autoattack="none")
 
 
 @pytest.fixture(scope="module")
@@ -226,44 +248,6 @@ def test_collapse_message_offers_the_remedies_that_are_off():
     assert msg.index("norm: bn") < msg.index("scale_fan: true") < msg.index("eps_warmup_epochs")
 
 
-def test_lr_schedules():
-    cfg = RunConfig(epochs=10, lr_schedule="cosine").validate()
-    assert lr_factor(cfg, 0) == 1.0 and abs(lr_factor(cfg, 10)) < 1e-12
-    assert abs(lr_factor(cfg, 5) - 0.5) < 1e-12
-    step = RunConfig(epochs=10, lr_schedule="step", lr_milestones=[3, 6], lr_gamma=0.1).validate()
-    assert [round(lr_factor(step, e), 6) for e in (0, 3, 5.9, 6)] == [1, 0.1, 0.1, 0.01]
-
-
-def test_lr_stepped_per_epoch_and_piecewise_milestones():
-    # lr_step: epoch holds the LR of the epoch's start (the seeds' schedulers run once per
-    # epoch); batch (the default) moves it every batch
-    per_epoch = RunConfig(epochs=10, lr_schedule="cosine", lr_step="epoch").validate()
-    per_batch = RunConfig(epochs=10, lr_schedule="cosine").validate()
-    assert lr_factor(per_epoch, 2.7) == lr_factor(per_epoch, 2) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.2)))
-    assert lr_factor(per_batch, 2.7) < lr_factor(per_batch, 2)
-    # warm-up per epoch: epoch e trains at (e + 1) / W of the LR, as RST's and RBRN's schedulers
-    warm = per_epoch.replace(lr_schedule="constant", warmup_epochs=4)
-    assert [lr_factor(warm, e + 0.5) for e in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1, 1])
-    # cifar_piecewise: x0.1 at lr_milestones (RST: 80 and 120, whatever the epochs), else 50 %/75 %
-    fixed = RunConfig(epochs=200, lr_schedule="cifar_piecewise", lr_milestones=[80, 120]).validate()
-    assert [lr_factor(fixed, e) for e in (79.9, 80, 119, 120, 199)] == pytest.approx([1, 0.1, 0.1, 0.01, 0.01])
-    relative = fixed.replace(lr_milestones=[])
-    assert [lr_factor(relative, e) for e in (99, 100, 150)] == pytest.approx([1, 0.1, 0.01])
-    with pytest.raises(ConfigError, match="lr_step='iteration' is invalid"):
-        RunConfig(lr_step="iteration").validate()
-
-
-def test_building_a_model_leaves_the_global_rng_alone():
-    from rst_lib import create_model
-    state = torch.get_rng_state()
-    create_model("resnet18", 10, 3, width=0.125, keep_ratio=0.1)
-    assert torch.equal(state, torch.get_rng_state())
-
-
-def test_device_auto_resolves_on_cpu_machine():
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def test_channels_last_search_matches_default_layout(tmp_path, data):
     cfg = RunConfig(**{**TINY, "train_examples": 128}, epochs=1).validate()
     plain = train(cfg, None, progress=False, data=data)
@@ -297,3 +281,195 @@ def test_best_epoch_ties_on_robust_accuracy_go_to_clean_accuracy(monkeypatch, da
     assert result.best == {"epoch": 2, "clean_acc": 0.8, "pgd_acc": 0.0, "split": "val",
                            "examples": 80}
     assert result.final["split"] == "test"  # the final numbers are measured, not scripted
+
+
+def test_eps_warmup_reaches_the_training_attack(data):
+    """The attack used in the first batches of a warm-up is smaller than eps."""
+    from rst_lib.engine.tasks import build_task, make_optimizer, make_train_attack
+    from rst_lib.engine.batch_steps import EpochContext
+    from rst_lib.engine.training import train_epoch
+    from rst_lib.data.loaders import make_loader
+    cfg = RunConfig(model="conv2", width=0.125, train_attack="pgd", eps=0.3, alpha=0.1, steps=2,
+                    eps_warmup_epochs=2, epochs=3, autoattack="none").validate()
+    _, model = build_task(cfg, data)
+    attack = make_train_attack(model, cfg, 256)
+    seen = []
+    original = attack.perturb
+
+    def spy(x, y):
+        seen.append((attack.eps, attack.alpha))
+        out = original(x, y)
+        assert (out - x).abs().max() <= attack.eps + 1e-6  # inside the warm-up ball
+        return out
+    attack.perturb = spy
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    loader = make_loader(torch.utils.data.TensorDataset(*[t[:256] for t in data.train.tensors]), 64)
+    ctx = EpochContext.build(model, opt, cfg, torch.device("cpu"), 256, attack=attack,
+                             progress=False)
+    train_epoch(ctx, loader, 0)
+    assert [round(e, 4) for e, _ in seen] == [0.0, 0.0375, 0.075, 0.1125]  # 0.3 * (i/4) / 2
+    assert all(a == pytest.approx(e / 3) for e, a in seen)  # the step follows the radius
+    seen.clear()
+    train_epoch(ctx, loader, 2)
+    assert all(e == pytest.approx(0.3) for e, _ in seen)  # after the warm-up: the full eps
+
+
+@pytest.mark.parametrize("attack", ["pgd", "fgsm_rs", "free", "trades", "none"])
+@pytest.mark.parametrize("threat_model", ["linf", "l2"])
+def test_every_inner_attack_trains(data, attack, threat_model):
+    eps = 0.1 if threat_model == "linf" else 1.0
+    cfg = RunConfig(**{**TINY_ONE_EPOCH, "train_attack": attack, "threat_model": threat_model, "eps": eps,
+                       "alpha": eps / 4, "steps": 2, "free_repeats": 2, "epochs": 2,
+                       "train_examples": 512}).validate()
+    result = train(cfg, None, progress=False, data=data)
+    first, last = result.history
+    assert math.isfinite(last["train_loss"]) and last["train_loss"] < first["train_loss"]
+    assert last["clean_acc"] > 0.2
+
+
+@pytest.fixture
+def model():
+    return create_model("conv2", 10, 1, width=0.25, keep_ratio=0.3, image_size=28).eval()
+
+
+def test_fgsm_carried_search_keeps_one_buffer_across_epochs(data):
+    cfg = RunConfig(**{**TINY_256, "train_attack": "fgsm_carried", "alpha": 0.05}, epochs=2).validate()
+    _, model = build_task(cfg, data)
+    attack = make_train_attack(model, cfg, 256)
+    assert isinstance(attack, CarriedFGSM) and not attack.eval_mode  # train mode, as RBRN
+    result = train(cfg, None, progress=False, data=data)
+    assert all(math.isfinite(h["train_loss"]) for h in result.history)
+    loader = make_loader(data.train, 64, with_index=True)
+    x, y, i = next(iter(loader))
+    assert torch.equal(i, torch.arange(64)) and torch.equal(data.train.tensors[0][:64], x)
+
+
+def test_search_with_discard_runs_and_records_the_discarded_scores(data):
+    cfg = RunConfig(**TINY_256, epochs=2, discard=True, discard_every=1, discard_rate=0.3).validate()
+    result = train(cfg, None, progress=False, data=data)
+    p = get_mask_param(next(m for _, m in masking.masked_layers(result.model)))
+    assert int(p.discarded.sum()) == int(0.6 * p.scores.numel())  # 2 discards of 30 %
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, torch
+    torch.set_num_threads(1)
+    from rst_lib import RunConfig, train
+    cfg = RunConfig(**{tiny!r}, epochs=6).validate()
+    train(cfg, sys.argv[1], progress=False, resume=len(sys.argv) > 2)
+""")
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    torch.set_num_threads(1)
+    from rst_lib import RunConfig, train
+    cfg = RunConfig(**{cfg!r}).validate()
+    train(cfg, sys.argv[1], progress=False)
+""")
+
+
+def test_run_directory_is_never_overwritten(tmp_path, data):
+    cfg = RunConfig(**TINY_512, epochs=1).validate()
+    train(cfg, tmp_path, progress=False, data=data)
+    before = (tmp_path / "metrics.json").read_text()
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        train(cfg, tmp_path, progress=False, data=data)
+    assert (tmp_path / "metrics.json").read_text() == before
+
+
+def test_nan_loss_stops_with_the_step_and_is_recorded(tmp_path, data):
+    cfg = RunConfig(**{**TINY_512, "task": "dense", "lr": 1e30, "train_attack": "none", "epochs": 2}).validate()
+    with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at epoch \d+, batch \d+"):
+        train(cfg, tmp_path, progress=False, data=data)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "batch" in metrics["warnings"][-1]
+
+
+def test_loss_jump_debug_mode(data):
+    cfg = RunConfig(**{**TINY_512, "task": "dense", "lr": 100.0, "train_attack": "none", "epochs": 1,
+                       "end_with_bn": False, "batch_size": 32,
+                       "loss_jump_factor": 1.5, "optimizer": "sgd", "momentum": 0.0}).validate()
+    with pytest.warns(LossJumpWarning, match="loss jump at epoch 1, batch"):
+        result = train(cfg, None, progress=False, data=data)
+    assert any("loss jump" in w for w in result.warnings)
+    with pytest.raises(ConfigError, match="loss_jump_factor=0.5"):
+        RunConfig(loss_jump_factor=0.5).validate()
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        load_checkpoint(bad)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+    torch.save({"model": Evil()}, bad)
+    with pytest.raises(ValueError, match="refused"):
+        load_checkpoint(bad)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.slow  # three searches in subprocesses, one killed mid-epoch
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(tiny=TINY_512))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    full = tmp_path / "full"
+    subprocess.run([sys.executable, str(script), str(full)], check=True, env=env, timeout=600)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(killed)], env=env)
+    deadline = time.time() + 600
+    while time.time() < deadline:  # wait until epoch 2 has been checkpointed, then kill mid-epoch 3
+        if (killed / "metrics.json").exists() and \
+                len(json.loads((killed / "metrics.json").read_text())["history"]) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # epoch 2 is checkpointed; epoch 3 is under way
+    proc.wait()
+    interrupted = json.loads((killed / "metrics.json").read_text())
+    assert interrupted["status"] == "running" and len(interrupted["history"]) < 6
+    subprocess.run([sys.executable, str(script), str(killed), "resume"], check=True, env=env,
+                   timeout=600)
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert b["status"] == "finished"
+    strip = lambda h: [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in h]
+    assert strip(a["history"]) == strip(b["history"])
+    assert a["best"] == b["best"]
+    assert not list(killed.glob("*.tmp"))  # atomic writes leave no half-written files
+
+
+@pytest.mark.slow  # two training processes plus a single-process run
+def test_two_process_ddp_equals_single_process_with_the_same_global_batch(tmp_path):
+    # No BatchNorm (on CPU there is no SyncBatchNorm, so BN statistics would be per rank) and
+    # a natural search (attack random starts come from each rank's own RNG).
+    cfg = {**TINY_512, "norm": "none", "end_with_bn": False, "train_attack": "none", "epochs": 2,
+           "batch_size": 64, "eval_batch_size": 32, "lr": 0.05}
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(cfg=cfg))  # same as `torchrun -m rst_lib.engine.training`
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    single, double = tmp_path / "single", tmp_path / "ddp"
+    subprocess.run([sys.executable, str(script), str(single)], check=True, env=env, timeout=600)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node=2", str(script), str(double)],  # standalone: a free port
+                   check=True, env=env, timeout=600)
+    a = json.loads((single / "metrics.json").read_text())
+    b = json.loads((double / "metrics.json").read_text())
+    assert b["status"] == "finished"
+    for ra, rb in zip(a["history"], b["history"]):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4)
+        assert rb["train_acc"] == pytest.approx(ra["train_acc"], abs=2 / 512)
+        assert rb["clean_acc"] == pytest.approx(ra["clean_acc"], abs=2 / 64)
+    from rst_lib.models.tickets import load_ticket
+    from rst_lib.masks import masking
+    ma = masking.get_masks(load_ticket(single / "ticket.pt"))
+    mb = masking.get_masks(load_ticket(double / "ticket.pt"))
+    same = sum(int((ma[k] == mb[k]).sum()) for k in ma) / sum(m.numel() for m in ma.values())
+    assert same > 0.999
+    assert sorted(p.name for p in double.iterdir()) == ["last.pt", "metrics.json", "ticket.pt"]

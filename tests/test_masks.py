@@ -1,3 +1,5 @@
+"""rst_lib.masks: exact top-k masks and their gradients, granularities, weight and score
+inits, RBRN's adaptive keep ratios, RST's discard buffer."""
 import math
 
 import pytest
@@ -9,6 +11,14 @@ from rst_lib.masks import masking
 from rst_lib.attacks.gradient import PGD
 from rst_lib.masks.inits import init_scores_, init_weight_
 from rst_lib.masks.masking import TopKMask, add_mask, frozen_masks, get_mask_param, keep_count, masked_layers
+from rst_lib import create_model
+from rst_lib.masks import inits
+from rst_lib.masks.masking import allocate_keep_ratios, score_shape
+from rst_lib import RunConfig
+from rst_lib.data.loaders import make_loader
+from rst_lib.engine.tasks import build_task, make_optimizer
+from rst_lib.engine.batch_steps import EpochContext
+from rst_lib.engine.training import train_epoch
 
 
 def full_sort_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
@@ -245,3 +255,138 @@ def test_discard_buffer_is_lazy_and_round_trips(tmp_path, tiny_model):
     assert torch.equal(r.discarded, p.discarded)
     model.load_state_dict(fresh_state)  # a full state saved before any discard: none discarded
     assert p.discarded is None
+
+
+@pytest.mark.parametrize("granularity, scores, block", [
+    ("weight", (8, 4, 3, 3), 1), ("kernel", (8, 4, 1, 1), 9), ("filter", (8, 1, 1, 1), 36),
+    ("row", (8, 4, 3, 1), 3)])
+def test_granularity_mask_shapes(granularity, scores, block):
+    layer = nn.Conv2d(4, 8, 3, bias=False)
+    add_mask(layer, 0.25, granularity)
+    p = get_mask_param(layer)
+    nn.init.normal_(p.scores)
+    assert tuple(p.scores.shape) == scores
+    w = layer.weight
+    kept_weights = int((w != 0).sum())
+    assert kept_weights == p.k * block  # whole blocks are kept or dropped
+    assert p.k == round(0.25 * math.prod(scores))
+    if granularity == "filter":
+        kept_filters = (w.flatten(1) != 0).any(1)
+        assert int(kept_filters.sum()) == 2 and ((w.flatten(1) != 0).all(1) == kept_filters).all()
+
+
+def test_granularity_gradients_reach_block_scores():
+    layer = nn.Conv2d(4, 8, 3, bias=False)
+    add_mask(layer, 0.5, "kernel")
+    layer(torch.randn(2, 4, 6, 6)).sum().backward()
+    assert get_mask_param(layer).scores.grad.shape == (8, 4, 1, 1)
+    assert score_shape((10, 20), "row") == (10, 20) and score_shape((10, 20), "filter") == (10, 1)
+
+
+@pytest.mark.parametrize("kind", inits.WEIGHT_INITS)
+def test_every_weight_init_builds_and_is_seeded(kind):
+    a = create_model("conv2", 10, 1, image_size=12, width=0.125, weight_init=kind, seed=5)
+    b = create_model("conv2", 10, 1, image_size=12, width=0.125, weight_init=kind, seed=5)
+    wa = [masking.raw_weight(m) for _, m in masking.masked_layers(a)]
+    assert all(torch.equal(x, masking.raw_weight(m)) for x, (_, m) in zip(wa, masking.masked_layers(b)))
+    w = wa[1]
+    if kind == "unsigned_constant":
+        assert (w > 0).all() and len(w.unique()) == 1
+    if kind in ("binary", "signed_constant", "xavier_constant"):
+        assert len(w.abs().unique()) == 1 and (w < 0).any()
+    if kind == "uniform":
+        assert w.abs().max() <= 1
+
+
+def test_scale_fan_multiplies_the_fan_by_the_keep_ratio():
+    g = torch.Generator().manual_seed(0)
+    w = torch.empty(16, 8, 3, 3)
+    inits.init_weight_(w, "kaiming_normal", g, keep_ratio=0.04, scale_fan=True)
+    assert abs(w.std().item() - math.sqrt(2 / (72 * 0.04))) < 0.1 * math.sqrt(2 / (72 * 0.04))
+
+
+@pytest.mark.parametrize("mode, scaled", [("none", [False, False, False, False, False]),
+                                          ("all", [True] * 5),
+                                          ("except_last", [True, True, True, True, False]),
+                                          ("only_last", [False, False, False, False, True])])
+def test_score_fan_modes(mode, scaled):
+    a = 0.01
+    model = create_model("conv2", 10, 1, image_size=12, width=0.125, score_init="uniform",
+                         score_init_scale=a, score_fan_mode=mode)
+    for (_, layer), s in zip(masking.masked_layers(model), scaled):
+        scores = get_mask_param(layer).scores
+        bound = a / math.sqrt(scores[0].numel()) if s else a
+        assert scores.abs().max() <= bound and scores.abs().max() > 0.8 * bound
+
+
+def test_adaptive_allocation_hand_example():
+    # sizes 100 and 10,000, keep 10 %, p = 0.5: c (10 + 100) = 1010 -> c = 9.1818...
+    r = allocate_keep_ratios([100, 10_000], 0.1, 0.5)
+    assert r[0] == pytest.approx(1010 / 110 / 10) and r[1] == pytest.approx(1010 / 110 / 100)
+    # p = 0 would give the small layer 505 % -> capped at 1, the rest re-solved: 910 / 10,000
+    assert allocate_keep_ratios([100, 10_000], 0.1, 0.0) == pytest.approx([1.0, 0.091])
+    assert allocate_keep_ratios([100, 10_000], 0.1, 1.0) == pytest.approx([0.1, 0.1])
+    with pytest.raises(ValueError, match="p=1.5"):
+        allocate_keep_ratios([10], 0.1, 1.5)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 1.0])
+def test_adaptive_allocation_hits_the_total_in_a_real_model(p):
+    model = create_model("resnet18", 10, 3, width=0.25, keep_ratio=0.01, adaptive_p=p)
+    summary = masking.mask_summary(model)
+    layers = summary["layers"]
+    assert abs(summary["kept"] - 0.01 * summary["total"]) <= len(layers)  # within 1 per layer
+    ratios = {n: v["keep_ratio"] for n, v in layers.items()}
+    sizes = {n: v["total"] for n, v in layers.items()}
+    small, big = min(sizes, key=sizes.get), max(sizes, key=sizes.get)
+    if p < 1:
+        assert ratios[small] > ratios[big]  # smaller layers keep a larger fraction
+    else:
+        assert abs(ratios[small] - ratios[big]) < 0.01
+
+
+TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
+            train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, final_examples=64, autoattack="none")
+
+
+@pytest.fixture
+def model():
+    return create_model("conv2", 10, 1, width=0.25, keep_ratio=0.3, image_size=28).eval()
+
+
+def test_discard_stops_the_gradient_of_the_lowest_scores_per_layer(data):
+    """RST utils/conv_type.py discard_low_score / clear_low_score_grad: the lowest fraction
+    of |scores| of each layer stops receiving gradient; they still compete for the mask."""
+    cfg = RunConfig(**{**TINY, "discard": True, "weight_decay": 0.0, "momentum": 0.0}).validate()
+    _, model = build_task(cfg, data)
+    masks_before = masking.get_masks(model)
+    masking.discard_low_scores(model, 0.5)
+    assert all(torch.equal(masks_before[k], v) for k, v in masking.get_masks(model).items())
+    for _, layer in masking.masked_layers(model):
+        p = get_mask_param(layer)
+        n = p.scores.numel()
+        assert int(p.discarded.sum()) == int(0.5 * n)
+        assert p.scores.abs()[p.discarded].max() <= p.scores.abs()[~p.discarded].min()
+    before = {n: get_mask_param(m).scores.detach().clone() for n, m in masking.masked_layers(model)}
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    ctx = EpochContext.build(model, optimizer, cfg, torch.device("cpu"), len(data.train),
+                             progress=False)
+    train_epoch(ctx, make_loader(data.train, 64), 0)
+    for name, layer in masking.masked_layers(model):
+        p = get_mask_param(layer)
+        assert torch.equal(p.scores[p.discarded], before[name][p.discarded])
+        assert not torch.equal(p.scores[~p.discarded], before[name][~p.discarded])
+
+
+def test_adaptive_allocation_matches_rbrn_on_resnet34():
+    """code/arch/net_utils.py set_model_prune_rate at --prune-rate 0.01 --pr-scale 0.1 on the
+    CIFAR ResNet34: the stem is capped at 1, the classifier keeps ~77.5 %."""
+    model = create_model("resnet34", 10, 3, width=1.0, keep_ratio=0.01, adaptive_p=0.1)
+    ratios = masking.keep_ratios(model)
+    first, last = list(ratios)[0], list(ratios)[-1]
+    assert ratios[first] == 1.0
+    assert ratios[last] == pytest.approx(0.7746, abs=2e-3)
+    big = [r for n, r in ratios.items() if masking.raw_weight(
+        dict(masking.masked_layers(model))[n]).numel() == 512 * 512 * 9]
+    assert big and all(r == pytest.approx(0.003105, abs=5e-5) for r in big)

@@ -1,0 +1,67 @@
+"""engine.evaluation and engine.checks: the final numbers (AutoAttack as the robust accuracy, never above PGD) and the gradient-masking checks."""
+import math
+
+import torch
+from torch import nn
+
+from rst_lib import RunConfig, create_model
+from rst_lib import train
+
+
+def test_final_evaluation_reports_autoattack_as_the_robust_accuracy(data):
+    from rst_lib.engine.evaluation import final_evaluation
+    cfg = RunConfig(model="conv2", width=0.125, final_examples=40, autoattack="fast",
+                    autoattack_examples=30, eps=0.1, eval_alpha=0.025, eval_steps=3).validate()
+    model = create_model("conv2", 10, 1, image_size=28, width=0.125, keep_ratio=0.1)
+    final = final_evaluation(model, cfg, data, progress=False)
+    assert final["split"] == "test" and final["examples"] == 40
+    assert final["robust_acc"] == final["autoattack_acc"] and final["robust_examples"] == 30
+    assert final["robust_attack"] == "AutoAttack (fast)" and math.isfinite(final["pgd_acc"])
+    # AutoAttack runs on what PGD did not break: never above PGD on the same inputs
+    assert final["autoattack_acc"] <= final["pgd_acc_on_autoattack_examples"]
+    no_aa = final_evaluation(model, cfg.replace(autoattack="none"), data, progress=False)
+    assert no_aa["robust_acc"] == no_aa["pgd_acc"] and no_aa["robust_attack"] == "PGD-3"
+
+
+TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
+            train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, epochs=1, autoattack="none", final_examples=200)
+TINY_512 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
+                train_examples=512, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
+                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, autoattack="none", final_examples=200)
+
+
+def test_autoattack_is_at_most_pgd(data):
+    from rst_lib.engine.evaluation import robustness_report
+    cfg = RunConfig(**{**TINY, "train_examples": 1000, "train_attack": "none", "epochs": 2}).validate()
+    model = train(cfg, None, progress=False, data=data).model
+    report = robustness_report(model, data.test, eps=0.1, alpha=0.025, pgd_steps=(10,),
+                               autoattack="fast", n_examples=64, progress=False)
+    assert report["autoattack_acc"] <= report["pgd10_acc"] <= report["clean_acc"]
+    assert report["fgsm_acc"] <= report["clean_acc"]
+
+
+class _Quantized(nn.Module):
+    """Rounds its input: zero gradients everywhere, the textbook gradient-masking defense."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 4) / 4)
+
+
+def test_gradient_masking_checks(data):
+    from rst_lib.engine.checks import gradient_masking_report
+    cfg = RunConfig(**{**TINY_512, "train_attack": "none", "epochs": 2, "train_examples": 1000}).validate()
+    model = train(cfg, None, progress=False, data=data).model
+    honest = gradient_masking_report(model, data.test, 0.1, 0.025, n_examples=100, steps=5,
+                                     more_steps=10, restarts=2, progress=False)
+    masked = gradient_masking_report(_Quantized(model), data.test, 0.1, 0.025, n_examples=100,
+                                     steps=5, more_steps=10, restarts=2, progress=False)
+    assert honest["eps_curve"][-1][1] <= 0.1
+    assert any("eps=1" in f for f in masked["flags"])  # cannot reach 0 with the whole image
+    assert any("random noise" in f for f in masked["flags"]) or \
+        masked["accuracy"]["pgd"] >= masked["accuracy"]["noise"] - 0.02
+    assert len(masked["flags"]) > len(honest["flags"])
