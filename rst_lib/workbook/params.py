@@ -16,6 +16,7 @@ from ..config import RunConfig, param
 from ..data.datasets import check_available
 from ..models.tickets import read_ticket
 from ..engine.training import load_checkpoint
+from ..engine.checks import check_masking_parameters
 from ..errors import ConfigError, did_you_mean, parse_number
 
 # The project this package belongs to (an editable install): notebooks/ and outputs/.
@@ -127,7 +128,13 @@ def validate_notebook_params(notebook: str | os.PathLike, params: dict) -> None:
     check_available(cfg.dataset, cfg.data_dir, cfg.download)  # the data is there
     for path in ([params["ticket"]] if params.get("ticket") else []) + list(
             params.get("tickets") or []):
-        _check_model_file(path)
+        check_model_file(path)
+    if params.get("masking_checks", specs.get("masking_checks", {}).get("value")) is True:
+        more = params.get("masking_more_steps", specs.get("masking_more_steps", {}).get("value"))
+        restarts = params.get("masking_restarts", specs.get("masking_restarts", {}).get("value"))
+        if more is not None and restarts is not None:
+            check_masking_parameters(cfg.eval_steps, cfg.eval_alpha_value, more, restarts,
+                                     cfg.eval_restarts)
     for name, value in params.items():
         spec = specs.get(name)
         if name in fields or spec is None or spec["value"] is _NO_DEFAULT:
@@ -138,7 +145,7 @@ def validate_notebook_params(notebook: str | os.PathLike, params: dict) -> None:
         _check_like(name, value, default, none_ok="None" in spec["help"])
 
 
-def _check_model_file(path: str) -> None:
+def check_model_file(path: str) -> None:
     """A ticket (file or run folder) or a run's ``last.pt`` that will load: refused here,
     before a kernel starts, with what is wrong with it."""
     if any(ch in str(path) for ch in "*?["):
@@ -159,6 +166,15 @@ def _check_model_file(path: str) -> None:
 
 def absolute_path(p) -> str:
     return os.path.abspath(os.path.expanduser(str(p)))
+
+
+def path_base(cwd: str | os.PathLike | None = None) -> Path:
+    """What a relative path parameter is relative to inside a notebook's kernel: the
+    project root when the kernel runs inside the project (``notebooks/``, ``work/``, the
+    root), else the kernel's own folder. (The CLI takes paths from where it is typed and
+    hands the kernel absolute ones.)"""
+    here = Path(cwd or os.getcwd()).resolve()
+    return PROJECT_ROOT if here == PROJECT_ROOT or PROJECT_ROOT in here.parents else here
 
 
 def normalize_params(notebook: str | os.PathLike, params: dict,
