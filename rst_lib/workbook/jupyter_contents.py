@@ -1,5 +1,6 @@
-"""A Jupyter server extension: the project's notebooks (``notebooks/*.ipynb`` and their
-py:percent twins) open read-only in JupyterLab and are never written by it.
+"""A Jupyter server extension for how JupyterLab opens the project's notebooks: the
+templates (``notebooks/*.ipynb`` and their py:percent twins) read-only and never written,
+and every notebook of the project's kernel unmodified.
 
 Why: Jupytext pairing writes a notebook's outputs into the tracked ``.ipynb`` and its edits
 into the ``.py`` twin, and autosave does so without asking; ``make test`` then fails and
@@ -8,9 +9,16 @@ into the ``.py`` twin, and autosave does so without asking; ``make test`` then f
 them read-only and does not autosave) and refuses a save, rename or delete of one with a
 message saying what to do instead.
 
+Why a notebook was marked modified as soon as it opened: when the kernel starts, JupyterLab
+writes the kernel's ``language_info`` (version, mimetype, codemirror_mode, ...) into the
+notebook's metadata; the project's notebooks store only ``{"name": "python"}`` (what
+Jupytext writes from the .py twin), so that write changed the notebook. The server hands
+out a project-kernel notebook with the ``language_info`` that kernel will report (the
+kernel is this venv's ipykernel), so the write changes nothing.
+
 ``make install`` enables it for the project's venv
 (``etc/jupyter/jupyter_server_config.d/rst-workbook.json``); by hand:
-``jupyter lab --ServerApp.jpserver_extensions="{'rst_lib.workbook.read_only_templates': True}"``.
+``jupyter lab --ServerApp.jpserver_extensions="{'rst_lib.workbook.jupyter_contents': True}"``.
 """
 from __future__ import annotations
 
@@ -18,8 +26,10 @@ import functools
 import inspect
 from pathlib import Path
 
+from ipykernel.ipkernel import IPythonKernel
 from tornado.web import HTTPError
 
+from .runs import KERNEL_NAME
 from .working_copy import is_template
 
 
@@ -56,6 +66,8 @@ def _guard(cm, root: Path) -> None:
     def mark(model: dict, path: str) -> dict:
         if model.get("type") in ("notebook", "file") and template(path):
             model["writable"] = False
+        if model.get("type") == "notebook" and isinstance(model.get("content"), dict):
+            with_kernel_language_info(model["content"])
         return model
 
     get = cm.get
@@ -73,8 +85,19 @@ def _guard(cm, root: Path) -> None:
     cm.rename_file = refuse_move(cm.rename_file)
 
 
+def with_kernel_language_info(notebook: dict) -> dict:
+    """``notebook`` (nbformat JSON) with the ``language_info`` the project's kernel reports
+    on start, when it runs on that kernel (keys already there are kept)."""
+    meta = notebook.setdefault("metadata", {})
+    if meta.get("kernelspec", {}).get("name") == KERNEL_NAME:
+        info = meta.setdefault("language_info", {})
+        for key, value in IPythonKernel.language_info.items():
+            info.setdefault(key, value)
+    return notebook
+
+
 def _jupyter_server_extension_points():
-    return [{"module": "rst_lib.workbook.read_only_templates"}]
+    return [{"module": "rst_lib.workbook.jupyter_contents"}]
 
 
 def _load_jupyter_server_extension(serverapp) -> None:
