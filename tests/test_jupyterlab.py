@@ -87,6 +87,13 @@ def lab(tmp_path_factory):
            "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # containers and CI run as root
+    settings = home / "settings"
+    # every cell in the page (no windowing: the checks read the whole notebook), no news popup
+    for ext, values in (("notebook-extension/tracker", {"windowingMode": "none"}),
+                        ("apputils-extension/notification", {"fetchNews": "false"})):
+        f = settings / "@jupyterlab" / f"{ext}.jupyterlab-settings"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(values))
     _log("starting JupyterLab")
     log = open(home / "lab.log", "w")
     server = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

@@ -81,12 +81,13 @@ def new_working_copy(notebook: str | os.PathLike, name: str | None = None,
             cell.source = set_parameters(cell.source, params)
     shown = os.path.relpath(template, PROJECT_ROOT) if template.is_relative_to(PROJECT_ROOT) \
         else str(template)
-    note = nbformat.v4.new_markdown_cell(
+    # a provenance note, not notebook code (the cells themselves come from the template)
+    note = nbformat.from_dict({"cell_type": "markdown", "id": "working-copy", "metadata": {
+        "tags": ["working-copy"]}, "source": (
         f"**Working copy** of `{shown}`, made {time.strftime('%Y-%m-%d %H:%M')} by "
         f"`rst-workbook new {template.stem}`. Edit, run and save it freely: it is yours "
         f"(`work/` is ignored by git) and the project's notebook stays as it is. Relative "
-        f"paths in the parameters are taken from the project root, as in the README.")
-    note.metadata["tags"] = ["working-copy"]
+        f"paths in the parameters are taken from the project root, as in the README.")})
     nb.cells.insert(0, note)
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, target)
