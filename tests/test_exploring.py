@@ -3,6 +3,7 @@ kernel as on the CLI, one-line errors before any run folder, masking checks that
 flag themselves, the explorer's redraw and the comparison chart's labels."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -213,3 +214,34 @@ def test_comparison_labels_sit_above_the_error_bars():
         assert box.y0 >= top, (t.get_text(), box.y0, top)  # the label starts above its cap
         assert box.y1 <= ax.get_window_extent(renderer).y1 + 1  # and inside the axes
     plt.close(fig)
+
+
+def test_the_server_extension_serves_templates_read_only_and_refuses_writes(tmp_path):
+    from jupyter_server.services.contents.filemanager import FileContentsManager
+    from tornado.web import HTTPError
+    from rst_lib.workbook.jupyter_contents import protect_templates
+    cm = FileContentsManager(root_dir=str(PROJECT_ROOT))
+    protect_templates(cm, PROJECT_ROOT)
+    before = (NB / "05_mask_patterns.ipynb").read_bytes()
+    model = cm.get("notebooks/05_mask_patterns.ipynb")
+    assert model["writable"] is False
+    for write in (lambda: cm.save(model, "notebooks/05_mask_patterns.ipynb"),
+                  lambda: cm.save({"type": "file", "format": "text", "content": ""},
+                                  path="notebooks/05_mask_patterns.py"),
+                  lambda: cm.delete("notebooks/05_mask_patterns.ipynb"),
+                  lambda: cm.rename("notebooks/05_mask_patterns.ipynb", "work/x.ipynb")):
+        with pytest.raises(HTTPError, match="template of the project") as e:
+            write()
+        assert e.value.status_code == 403 and "rst-workbook new 05_mask_patterns" in e.value.log_message
+    assert (NB / "05_mask_patterns.ipynb").read_bytes() == before
+    work_existed = (PROJECT_ROOT / "work").exists()
+    copy = new_working_copy("05_mask_patterns", f"test-{os.getpid()}")
+    try:
+        rel = str(copy.relative_to(PROJECT_ROOT))
+        mine = cm.get(rel)
+        assert mine["writable"] is True
+        cm.save(mine, rel)  # a working copy saves
+    finally:
+        copy.unlink()
+        if not work_existed:
+            shutil.rmtree(PROJECT_ROOT / "work")

@@ -40,7 +40,7 @@ def _refusal(path: str) -> HTTPError:
                           f"new {stem}`)")
 
 
-def _guard(cm, root: Path) -> None:
+def protect_templates(cm, root: Path) -> None:
     """Wrap the contents manager ``cm`` (sync or async) in place."""
     def template(path: str) -> bool:
         return is_template(root / path.strip("/"))
@@ -103,5 +103,5 @@ def _jupyter_server_extension_points():
 def _load_jupyter_server_extension(serverapp) -> None:
     # Loaded after jupyterlab_jupytext (extensions load in alphabetical order), which
     # replaces the contents manager: wrap the one the server ends up using.
-    _guard(serverapp.contents_manager, Path(serverapp.root_dir).resolve())
+    protect_templates(serverapp.contents_manager, Path(serverapp.root_dir).resolve())
     serverapp.log.info("rst-workbook: notebooks/ opens read-only (work in copies: rst-workbook new)")
