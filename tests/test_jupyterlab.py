@@ -214,7 +214,7 @@ def test_working_copy_in_jupyterlab_runs_draws_and_leaves_the_project_clean(lab,
             _check_outputs_clean(page, tmp_path / "01_search.png")
             _log('run 01')
             assert nb.locator(".jp-OutputArea-output img").count() >= 2  # learning curves, bars
-            assert nb.locator(".widget-progress").count() >= 1  # tqdm bars as live widgets
+            assert nb.locator(".widget-hprogress").count() >= 1  # tqdm bars as live widgets
             assert nb.locator("table").filter(has_text="clean").count() >= 1  # final table
             page.keyboard.press("Control+s")
             page.wait_for_selector(".lm-TabBar-tab.lm-mod-current:not(.jp-mod-dirty)")
@@ -261,7 +261,11 @@ def test_working_copy_in_jupyterlab_runs_draws_and_leaves_the_project_clean(lab,
             page.wait_for_timeout(1000)
             page.screenshot(path=str(tmp_path / "template.png"))
             _log('template opened')
-            assert page.locator(".lm-TabBar-tab.jp-mod-dirty").count() == 0, "a template is modified on opening"
+            tab = page.locator(".jp-mod-current .lm-TabBar-tab.lm-mod-current, "
+                               "#jp-main-dock-panel .lm-TabBar-tab.lm-mod-current")
+            assert tab.filter(has_text="05_mask_patterns.ipynb").count() == 1
+            assert tab.filter(has_text="05_mask_patterns.ipynb").first.evaluate(
+                "t => !t.classList.contains('jp-mod-dirty')"), "a template is modified on opening"
             assert page.get_by_text("notebook is read-only").count() >= 1
             browser.close()
         assert not (ROOT / "work" / f"{tag}.py").exists(), "a working copy is not paired"
