@@ -273,8 +273,13 @@ def test_working_copy_in_jupyterlab_runs_draws_and_leaves_the_project_clean(lab,
         assert not [o for c in ran.cells if c.cell_type == "code" for o in c.get("outputs", [])
                     if o.get("output_type") == "error"]
     finally:
-        for p in made:
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        # also the run folders of a run that failed before they were recorded
+        made += sorted((ROOT / "outputs").glob(f"*/{tag}-*"))
+        for p in dict.fromkeys(made):
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
         for p in (ROOT / "work" / ".ipynb_checkpoints").glob(f"{tag}*"):
             p.unlink()
         if not work_existed and (ROOT / "work" / ".ipynb_checkpoints").is_dir() and not any(
