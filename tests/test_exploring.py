@@ -243,5 +243,6 @@ def test_the_server_extension_serves_templates_read_only_and_refuses_writes(tmp_
         cm.save(mine, rel)  # a working copy saves
     finally:
         copy.unlink()
+        (copy.parent / ".ipynb_checkpoints" / f"{copy.stem}-checkpoint.ipynb").unlink(missing_ok=True)
         if not work_existed:
             shutil.rmtree(PROJECT_ROOT / "work")
