@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name rst-workbook --display-name "Python (rst-workbook)" >/dev/null
+	$(BIN)/jupyter server extension enable --sys-prefix rst_lib.workbook.jupyter_contents >/dev/null 2>&1
 	touch $(STAMP)
 
 install: $(STAMP)

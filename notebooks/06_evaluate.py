@@ -192,7 +192,8 @@ if masking_checks:
                      f"({pgd_k:.1%}): PGD overestimates robustness here")
     write_json(run_dir / "gradient_masking.json", {**masking, "flags": flags})
     display(Markdown(f"On {masking['n_examples']} test inputs at eps={e:.4g}:\n\n"
-                     + markdown_table([{"check": k, "test_acc": v} for k, v in masking["accuracy"].items()])
+                     + markdown_table([{"check": masking["ran"].get(k, k), "test_acc": v}
+                                     for k, v in masking["accuracy"].items()])
                      + "\n\n" + ("\n".join(f"- **{f}**" for f in flags) if flags else
                                    "No sign of gradient masking (not a proof of robustness).")))
 

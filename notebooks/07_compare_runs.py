@@ -43,8 +43,9 @@ from IPython.display import Markdown, display
 
 from rst_lib.analysis import plot_accuracy_vs_keep_ratio, plot_robust_vs_clean
 from rst_lib.workbook import (PROJECT_ROOT, collect_metrics, ensure_run_dir, group_over_seeds,
-                              write_summary)
+                              resolve_path_parameters, write_summary)
 
+resolve_path_parameters(globals())  # relative paths from the project root; missing ones refused
 run_dir = ensure_run_dir(run_dir, "07_compare_runs", name)
 roots = ([p for d in run_dirs for p in sorted(glob.glob(str(d)))] if run_dirs
          else [runs_root or PROJECT_ROOT / "outputs"])

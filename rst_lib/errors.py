@@ -9,6 +9,11 @@ from typing import Iterable
 class ConfigError(ValueError):
     """A parameter has a bad name, type or value. Raised before any compute."""
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython (JupyterLab, papermill) shows this instead of a traceback: a user's mistake
+        # is one line there as in the CLI; the error still fails the cell (and a batch run).
+        return [f"\x1b[31m{type(self).__name__}\x1b[0m: {self}"]
+
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for a near miss among ``options``, else ''."""

@@ -3,6 +3,8 @@
 explorer."""
 from __future__ import annotations
 
+import base64
+import io
 from math import comb
 
 import matplotlib.pyplot as plt
@@ -108,6 +110,15 @@ def plot_filter_map(kernel_counts, title: str = "kept weights per kernel", axes=
     return fig
 
 
+def _png_output(fig) -> dict:
+    """A figure as a Jupyter ``display_data`` output (what the inline backend would show)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
+                     "text/plain": repr(fig)}}
+
+
 def mask_explorer(tickets: dict, layer: str | None = None):
     """An ipywidgets explorer of ticket masks: pick a layer and the tickets to compare.
 
@@ -116,7 +127,6 @@ def mask_explorer(tickets: dict, layer: str | None = None):
     Jupyter front end; returns the widget (display it).
     """
     import ipywidgets as w
-
 
     labels = list(tickets)
     convs = [n for n, m in mask_stats.kernel_counts(tickets[labels[0]]).items()]
@@ -129,23 +139,32 @@ def mask_explorer(tickets: dict, layer: str | None = None):
     top = w.IntSlider(value=10, min=1, max=30, description="top patterns")
     out = w.Output()
 
-    def redraw(*_):
-        out.clear_output(wait=True)
+    def figures():
         chosen = list(ticket_pick.value) or labels[:1]
-        with out:
-            name = layer_pick.value
-            hists = {lab: mask_stats.kernel_patterns(tickets[lab], name, top=0)["kept_histogram"]
-                     for lab in chosen} if name in convs3 else {}
-            if hists:
-                plot_kept_histogram(hists, f"{name}: kept weights per 3x3 kernel")
-                plt.show()
-            for lab in chosen:
-                if name in convs3:
-                    plot_kernel_patterns(mask_stats.kernel_patterns(tickets[lab], name, top=top.value),
-                                         f"{lab}, {name}: top kept patterns")
-                    plt.show()
-                plot_filter_map(mask_stats.kernel_counts(tickets[lab])[name], f"{lab}, {name}")
-                plt.show()
+        name = layer_pick.value
+        hists = {lab: mask_stats.kernel_patterns(tickets[lab], name, top=0)["kept_histogram"]
+                 for lab in chosen} if name in convs3 else {}
+        if hists:
+            yield plot_kept_histogram(hists, f"{name}: kept weights per 3x3 kernel")
+        for lab in chosen:
+            if name in convs3:
+                yield plot_kernel_patterns(mask_stats.kernel_patterns(tickets[lab], name, top=top.value),
+                                           f"{lab}, {name}: top kept patterns")
+            yield plot_filter_map(mask_stats.kernel_counts(tickets[lab])[name], f"{lab}, {name}")
+
+    def redraw(*_):
+        # The figures go into the Output's state as PNG outputs, all at once, not through
+        # `with out: plt.show()`: that routes output by the message being handled, and in
+        # JupyterLab 4 (ipywidgets 8.1, ipykernel 7) the first change's figure lands in the
+        # log console instead (a plain Output + plt.show() callback does the same: upstream).
+        # Each figure is closed so that pyplot does not show it again under the next cell.
+        outputs = []
+        for fig in figures():
+            try:
+                outputs.append(_png_output(fig))
+            finally:
+                plt.close(fig)
+        out.outputs = tuple(outputs)
 
     for widget in (layer_pick, ticket_pick, top):
         widget.observe(redraw, names="value")

@@ -74,18 +74,22 @@ def plot_comparison(rows: list[dict], title: str = "same attacks, same test inpu
     if any(r.get("autoattack_acc") is not None for r in rows):
         bars.append(("autoattack_acc", "AutoAttack", "robust_examples"))
     width = 0.8 / len(bars)
+    crowded = len(rows) * len(bars) > 9  # narrow bars: upright labels would run into each other
+    top = 1.0
     for j, (key, label, n_key) in enumerate(bars):
         xs = [i - 0.4 + width * (j + 0.5) for i in range(len(rows))]
         ys = [r.get(key) or 0.0 for r in rows]
         errs = [_interval_err(r.get(key), r.get(n_key) or r.get("examples")) for r in rows]
         ax.bar(xs, ys, width, label=label, yerr=list(zip(*errs)) if errs else None, capsize=3)
-        for x, y, r in zip(xs, ys, rows):
-            if r.get(key) is not None:
-                ax.annotate(f"{y:.1%}", (x, y), xytext=(0, 2), textcoords="offset points",
-                            ha="center", va="bottom", fontsize=8)
+        for x, y, (_, hi), r in zip(xs, ys, errs, rows):
+            if r.get(key) is not None:  # above the interval's cap, not on the error bar
+                ax.annotate(f"{y:.1%}", (x, y + hi), xytext=(0, 3), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=7, rotation=90 if crowded else 0)
+                top = max(top, y + hi)
     ax.set_xticks(range(len(rows)), [r["model"] for r in rows])
-    ax.set(ylabel="test accuracy (95 % interval)", ylim=(0, 1.08), title=title)
-    ax.legend(fontsize=8, loc="upper right")
+    # headroom for the labels above the highest cap; the legend outside, on no bar
+    ax.set(ylabel="test accuracy (95 % interval)", ylim=(0, top + 0.12), title=title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
@@ -154,7 +158,8 @@ def plot_bars(rows: list[dict], keys: dict[str, str], label_key: str = "model",
         ax.bar(xs, vals, width, label=legend, color=f"C{j}")
         for x, v, r in zip(xs, vals, rows):
             if isinstance(r.get(k), (int, float)):
-                ax.annotate(f"{v:.0%}", (x, v), ha="center", va="bottom", fontsize=7)
+                ax.annotate(f"{v:.0%}", (x, v), xytext=(0, 2), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(rows)), [str(r[label_key]) for r in rows], rotation=15, ha="right",
                   fontsize=8)
     ax.set(ylabel="test accuracy", ylim=(0, 1.08), title=title)

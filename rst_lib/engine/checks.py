@@ -13,12 +13,49 @@ from ..attacks.gradient import FGSM, PGD
 from ..attacks.noise import UniformNoise
 from ..config import RunConfig
 from ..data.datasets import DataBundle
+from ..errors import ConfigError
 from ..masks.masking import frozen_masks
 from ..utils.devices import resolve_device, seeded_rng
 from ..utils.journal import fingerprint, open_journal, unit_seed
 from .evaluation import autoattack_accuracy, count_correct, input_tensors
 
 CHECK_BATCH = 250  # inputs per batch of a check (one progress step, one journal unit)
+
+# The 'more steps' check runs PGD at this fraction of the evaluation's step (Carlini et al.:
+# more iterations with a smaller step), so it needs steps / MORE_STEPS_STEP_FACTOR steps at
+# least to reach as far as the PGD it checks.
+MORE_STEPS_STEP_FACTOR = 0.5
+
+
+def check_masking_parameters(steps: int, alpha: float, more_steps: int, restarts: int,
+                             eval_restarts: int = 1) -> None:
+    """The masking checks must be stronger than the evaluation they check, or they flag
+    themselves: ``more_steps`` at half the step must travel at least as far as PGD-``steps``
+    (``more_steps >= 2 x steps``), and ``restarts`` must exceed the evaluation's restarts.
+    One :class:`ConfigError` line naming the parameter, before any compute."""
+    need = int(round(steps / MORE_STEPS_STEP_FACTOR))
+    if not isinstance(more_steps, int) or isinstance(more_steps, bool) or more_steps < need:
+        raise ConfigError(
+            f"masking_more_steps={more_steps!r} is invalid: the 'more steps' check runs PGD at "
+            f"half the evaluation step ({alpha * MORE_STEPS_STEP_FACTOR:.4g}), so it needs at least "
+            f"2 x eval_steps = {need} steps to be stronger than the evaluation's PGD-{steps} "
+            f"(step {alpha:.4g}); give {need} or more")
+    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts <= max(1, eval_restarts):
+        raise ConfigError(
+            f"masking_restarts={restarts!r} is invalid: the 'restarts' check must run more "
+            f"restarts than the evaluation ({max(1, eval_restarts)}); give "
+            f"{max(1, eval_restarts) + 1} or more")
+
+
+def describe_checks(eps: float, alpha: float, steps: int, more_steps: int,
+                    restarts: int) -> dict[str, str]:
+    """What each check of :func:`gradient_masking_report` ran, by its key (the table's rows
+    and the flags name the attack, e.g. ``PGD-100, step 0.01``)."""
+    return {"clean": "clean (no attack)", "fgsm": f"FGSM, eps {eps:.4g}",
+            "pgd": f"PGD-{steps}, step {alpha:.4g}",
+            "pgd_more_steps": f"PGD-{more_steps}, step {alpha * MORE_STEPS_STEP_FACTOR:.4g} (more steps)",
+            "pgd_restarts": f"PGD-{steps}, step {alpha:.4g}, {restarts} restarts",
+            "noise": f"uniform noise, eps {eps:.4g}", "autoattack": "AutoAttack"}
 
 
 def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alpha: float,
@@ -47,6 +84,7 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
     Returns ``{"accuracy": {...}, "eps_curve": [(eps, acc), ...], "flags": [str, ...]}``;
     an empty ``flags`` list means no sign was seen (not a proof of robustness).
     """
+    check_masking_parameters(steps, alpha, more_steps, restarts)
     device = torch.device(device)
     model = model.to(device).eval()
     x, y = input_tensors(dataset, n_examples)
@@ -83,7 +121,7 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
         return PGD(model, e, a, k, r, norm=threat_model, early_stop=early_stop)
 
     base = acc("base", {"fgsm": FGSM(model, eps, norm=threat_model), "pgd": pgd(eps, alpha, steps),
-                "pgd_more_steps": pgd(eps, alpha / 2, more_steps),
+                "pgd_more_steps": pgd(eps, alpha * MORE_STEPS_STEP_FACTOR, more_steps),
                 "pgd_restarts": pgd(eps, alpha, steps, restarts),
                 "noise": UniformNoise(model, eps, threat_model)})
     curve = []
@@ -97,15 +135,16 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
         accuracy["autoattack"] = autoattack_accuracy(model, dataset, eps, threat_model, autoattack,
                                                      n_examples, device, seed, CHECK_BATCH,
                                                      progress, journal)
+    ran = describe_checks(eps, alpha, steps, more_steps, restarts)
     tol = 2.0 / n  # two examples: differences below this are noise
     flags = []
     if accuracy["pgd"] > accuracy["fgsm"] + tol:
-        flags.append(f"PGD accuracy {accuracy['pgd']:.1%} is above FGSM {accuracy['fgsm']:.1%}: "
-                     "an iterative attack should never be weaker than a single step")
-    if accuracy["pgd_more_steps"] > accuracy["pgd"] + tol or accuracy["pgd_restarts"] > accuracy["pgd"] + tol:
-        flags.append("more PGD steps or restarts raised accuracy "
-                     f"({accuracy['pgd']:.1%} -> {accuracy['pgd_more_steps']:.1%} / "
-                     f"{accuracy['pgd_restarts']:.1%}): the attack is not converging")
+        flags.append(f"{ran['pgd']} accuracy {accuracy['pgd']:.1%} is above FGSM "
+                     f"{accuracy['fgsm']:.1%}: an iterative attack should never be weaker than a single step")
+    for key in ("pgd_more_steps", "pgd_restarts"):
+        if accuracy[key] > accuracy["pgd"] + tol:
+            flags.append(f"{ran[key]} raised accuracy over {ran['pgd']} ({accuracy['pgd']:.1%} -> "
+                         f"{accuracy[key]:.1%}): the attack is not converging")
     accs = [a for _, a in curve]
     if any(b > a + tol for a, b in zip(accs, accs[1:])):
         flags.append("accuracy does not fall monotonically as eps grows: "
@@ -119,7 +158,7 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
     if "autoattack" in accuracy and accuracy["autoattack"] < accuracy["pgd"] - 0.05:
         flags.append(f"AutoAttack ({accuracy['autoattack']:.1%}) is far below PGD "
                      f"({accuracy['pgd']:.1%}): PGD overestimates robustness here")
-    return {"accuracy": accuracy, "eps_curve": curve, "flags": flags, "n_examples": n,
+    return {"accuracy": accuracy, "ran": ran, "eps_curve": curve, "flags": flags, "n_examples": n,
             "eps": eps, "threat_model": threat_model}
 
 
@@ -131,6 +170,8 @@ def final_checks(model: nn.Module, cfg: RunConfig, data: DataBundle, final: dict
     check on the final numbers themselves: AutoAttack far below PGD on the same test
     examples (``final``, from :func:`final_evaluation`) means PGD overstates robustness.
     ``run_dir``: record each batch there, so a killed check resumes (see above)."""
+    check_masking_parameters(cfg.eval_steps, cfg.eval_alpha_value, more_steps, restarts,
+                             cfg.eval_restarts)
     report = gradient_masking_report(
         model, data.test, cfg.eval_eps_value, cfg.eval_alpha_value, cfg.threat_model,
         n_examples, cfg.eval_steps, more_steps, restarts, device=resolve_device(cfg.device),

@@ -6,14 +6,15 @@ from ..utils.files import write_json
 from ..utils.stats import accuracy_text, group_over_seeds
 from .index import collect_metrics, write_index
 from .notebooks import (checks_markdown, config_from, ensure_run_dir, final_table, load_any,
-                        load_tickets, per_class_table, resolve_checkpoint, resolve_tickets,
-                        search_tickets, sweep_run_dirs,
-                        ticket_label, write_summary)
+                        load_tickets, per_class_table, resolve_checkpoint, resolve_path_parameters,
+                        resolve_tickets, search_tickets, sweep_run_dirs, ticket_label, write_summary)
 from .params import PROJECT_ROOT
 from .runs import run_notebook
 from .sweeps import run_sweep
+from .working_copy import new_working_copy
 
 __all__ = ["collect_metrics", "write_index", "checks_markdown", "config_from", "ensure_run_dir",
-           "final_table", "load_any", "load_tickets", "per_class_table", "resolve_checkpoint", "resolve_tickets",
-           "search_tickets", "sweep_run_dirs", "ticket_label", "write_summary", "PROJECT_ROOT", "run_notebook",
+           "final_table", "load_any", "load_tickets", "per_class_table", "resolve_checkpoint",
+           "resolve_path_parameters", "new_working_copy", "resolve_tickets", "search_tickets",
+           "sweep_run_dirs", "ticket_label", "write_summary", "PROJECT_ROOT", "run_notebook",
            "run_sweep", "parse_number", "write_json", "accuracy_text", "group_over_seeds"]

@@ -1,6 +1,7 @@
 """``rst-workbook``: run notebooks in batch, run sweeps, index the runs, train directly.
 
     rst-workbook run 01_search -p params/01_search/cpu-demo.yaml -p keep_ratio=0.05
+    rst-workbook new 01_search               # work/01_search.ipynb: a copy to explore in JupyterLab
     rst-workbook sweep params/sweeps/keep-ratios-cpu.yaml --jobs 2
     rst-workbook sweep params/sweeps/smoke.yaml --executor slurm --partition debug
     rst-workbook sweep params/sweeps/smoke.yaml --status
@@ -40,6 +41,7 @@ from ..engine.training import train
 from ..interop import export_ticket, import_checkpoint
 from ..interop.seeds import PARAMS as IMPORT_PARAMS, SOURCES
 from .params import PROJECT_ROOT, find_notebook, parameter_specs
+from .working_copy import new_working_copy
 
 
 def _param_values(values: list[str], known: set[str]) -> tuple[list[str], list[str]]:
@@ -84,6 +86,16 @@ def _parser() -> argparse.ArgumentParser:
                           "is continued)")
     run.add_argument("--no-progress", action="store_true",
                      help="no papermill cell progress bar (for logs)")
+
+    new = sub.add_parser("new", help="a working copy of a notebook in work/ (ignored by git) to "
+                                     "open in JupyterLab; notebooks/ stays untouched")
+    new.add_argument("notebook", help="a name in notebooks/ (01_search) or a notebook path")
+    new.add_argument("name", nargs="?", default=None,
+                     help="the copy's name: work/NAME.ipynb (default: the notebook's name)")
+    new.add_argument("-p", "--param", action="append", default=[],
+                     help="a YAML parameter file, or key=value, written into the copy's "
+                          "parameters cell (repeatable; later wins)")
+    new.add_argument("--force", action="store_true", help="replace an existing copy")
 
     sw = sub.add_parser("sweep", help="run a grid of parameters (skips finished cells)")
     sw.add_argument("sweep", help="a sweep YAML file (see params/sweeps/)")
@@ -197,6 +209,14 @@ def _command(args) -> int:
             return 1
         print(f"run directory: {run_dir}")
         print(f"report:        {run_dir / 'report.html'}")
+        return 0
+    if args.command == "new":
+        notebook = find_notebook(args.notebook)
+        params = _params(args.param, set(parameter_specs(notebook)))
+        path = new_working_copy(notebook, args.name, params, force=args.force)
+        print(f"working copy: {path}")
+        print(f"open it in JupyterLab (`jupyter lab` in {PROJECT_ROOT}): "
+              f"{path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
         return 0
     if args.command == "sweep":
         bad = [p for p in args.param if "=" not in p]

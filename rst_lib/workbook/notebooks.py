@@ -17,21 +17,82 @@ from ..utils.stats import accuracy_text
 from ..engine.tasks import build_task, load_run_data
 from ..models.tickets import TicketError, load_ticket, resolve_ticket, ticket_meta
 from ..engine.training import train
-from .params import PROJECT_ROOT
+from ..engine.checks import check_masking_parameters
+from ..errors import ConfigError
+from .params import (PATH_LIST_PARAMS, PATH_PARAMS, PROJECT_ROOT, check_model_file,
+                     path_base)
 from .sweep_files import load_sweep
+
+# Path parameters that name something to read: a missing one is a ConfigError up front.
+_INPUTS = ("ticket", "pretrained", "data_dir", "runs_root", "checkpoint", "tickets", "run_dirs")
+# Path parameters that name where to write (made absolute the same way, created later).
+_OUTPUTS = ("run_dir", "data_cache_dir")
+
+
+def _absolute(value: str) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else path_base() / p)
+
+
+def resolve_path_parameters(namespace: dict) -> None:
+    """Make the path parameters in ``namespace`` absolute, IN PLACE, the way a batch run
+    does before its kernel starts, and refuse a missing input with one ConfigError line.
+
+    A relative path is taken from the project root when the kernel runs inside the project
+    (``notebooks/``, a working copy in ``work/``, the root itself), else from the kernel's
+    folder (:func:`~rst_lib.workbook.params.path_base`): ``outputs/01_search/...`` means the
+    same in JupyterLab as in ``rst-workbook run`` typed in the project root.
+    """
+    base = path_base()
+    for name in PATH_PARAMS + _OUTPUTS:
+        if isinstance(namespace.get(name), str) and namespace[name]:
+            namespace[name] = _absolute(namespace[name])
+    for name in PATH_LIST_PARAMS:
+        value = namespace.get(name)
+        if isinstance(value, (str, os.PathLike)):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            namespace[name] = [_absolute(str(v)) if isinstance(v, (str, os.PathLike)) else v
+                               for v in value]
+    for name in _INPUTS:
+        values = namespace.get(name)
+        for value in values if isinstance(values, list) else [values]:
+            if not isinstance(value, str) or not value:
+                continue
+            hint = f" (relative paths are taken from {str(base)!r})"
+            if any(ch in value for ch in "*?["):
+                if not glob.glob(value):
+                    raise ConfigError(f"{name}: no file matches {value!r}{hint}")
+            elif not Path(value).exists():
+                raise ConfigError(f"{name}: {value!r} does not exist{hint}")
+            elif name in ("ticket", "tickets"):
+                check_model_file(value)  # a ticket that will load, or why not
+
 
 def config_from(namespace: dict, **overrides):
     """A validated :class:`RunConfig` from every RunConfig field defined in ``namespace``.
 
-    Notebooks call ``config_from(globals())`` right after the parameters cell: the
-    parameter variables that are RunConfig fields become the config, the rest (``run_dir``,
-    ``progress``, notebook-only parameters) are ignored.
+    Notebooks call ``config_from(globals())`` right after the parameters cell, before any
+    run folder is made: path parameters become absolute in ``namespace`` and must exist
+    (:func:`resolve_path_parameters`), the masking checks must be stronger than the
+    evaluation they check; the parameter variables that are RunConfig fields become the
+    config, the rest (``run_dir``, ``progress``, notebook-only parameters) are ignored.
+    Every mistake is one :class:`ConfigError` line.
     """
+    resolve_path_parameters(namespace)
+    # data_dir None means $RST_DATA_DIR or data/: the project's data/ here too (the CLI sets
+    # it to the data/ of the folder it is typed in), not a data/ inside notebooks/
+    os.environ.setdefault("RST_DATA_DIR", str(path_base() / "data"))
     names = set(RunConfig.field_names())
     params = {k: v for k, v in namespace.items() if k in names and not callable(v)
               and not type(v).__name__ == "module"}
     params.update(overrides)
-    return RunConfig.from_dict(params)
+    cfg = RunConfig.from_dict(params)
+    if namespace.get("masking_checks") and "masking_more_steps" in namespace:
+        check_masking_parameters(cfg.eval_steps, cfg.eval_alpha_value,
+                                 namespace["masking_more_steps"],
+                                 namespace.get("masking_restarts", 5), cfg.eval_restarts)
+    return cfg
 
 
 def ensure_run_dir(run_dir: str | os.PathLike | None, notebook: str, name: str | None,
@@ -204,7 +265,8 @@ def checks_markdown(checks: dict | None) -> str:
     if not checks:
         return "Gradient-masking checks skipped (`masking_checks = False`)."
     n = checks["n_examples"]
-    rows = [f"| {k} | {accuracy_text(v, n)} |" for k, v in checks["accuracy"].items()]
+    ran = checks.get("ran", {})  # what each check ran, e.g. "PGD-100, step 0.01"
+    rows = [f"| {ran.get(k, k)} | {accuracy_text(v, n)} |" for k, v in checks["accuracy"].items()]
     rows += [f"| PGD at eps {e:.3g} | {accuracy_text(a, n)} |" for e, a in checks["eps_curve"]]
     flags = ("**Flags:**\n" + "\n".join(f"- {f}" for f in checks["flags"]) if checks["flags"]
              else f"**No flag** on {n} test inputs (no sign of gradient masking; not a proof).")

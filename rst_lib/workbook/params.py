@@ -19,6 +19,7 @@ from ..data.datasets import check_available
 from ..models.tickets import TicketError, read_ticket
 from ..engine.tasks import check_run
 from ..engine.training import load_checkpoint
+from ..engine.checks import check_masking_parameters
 from ..errors import ConfigError, did_you_mean, parse_number
 from ..utils.files import model_file
 
@@ -99,10 +100,16 @@ def validate_notebook_params(notebook: str | os.PathLike, params: dict) -> None:
     NotebookParams(**own).validate(own)
     for path in ([params["ticket"]] if params.get("ticket") else []) + list(
             params.get("tickets") or []):
-        _check_model_file(path)
+        check_model_file(path)
+    if params.get("masking_checks", specs.get("masking_checks", {}).get("value")) is True:
+        more = params.get("masking_more_steps", specs.get("masking_more_steps", {}).get("value"))
+        restarts = params.get("masking_restarts", specs.get("masking_restarts", {}).get("value"))
+        if more is not None and restarts is not None:
+            check_masking_parameters(cfg.eval_steps, cfg.eval_alpha_value, more, restarts,
+                                     cfg.eval_restarts)
 
 
-def _check_model_file(path: str) -> None:
+def check_model_file(path: str) -> None:
     """A ticket (file or run folder) or a run's ``last.pt`` that will load: refused here,
     before a kernel starts, with what is wrong with it."""
     if any(ch in str(path) for ch in "*?["):
@@ -125,6 +132,15 @@ def _check_model_file(path: str) -> None:
 
 def absolute_path(p) -> str:
     return os.path.abspath(os.path.expanduser(str(p)))
+
+
+def path_base(cwd: str | os.PathLike | None = None) -> Path:
+    """What a relative path parameter is relative to inside a notebook's kernel: the
+    project root when the kernel runs inside the project (``notebooks/``, ``work/``, the
+    root), else the kernel's own folder. (The CLI takes paths from where it is typed and
+    hands the kernel absolute ones.)"""
+    here = Path(cwd or os.getcwd()).resolve()
+    return PROJECT_ROOT if here == PROJECT_ROOT or PROJECT_ROOT in here.parents else here
 
 
 def normalize_params(notebook: str | os.PathLike, params: dict,
