@@ -23,8 +23,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -36,7 +34,7 @@ from ..errors import ConfigError
 from ..masks import masking
 from ..models.registry import RandomNetwork, build_model
 from ..models.tickets import TicketError, load_ticket, read_ticket, resolve_ticket, ticket_masks
-from ..utils.files import read_json, write_json, write_text
+from ..utils.files import read_json, staged_folder, write_json, write_text
 
 # Logits of two float32 computations of the same network agree to about 1e-6 relative; the
 # tolerance leaves room for a different kernel order (ONNX reference evaluator) and no more.
@@ -213,8 +211,7 @@ def export_ticket(ticket: str | os.PathLike, out_dir: str | os.PathLike, images:
         reference = model(x)
     log: dict = {"ticket": str(path.resolve()), "torch": torch.__version__, "check_images": where,
                  "masks_equal_ticket": _masks_baked(plain, payload)}
-    tmp = Path(tempfile.mkdtemp(prefix="rst-export-"))
-    try:
+    with staged_folder(out_dir, "rst-export-") as tmp:
         batch = torch.export.Dim("batch")
         try:
             program = torch.export.export(plain, (x,), dynamic_shapes=({0: batch},))
@@ -245,11 +242,6 @@ def export_ticket(ticket: str | os.PathLike, out_dir: str | os.PathLike, images:
             raise ExportError(f"export of {str(path)!r} does not reproduce the ticket: "
                               + _log_text(log).replace("\n", "; "))
         write_json(tmp / "model_card.json", model_card(path, model, payload))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            shutil.move(str(f), out_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -32,8 +32,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -44,7 +42,7 @@ from ..errors import ConfigError, did_you_mean
 from ..masks import masking
 from ..models.registry import ModelConfig, build_model
 from ..models.tickets import save_ticket
-from ..utils.files import TORCH_LOAD_ERRORS, write_json
+from ..utils.files import TORCH_LOAD_ERRORS, staged_folder, write_json
 
 SOURCES = ("rst", "rbrn")
 WEIGHT_INIT = {"rst": "signed_constant", "rbrn": "binary"}  # the shipped CIFAR configs' --init
@@ -213,18 +211,12 @@ def import_checkpoint(checkpoint: str | os.PathLike, source: str, out_dir: str |
                                              and isinstance(v, (int, float, str, type(None)))}},
             "run": {"task": "import", "dataset": p.get("dataset", "cifar10"),
                     "data_dir": p.get("data_dir"), "name": p.get("name") or path.stem}}
-    tmp = Path(tempfile.mkdtemp(prefix="rst-import-"))
-    try:
+    with staged_folder(out_dir, "rst-import-") as tmp:
         save_ticket(model, tmp / "ticket.pt", meta)
         summary = masking.mask_summary(model)
         write_json(tmp / "import.json", {**meta["import"], "model_config": model.config.to_dict(),
                                          "total_weights": summary["total"],
                                          "total_kept": summary["kept"]})
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            shutil.move(str(f), out_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

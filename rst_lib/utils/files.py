@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import struct
 import tempfile
@@ -17,7 +18,7 @@ import zipfile
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -121,3 +122,18 @@ def model_file(path: str | os.PathLike, names: tuple[str, ...] = RUN_MODEL_FILES
     if not p.is_file():
         raise FileNotFoundError(f"no file at {str(p.resolve())!r}")
     return p
+
+
+@contextmanager
+def staged_folder(out_dir: str | os.PathLike, prefix: str = "rst-") -> Iterator[Path]:
+    """A temporary folder to write into; its files move into ``out_dir`` only when the block
+    ends without an error, so a failed import or export leaves nothing behind."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield tmp
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            shutil.move(str(f), out_dir / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
