@@ -472,4 +472,6 @@ def test_two_process_ddp_equals_single_process_with_the_same_global_batch(tmp_pa
     mb = masking.get_masks(load_ticket(double / "ticket.pt"))
     same = sum(int((ma[k] == mb[k]).sum()) for k in ma) / sum(m.numel() for m in ma.values())
     assert same > 0.999
-    assert sorted(p.name for p in double.iterdir()) == ["last.pt", "metrics.json", "ticket.pt"]
+    # one set of run files, written by rank 0 alone (no per-rank copies)
+    assert sorted(p.name for p in double.iterdir()) == sorted(p.name for p in single.iterdir()) == [
+        "eval-state", "last.pt", "metrics.json", "progress.json", "tensorboard", "ticket.pt"]
