@@ -210,25 +210,30 @@ def test_sweep_killed_midway_finishes_only_the_missing_cell(tmp_path, one_thread
 
 @pytest.mark.slow
 def test_sweep_records_a_failing_cell_and_keeps_going(tmp_path, one_thread_kernels):
-    # 07_compare_runs is the quickest notebook; with a run to read, task_filter=5 makes its setup
-    # cell fail at run time (`r["task"] in 5`)
-    fake = tmp_path / "out" / "old-run"
-    fake.mkdir(parents=True)
-    (fake / "metrics.json").write_text(json.dumps({
-        "status": "finished", "config": {"task": "search", "model": "conv2", "keep_ratio": 0.1},
-        "best": {"clean_acc": 0.5, "pgd_acc": 0.2}, "history": []}))
+    # 07_compare_runs is the quickest notebook. Its parameters are checked before a kernel
+    # starts, so the failing cell needs a value that is valid yet breaks at run time: a
+    # folder whose metrics.json has a 'config' that is not a mapping (``cfg.get`` fails).
+    good, bad = tmp_path / "runs-good" / "old-run", tmp_path / "runs-bad" / "old-run"
+    for folder, config in ((good, {"task": "search", "model": "conv2", "keep_ratio": 0.1}),
+                           (bad, "not a mapping")):
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({
+            "status": "finished", "config": config,
+            "best": {"clean_acc": 0.5, "pgd_acc": 0.2}, "history": []}))
+    grid = {"run_dirs": [[str(bad.parent)], [str(good.parent)]]}
+    bad_cell, good_cell = (cell_name({"run_dirs": v}) for v in grid["run_dirs"])
     path = _sweep(tmp_path, {"notebook": str(NB / "07_compare_runs.ipynb"), "name": "fails",
-                             "grid": {"task_filter": [5, None]}})
+                             "grid": grid})
     lines = []
     result = run_sweep(path, jobs=2, output_root=tmp_path / "out", progress=False, log=lines.append)
-    assert result.failed == ["task_filter=5"] and result.finished == ["task_filter=None"] and not result.ok
-    failed = json.loads((tmp_path / "out/07_compare_runs/fails/task_filter=5/run.json").read_text())
-    assert failed["status"] == "failed" and "TypeError" in failed["error"]
+    assert result.failed == [bad_cell] and result.finished == [good_cell] and not result.ok
+    failed = json.loads((tmp_path / "out/07_compare_runs/fails" / bad_cell / "run.json").read_text())
+    assert failed["status"] == "failed" and "AttributeError" in failed["error"]
     assert isinstance(failed["failed_cell"], int) and failed["failed_cell_source"] == "import glob"
-    assert (tmp_path / "out/07_compare_runs/fails/task_filter=5/report.html").is_file()
-    assert any(line.startswith("FAILED   task_filter=5") and "failed at cell" in line for line in lines)
+    assert (tmp_path / "out/07_compare_runs/fails" / bad_cell / "report.html").is_file()
+    assert any(line.startswith(f"FAILED   {bad_cell}") and "failed at cell" in line for line in lines)
     index = (tmp_path / "out/index.html").read_text()
-    assert 'class="failed"' in index and "TypeError" in index
+    assert 'class="failed"' in index and "AttributeError" in index
     # --skip-failed leaves it; the default retries it (and it fails again: exit code 1)
     assert cli.main(["sweep", str(path), "-o", str(tmp_path / "out"), "--no-progress",
                      "--skip-failed"]) == 1
