@@ -1,9 +1,10 @@
 """The seeds' checkpoints in, plain models out (rst_lib.interop; `rst-workbook import/export`).
 
 Ground truth: checkpoints written by the seeds' own code with that code's outputs on them,
-read in place from ``<project root>/../shared/upstream`` (skipped when absent; ``RST_UPSTREAM``
-names another folder) and, when ``RST_UPSTREAM_EXTRA`` is set, every folder below it with the
-same layout.
+read in place from ``<project root>/../shared/upstream`` (``RST_UPSTREAM`` names another
+folder) and, when ``RST_UPSTREAM_EXTRA`` is set, every folder below it with the same layout.
+Only the cases that read a seed file skip when it is absent, and not in CI (``CI=true``):
+CI runs with shared/ beside the clone, so a missing seed file there FAILS.
 """
 import json
 import os
@@ -34,7 +35,10 @@ EXTRAS = sorted(p.name for p in EXTRA.iterdir() if (p / "expected.pt").is_file()
 def _folder(name: str) -> Path:
     folder = (EXTRA if name in EXTRAS else UPSTREAM) / name
     if not (folder / "checkpoint.pth").is_file():
-        pytest.skip(f"{folder} absent (the seeds' checkpoints live beside the project)")
+        what = f"{folder / 'checkpoint.pth'} absent (the seeds' checkpoints live beside the project)"
+        if os.environ.get("CI"):  # CI has shared/ beside its clone: missing is a failure
+            pytest.fail(f"{what} in CI")
+        pytest.skip(what)
     return folder
 
 
@@ -115,10 +119,24 @@ def test_import_refuses_what_does_not_fit(tmp_path, capsys):
     err = _refusal(["import", str(_folder("rbrn-resnet18_001_p1") / "expected.pt"), "--source",
                     "rbrn"], tmp_path, capsys)
     assert "state_dict" in err
+
+
+def test_import_refuses_files_that_are_no_seed_checkpoint(tmp_path, capsys):
+    """Refusals that need no seed file: they run wherever the tests run."""
     readme = tmp_path / "notes.pth"
     readme.write_text("not a checkpoint")
     err = _refusal(["import", str(readme), "--source", "rst"], tmp_path, capsys)
     assert "not a PyTorch checkpoint" in err
+    torch.save({"weights": {}}, tmp_path / "no-state.pth")  # a torch file, no state_dict entry
+    err = _refusal(["import", str(tmp_path / "no-state.pth"), "--source", "rst"], tmp_path, capsys)
+    assert "state_dict" in err
+    # RBRN's keys (module.1.: its normalization layer comes first) given as RST's
+    torch.save({"state_dict": {"module.1.conv1.weight": torch.zeros(1)}}, tmp_path / "rbrn.pth")
+    err = _refusal(["import", str(tmp_path / "rbrn.pth"), "--source", "rst", "-p",
+                    "keep_ratio=0.1", "-p", "model=cResNet18"], tmp_path, capsys)
+    assert "--source rbrn" in err
+    err = _refusal(["import", str(tmp_path / "nowhere.pth"), "--source", "rst"], tmp_path, capsys)
+    assert "no checkpoint at" in err
 
 
 def test_file_name_gives_model_and_keep_ratio(tmp_path, capsys):
