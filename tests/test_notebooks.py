@@ -60,27 +60,41 @@ def test_notebook_and_its_py_percent_twin_are_in_sync(path):
     assert "# %%" in twin.read_text()
 
 
+def _check_parameters_cell(path: Path) -> None:
+    """The parameters cell of the notebook at ``path`` is the schema's rendering, and every
+    name papermill sees in it is declared in the schema."""
+    from rst_lib.workbook.params import render_parameters_cell, schema
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    stem = path.stem.split(".")[0]
+    assert cell.source.strip() == render_parameters_cell(stem).strip(), \
+        f"{path.name}: run `make notebooks` (python -m rst_lib.workbook.params) after changing the schema"
+    fields = schema()
+    for name in papermill.inspect_notebook(str(path)):
+        assert name in fields, f"{path.name}: {name} is not declared in the schema"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_parameters_cell_is_rendered_from_the_schema(path):
     """Each parameter of a notebook is declared once (RunConfig or NotebookParams): the cell
     lists it with the schema's default and help; `make notebooks` rewrites it."""
-    from rst_lib.workbook.params import render_parameters_cell, schema
-    nb = nbformat.read(path, as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    assert cell.source.strip() == render_parameters_cell(path.stem).strip(), \
-        f"{path.name}: run `make notebooks` (python -m rst_lib.workbook.params) after changing the schema"
-    fields = schema()
-    for name, spec in papermill.inspect_notebook(str(path)).items():
-        assert name in fields, f"{path.name}: {name} is not declared in the schema"
+    _check_parameters_cell(path)
 
 
 def test_schema_check_fails_on_a_drifted_default(tmp_path):
-    """The check above can fail: a cell whose default differs from the schema's."""
+    """The check above can fail: the same check on a copy of 01_search whose parameters cell
+    has a default that differs from the schema's."""
     import re
-    from rst_lib.workbook.params import render_parameters_cell
-    cell = render_parameters_cell("01_search")
-    drifted = re.sub(r"^epochs = \d+", "epochs = 999", cell, flags=re.M)
-    assert "epochs = 999" in drifted and drifted.strip() != cell.strip()
+    nb = nbformat.read(NB_DIR / "01_search.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    drifted = re.sub(r"^epochs = \d+", "epochs = 999", cell.source, flags=re.M)
+    assert drifted != cell.source
+    cell.source = drifted
+    copy = tmp_path / "01_search.ipynb"
+    nbformat.write(nb, copy)
+    with pytest.raises(AssertionError, match="run `make notebooks`"):
+        _check_parameters_cell(copy)
+    _check_parameters_cell(NB_DIR / "01_search.ipynb")  # the untouched notebook passes
 
 
 def test_no_notebook_code_outside_the_notebooks():
