@@ -29,7 +29,6 @@ f77b41c, RBRN = IVRL/RobustBinarySubNet 3c5bd5d, edge-popup = allenai/hidden-net
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -290,8 +289,3 @@ def build_ticket(state: dict, source: str, p: dict) -> tuple[nn.Module, list[dic
                      "prune_rate": float(r), "kept": int(masks[n].sum())})
     masking.set_masks(model, masks)
     return model.eval(), info
-
-
-def import_json(folder: str | os.PathLike) -> dict:
-    """The provenance record of an imported ticket folder."""
-    return json.loads((Path(folder) / "import.json").read_text())

@@ -36,15 +36,6 @@ def accuracy_text(accuracy: float | None, n: int | None) -> str:
     return f"{accuracy:.1%} [{lo:.1%}, {hi:.1%}] (n {n})"
 
 
-def with_intervals(result: dict, keys: Iterable[str], n: int) -> dict:
-    """``result`` plus ``<key>_ci95 = [lo, hi]`` for each accuracy key present."""
-    out = dict(result)
-    for k in keys:
-        if isinstance(result.get(k), (int, float)):
-            out[f"{k}_ci95"] = list(wilson_interval(result[k], n))
-    return out
-
-
 def group_over_seeds(rows: list[dict], metrics: Iterable[str],
                      ignore: Iterable[str] = ("seed", "path", "run", "status", "name")) -> list[dict]:
     """Rows that differ only in ``ignore`` (the seed, where they were written) become one

@@ -53,11 +53,6 @@ def find_notebook(name: str | os.PathLike) -> Path:
                       f"{', '.join(known)}")
 
 
-def notebook_parameters(notebook: str | os.PathLike) -> dict:
-    """Names and default values (as source text) of a notebook's ``parameters`` cell."""
-    return {name: spec["default"] for name, spec in parameter_specs(notebook).items()}
-
-
 def parameter_specs(notebook: str | os.PathLike) -> dict:
     """``{name: {"default": source text, "value": literal or _NO_DEFAULT, "help": comment}}``."""
     out = {}
