@@ -8,6 +8,7 @@ from rst_lib.attacks.gradient import TradesPGD
 from rst_lib import RunConfig, create_model
 from rst_lib.attacks.gradient import CarriedFGSM, project
 from rst_lib.engine.tasks import build_task, make_train_attack
+from tiny import TINY_256
 
 
 @pytest.fixture
@@ -105,11 +106,6 @@ def test_trades_attack_increases_the_kl(tiny_model, batch):
     assert kl > 1e-3 and (x_adv - x).abs().max() <= 0.1 + 1e-6
 
 
-TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-            train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, final_examples=64, autoattack="none")
-
-
 @pytest.fixture
 def model():
     return create_model("conv2", 10, 1, width=0.25, keep_ratio=0.3, image_size=28).eval()
@@ -193,7 +189,7 @@ def test_carried_fgsm_continues_from_each_examples_stored_perturbation(model, di
 
 
 def test_trades_attack_runs_the_model_in_eval_mode(data, digit_batch):
-    cfg = RunConfig(**{**TINY, "train_attack": "trades"}).validate()
+    cfg = RunConfig(**{**TINY_256, "train_attack": "trades"}).validate()
     _, model = build_task(cfg, data)
     attack = make_train_attack(model, cfg, 256)
     modes = []

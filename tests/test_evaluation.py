@@ -6,6 +6,7 @@ from torch import nn
 
 from rst_lib import RunConfig, create_model
 from rst_lib import train
+from tiny import TINY, TINY_512
 
 
 def test_final_evaluation_reports_autoattack_as_the_robust_accuracy(data):
@@ -21,14 +22,6 @@ def test_final_evaluation_reports_autoattack_as_the_robust_accuracy(data):
     assert final["autoattack_acc"] <= final["pgd_acc_on_autoattack_examples"]
     no_aa = final_evaluation(model, cfg.replace(autoattack="none"), data, progress=False)
     assert no_aa["robust_acc"] == no_aa["pgd_acc"] and no_aa["robust_attack"] == "PGD-3"
-
-
-TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-            train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, epochs=1, autoattack="none", final_examples=200)
-TINY_512 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-                train_examples=512, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, autoattack="none", final_examples=200)
 
 
 def test_autoattack_is_at_most_pgd(data):

@@ -1,16 +1,13 @@
 """The seeds' checkpoints in, plain models out (rst_lib.interop; `rst-workbook import/export`).
 
 Ground truth: checkpoints written by the seeds' own code with that code's outputs on them,
-read in place from ``<project root>/../shared/upstream`` (``RST_UPSTREAM`` names another
-folder) and, when ``RST_UPSTREAM_EXTRA`` is set, every folder below it with the same layout.
-Only the cases that read a seed file skip when it is absent, and not in CI (``CI=true``):
-CI runs with shared/ beside the clone, so a missing seed file there FAILS.
+read in place (tests/upstream.py says where). Only the cases that read a seed file skip when
+it is absent, and not in CI (``CI=true``), where a missing seed file FAILS.
 """
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,23 +20,10 @@ from rst_lib.models.registry import create_model
 from rst_lib.models.tickets import save_ticket
 from rst_lib.workbook import load_any, resolve_tickets, ticket_label
 from rst_lib.workbook.cli import main
+from tiny import TINY_EXPORT
+from upstream import EXTRAS, seed_folder
 
-ROOT = Path(__file__).resolve().parents[1]
-UPSTREAM = Path(os.environ.get("RST_UPSTREAM") or ROOT.parent / "shared" / "upstream")
 REQUIRED = ["rst-conv4", "rbrn-resnet18_001_p1"]
-EXTRA = Path(os.environ["RST_UPSTREAM_EXTRA"]) if os.environ.get("RST_UPSTREAM_EXTRA") else None
-EXTRAS = sorted(p.name for p in EXTRA.iterdir() if (p / "expected.pt").is_file()
-                and (p / "checkpoint.pth").is_file()) if EXTRA and EXTRA.is_dir() else []
-
-
-def _folder(name: str) -> Path:
-    folder = (EXTRA if name in EXTRAS else UPSTREAM) / name
-    if not (folder / "checkpoint.pth").is_file():
-        what = f"{folder / 'checkpoint.pth'} absent (the seeds' checkpoints live beside the project)"
-        if os.environ.get("CI"):  # CI has shared/ beside its clone: missing is a failure
-            pytest.fail(f"{what} in CI")
-        pytest.skip(what)
-    return folder
 
 
 def _cli_params(meta: dict) -> list[str]:
@@ -65,7 +49,7 @@ def _getsubnet_mask(scores: torch.Tensor, k: float) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", REQUIRED + EXTRAS)
 def test_import_reproduces_the_seed_model(name, tmp_path, capsys):
-    folder = _folder(name)
+    folder = seed_folder(name)
     expected = torch.load(folder / "expected.pt", weights_only=True)
     meta = expected["meta"]
     source = {"hn": "rst"}.get(meta["source"], meta["source"])  # edge-popup: RST's layout
@@ -104,7 +88,7 @@ def _refusal(args, tmp_path, capsys) -> str:
 
 
 def test_import_refuses_what_does_not_fit(tmp_path, capsys):
-    ck = str(_folder("rbrn-resnet18_001_p1") / "checkpoint.pth")
+    ck = str(seed_folder("rbrn-resnet18_001_p1") / "checkpoint.pth")
     rbrn = ["import", ck, "--source", "rbrn", "-p", "keep_ratio=0.1", "-p", "adaptive_p=0.1"]
     err = _refusal(rbrn, tmp_path, capsys)  # last.* keys, no end_with_bn
     assert "last.running_mean" in err and "end_with_bn=true" in err
@@ -116,7 +100,7 @@ def test_import_refuses_what_does_not_fit(tmp_path, capsys):
     assert "--source rbrn" in err
     err = _refusal(["import", ck, "--source", "rbrn", "-p", "keep_ratio=0.1"], tmp_path, capsys)
     assert "adaptive_p" in err
-    err = _refusal(["import", str(_folder("rbrn-resnet18_001_p1") / "expected.pt"), "--source",
+    err = _refusal(["import", str(seed_folder("rbrn-resnet18_001_p1") / "expected.pt"), "--source",
                     "rbrn"], tmp_path, capsys)
     assert "state_dict" in err
 
@@ -141,7 +125,7 @@ def test_import_refuses_files_that_are_no_seed_checkpoint(tmp_path, capsys):
 
 def test_file_name_gives_model_and_keep_ratio(tmp_path, capsys):
     """RST's test_trans.py reads ckpt/{network}_{keep}.pth: such a name is enough."""
-    folder = _folder("rst-conv4")
+    folder = seed_folder("rst-conv4")
     ck = torch.load(folder / "checkpoint.pth", weights_only=True)
     del ck["arch"]
     named = tmp_path / "Conv4_0.5.pth"
@@ -156,7 +140,7 @@ def test_file_name_gives_model_and_keep_ratio(tmp_path, capsys):
 def test_imported_tickets_work_as_tickets_of_one_network(tmp_path):
     """Two imports of one checkpoint (two keep ratios) pass the one-random-network check of
     transfer / R2S; a checkpoint with one random weight changed does not."""
-    ck_path = _folder("rst-conv4") / "checkpoint.pth"
+    ck_path = seed_folder("rst-conv4") / "checkpoint.pth"
     a = import_checkpoint(ck_path, "rst", tmp_path / "a", {"keep_ratio": 0.5})
     b = import_checkpoint(ck_path, "rst", tmp_path / "b", {"keep_ratio": 0.3})
     ck = torch.load(ck_path, weights_only=True)
@@ -186,10 +170,6 @@ def test_planes_build_rbrn_small_resnets():
 
 # ------------------------------------------------------------------------------ export
 
-TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-            train_examples=256, eval_examples=64, final_examples=64, batch_size=64,
-            train_attack="fgsm_rs", eps=0.1, alpha=0.125, eval_steps=2, autoattack="none",
-            epochs=1)
 
 FRESH = """
 import sys, torch
@@ -207,7 +187,7 @@ torch.save({'a': a, 'b': b}, d + '/fresh.pt')
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, data):
     run_dir = tmp_path_factory.mktemp("run")
-    train(RunConfig(**TINY).validate(), run_dir, progress=False, data=data)
+    train(RunConfig(**TINY_EXPORT).validate(), run_dir, progress=False, data=data)
     return run_dir
 
 
@@ -262,7 +242,7 @@ def test_export_refuses_bad_inputs(tiny_run, tmp_path, capsys):
 
 
 def test_export_of_an_imported_ticket_says_what_is_unknown(tmp_path):
-    ticket = import_checkpoint(_folder("rbrn-resnet18_001_p1") / "checkpoint.pth", "rbrn",
+    ticket = import_checkpoint(seed_folder("rbrn-resnet18_001_p1") / "checkpoint.pth", "rbrn",
                                tmp_path / "t", {"keep_ratio": 0.1, "adaptive_p": 0.1,
                                                 "end_with_bn": True})
     from rst_lib.interop import export_ticket

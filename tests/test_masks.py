@@ -19,6 +19,7 @@ from rst_lib.data.loaders import make_loader
 from rst_lib.engine.tasks import build_task, make_optimizer
 from rst_lib.engine.batch_steps import EpochContext
 from rst_lib.engine.training import train_epoch
+from tiny import TINY_256
 
 
 def full_sort_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
@@ -345,11 +346,6 @@ def test_adaptive_allocation_hits_the_total_in_a_real_model(p):
         assert abs(ratios[small] - ratios[big]) < 0.01
 
 
-TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-            train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, final_examples=64, autoattack="none")
-
-
 @pytest.fixture
 def model():
     return create_model("conv2", 10, 1, width=0.25, keep_ratio=0.3, image_size=28).eval()
@@ -358,7 +354,7 @@ def model():
 def test_discard_stops_the_gradient_of_the_lowest_scores_per_layer(data):
     """RST utils/conv_type.py discard_low_score / clear_low_score_grad: the lowest fraction
     of |scores| of each layer stops receiving gradient; they still compete for the mask."""
-    cfg = RunConfig(**{**TINY, "discard": True, "weight_decay": 0.0, "momentum": 0.0}).validate()
+    cfg = RunConfig(**{**TINY_256, "discard": True, "weight_decay": 0.0, "momentum": 0.0}).validate()
     _, model = build_task(cfg, data)
     masks_before = masking.get_masks(model)
     masking.discard_low_scores(model, 0.5)

@@ -37,12 +37,9 @@ from rst_lib.engine.tasks import build_task, make_optimizer, trainable_parameter
 from rst_lib.engine.batch_steps import EpochContext
 from rst_lib.engine.training import train_epoch
 from rst_lib.engine.tuning import CompileFallbackWarning, CompiledNetwork, resolve_channels_last
+from tiny import TINY_PGD
 
 CPU = torch.device("cpu")
-TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-            train_examples=320, eval_examples=100, final_examples=100, batch_size=64,
-            train_attack="pgd", steps=3, eps=0.1, alpha=0.025, eps_warmup_epochs=0,
-            eval_alpha=0.025, eval_steps=3, lr=0.1, autoattack="none", epochs=1)
 STEP = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
             batch_size=64, train_attack="pgd", steps=3, eps=0.1, alpha=0.025, lr=0.1, epochs=1,
             eps_warmup_epochs=0, lr_schedule="constant")
@@ -104,7 +101,7 @@ def test_bf16_run_keeps_fp32_state_and_reports_fp32_numbers(monkeypatch, data, e
 
     monkeypatch.setattr(rst_lib.engine.training, "final_evaluation", final_spy)
     handle = nn.modules.module.register_module_forward_hook(record)
-    cfg = RunConfig(**TINY, precision="bf16", eval_precision=eval_precision).validate()
+    cfg = RunConfig(**TINY_PGD, precision="bf16", eval_precision=eval_precision).validate()
     try:
         with torch.autocast("cpu", dtype=torch.float16):  # a caller's autocast changes nothing
             result = train(cfg, None, progress=False, data=data)
@@ -138,7 +135,7 @@ def test_bad_precision_is_a_config_error_before_any_compute(monkeypatch, data):
     for name, value in (("precision", "fp8"), ("eval_precision", "half"), ("precision", "bf32")):
         with pytest.raises(ConfigError, match=rf"{name}='{value}' is invalid.*fp32, bf16, fp16"):
             RunConfig(**{name: value}).validate()
-    cfg = RunConfig(**TINY).validate()
+    cfg = RunConfig(**TINY_PGD).validate()
     cfg.precision = "float16"  # changed after validation: train() validates again first
 
     def no_compute(*a, **k):
@@ -161,7 +158,7 @@ def _cpu_fp16_autocast() -> bool:
 
 @pytest.mark.skipif(not _cpu_fp16_autocast(), reason="this torch has no fp16 autocast on the CPU")
 def test_fp16_run_with_a_loss_scaler_on_cpu(tmp_path, data):
-    result = train(RunConfig(**TINY, precision="fp16").validate(), tmp_path / "run",
+    result = train(RunConfig(**TINY_PGD, precision="fp16").validate(), tmp_path / "run",
                    progress=False, data=data)
     assert math.isfinite(result.history[0]["train_loss"])
     scaler = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scaler"]
@@ -240,7 +237,7 @@ def test_compiled_run_falls_back_once_and_says_so(monkeypatch, tmp_path, data):
     monkeypatch.setattr(torch, "compile", _failing_compile)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = train(RunConfig(**TINY, compile=True).validate(), tmp_path / "run",
+        result = train(RunConfig(**TINY_PGD, compile=True).validate(), tmp_path / "run",
                        progress=False, data=data)
     assert sum(issubclass(w.category, CompileFallbackWarning) for w in caught) == 1
     assert any("compile fell back to eager" in n for n in result.warnings)

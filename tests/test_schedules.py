@@ -11,6 +11,7 @@ from rst_lib.config import ConfigError
 from rst_lib.engine.schedules import scheduled_keep_ratios
 from rst_lib.engine.schedules import (at_target_sparsity, discard_fraction, keep_ratios_at,
                                       staged_keep_ratios)
+from tiny import TINY, TINY_256
 
 
 def test_eps_warmup_ramps_linearly_from_zero():
@@ -25,14 +26,6 @@ def test_lr_schedules():
     assert abs(lr_factor(cfg, 5) - 0.5) < 1e-12
     step = RunConfig(epochs=10, lr_schedule="step", lr_milestones=[3, 6], lr_gamma=0.1).validate()
     assert [round(lr_factor(step, e), 6) for e in (0, 3, 5.9, 6)] == [1, 0.1, 0.1, 0.01]
-
-
-TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-            train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, epochs=1, autoattack="none", final_examples=200)
-TINY_256 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-                train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, final_examples=64, autoattack="none")
 
 
 def test_lr_policies():

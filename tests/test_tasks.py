@@ -14,17 +14,7 @@ from rst_lib.engine.tasks import check_run
 from rst_lib import create_model
 from rst_lib.engine.tasks import load_dense_weights
 from rst_lib.models.tickets import TicketError
-
-
-TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-            train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, epochs=1, autoattack="none", final_examples=200)
-TINY_512 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-                train_examples=512, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, autoattack="none", final_examples=200)
-TINY_256 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-                train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, final_examples=64, autoattack="none")
+from tiny import TINY, TINY_256, TINY_512
 
 
 def _raw(model):

@@ -25,25 +25,12 @@ from rst_lib.attacks.gradient import CarriedFGSM
 from rst_lib.masks.masking import get_mask_param
 from rst_lib.engine.tasks import build_task, make_train_attack
 from rst_lib.engine.training import LossJumpWarning, load_checkpoint
-
-
-TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-            train_examples=600, eval_examples=100, batch_size=64, train_attack="fgsm_rs",
-            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, autoattack="none")
-TINY_512 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-                train_examples=512, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, autoattack="none", final_examples=200)
-TINY_ONE_EPOCH = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-                      train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-                      eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, epochs=1, autoattack="none", final_examples=200)
-TINY_256 = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-                train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-                eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=3, lr=0.1, final_examples=64, autoattack="none")
+from tiny import TINY, TINY_256, TINY_512, TINY_600
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, data):
-    cfg = RunConfig(**TINY, epochs=3).validate()
+    cfg = RunConfig(**TINY_600, epochs=3).validate()
     run_dir = tmp_path_factory.mktemp("run")
     return cfg, run_dir, train(cfg, run_dir, progress=False, data=data)
 
@@ -58,7 +45,7 @@ def test_tiny_search_improves_over_first_epoch(tiny_run):
 
 
 def test_search_changes_scores_only(data):
-    cfg = RunConfig(**{**TINY, "train_examples": 128}, epochs=1).validate()
+    cfg = RunConfig(**{**TINY_600, "train_examples": 128}, epochs=1).validate()
     from rst_lib.engine.tasks import build_task
     _, before = build_task(cfg, data)
     result = train(cfg, None, progress=False, data=data)
@@ -130,7 +117,7 @@ def test_test_split_is_read_only_by_the_final_evaluation(data, monkeypatch):
 
     monkeypatch.setattr(train_mod, "final_evaluation", final)
     watched = dataclasses.replace(data, test=Watched(data.test))
-    cfg = RunConfig(**{**TINY, "train_examples": 256, "final_examples": 50}, epochs=2).validate()
+    cfg = RunConfig(**{**TINY_600, "train_examples": 256, "final_examples": 50}, epochs=2).validate()
     result = train(cfg, None, progress=False, data=watched)
     assert events[0] == "final evaluation" and events.count("final evaluation") == 1
     assert events.count("test read") == 50 and result.final["examples"] == 50
@@ -186,7 +173,7 @@ def test_collapse_detection():
 
 
 # Noise images, random labels: the training loss drifts down to ln(10) within a few epochs.
-NOISE = {**TINY, "end_with_bn": False, "val_fraction": 0.5, "train_examples": None,
+NOISE = {**TINY_600, "end_with_bn": False, "val_fraction": 0.5, "train_examples": None,
          "eval_examples": None, "weight_init": "signed_constant"}
 
 
@@ -249,7 +236,7 @@ def test_collapse_message_offers_the_remedies_that_are_off():
 
 
 def test_channels_last_search_matches_default_layout(tmp_path, data):
-    cfg = RunConfig(**{**TINY, "train_examples": 128}, epochs=1).validate()
+    cfg = RunConfig(**{**TINY_600, "train_examples": 128}, epochs=1).validate()
     plain = train(cfg, None, progress=False, data=data)
     nhwc = train(cfg.replace(channels_last=True), tmp_path / "run", progress=False, data=data)
     conv_scores = [masking.get_mask_param(m).scores for _, m in masking.masked_layers(nhwc.model)
@@ -276,7 +263,7 @@ def test_best_epoch_ties_on_robust_accuracy_go_to_clean_accuracy(monkeypatch, da
         return {"clean_acc": clean, "pgd_acc": pgd, "top_class_fraction": 0.2}
 
     monkeypatch.setattr(train_mod, "evaluate", fake_evaluate)
-    cfg = RunConfig(**{**TINY, "train_examples": 64}, epochs=3).validate()
+    cfg = RunConfig(**{**TINY_600, "train_examples": 64}, epochs=3).validate()
     result = train(cfg, None, progress=False, data=data)
     assert result.best == {"epoch": 2, "clean_acc": 0.8, "pgd_acc": 0.0, "split": "val",
                            "examples": 80}
@@ -318,7 +305,7 @@ def test_eps_warmup_reaches_the_training_attack(data):
 @pytest.mark.parametrize("threat_model", ["linf", "l2"])
 def test_every_inner_attack_trains(data, attack, threat_model):
     eps = 0.1 if threat_model == "linf" else 1.0
-    cfg = RunConfig(**{**TINY_ONE_EPOCH, "train_attack": attack, "threat_model": threat_model, "eps": eps,
+    cfg = RunConfig(**{**TINY, "train_attack": attack, "threat_model": threat_model, "eps": eps,
                        "alpha": eps / 4, "steps": 2, "free_repeats": 2, "epochs": 2,
                        "train_examples": 512}).validate()
     result = train(cfg, None, progress=False, data=data)
