@@ -1,10 +1,13 @@
 # Two commands do all set-up on a fresh machine (python3, pip and make only):
 #   make quickstart   - install into .venv, run notebooks/00_quickstart.ipynb, render its report
-#   make test         - install into .venv, run the test suite (all of it: what CI runs)
+#   make test         - install into .venv, run the test suite (all of it: what CI runs), in
+#                       TEST_WORKERS processes side by side, file by file (docs/testing.md)
 #   make test-quick   - the same without the tests marked slow (notebooks, longer searches)
 # Re-running is fast: the install step re-runs only when pyproject.toml or constraints.txt change.
 
 PYTHON ?= python3
+# pytest-xdist workers of `make test`: one per core of the 2-core machines it is timed on
+TEST_WORKERS ?= 2
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -24,7 +27,7 @@ quickstart: $(STAMP)
 	$(BIN)/rst-workbook run notebooks/00_quickstart.ipynb -p params/quickstart.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-quick: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

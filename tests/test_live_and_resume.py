@@ -101,7 +101,8 @@ def test_autoattack_killed_mid_evaluation_resumes_to_the_same_numbers(tmp_path):
     assert resumed.final == straight.final  # exactly the same numbers
     assert 0 < aa_total < sum(u.startswith("autoattack/") for u in _units(killed))
     assert _units(killed) == _units(tmp_path / "straight")  # per batch, per input
-    assert straight.final["autoattack_acc"] <= straight.final["pgd_acc_on_autoattack_examples"]
+    # AutoAttack broke inputs PGD-3 (steps of 0.005 toward eps 0.02) left: its units count
+    assert straight.final["autoattack_acc"] < straight.final["pgd_acc_on_autoattack_examples"]
     starts = json.loads((killed / "progress.json").read_text())["starts"]
     assert [s["epoch"] for s in starts] == [0, 2]  # started, then resumed after the epochs
 
