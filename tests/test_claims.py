@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rst_lib.analysis.claims import (ALPHA, CLAIMS, EQUIVALENCE, FAILS, HOLDS, INCONCLUSIVE,
-                                     NON_INFERIORITY, RBRN_BASE, SUPERIORITY, Claim, Arm,
-                                     claims_table, collect_records, detectable_effect,
-                                     evaluation_floor, holm, judge_claims, paired_test, verdict)
+from rst_lib.analysis.claims import CLAIMS, RBRN_BASE, Arm, Claim, claims_table, collect_records, judge_claims
+from rst_lib.analysis.verdicts import (ALPHA, EQUIVALENCE, FAILS, HOLDS, INCONCLUSIVE, NON_INFERIORITY,
+                                       SUPERIORITY, detectable_effect, evaluation_floor, holm,
+                                       paired_test, verdict)
 from rst_lib.config import ConfigError
 from rst_lib.workbook.sweeps import load_sweep
 
@@ -215,12 +215,12 @@ def test_records_from_run_folders_feed_the_claims(tmp_path):
         net = 0.03 * seed  # each seed's random network moves every arm alike
         dirs.append(_fake_run(tmp_path, "search", f"keep_ratio=0.5-seed={seed}", "01_search", seed,
                               {"metrics.json": {**_final(0.30 + net), "config": {"seed": seed, "keep_ratio": 0.5}}}))
-        dirs.append(_fake_run(tmp_path, "search", f"keep_ratio=0.3-seed={seed}", "01_search", seed,
+        dirs.append(_fake_run(tmp_path, "partner", f"keep_ratio=0.3-seed={seed}", "01_search", seed,
                               {"metrics.json": {**_final(0.10), "config": {"seed": seed, "keep_ratio": 0.3}}}))
         dirs.append(_fake_run(tmp_path, "dense", f"seed={seed}", "01_search", seed,
                               {"metrics.json": {**_final(0.20 + net + 0.002 * (seed % 2)),
                                                 "config": {"seed": seed, "task": "dense"}}}))
-        for cell, change in (("base", {}), ("nobn", {"end_with_bn": False})):
+        for cell, change in (("base", {}), ("nobn", {"end_with_bn": False}), ("p1", {"adaptive_p": 1.0})):
             robust = [0.25, 0.31, 0.28, 0.27, 0.30][seed] if cell == "base" else [0.29, 0.26, 0.30, 0.28, 0.27][seed]
             stopped = {"stopped": {"reason": "collapse"}} if cell == "nobn" and seed == 0 else {}
             dirs.append(_fake_run(tmp_path, "rbrn", f"{cell}-seed={seed}", "01_search", seed,
@@ -235,13 +235,15 @@ def test_records_from_run_folders_feed_the_claims(tmp_path):
             "fixed_member_mean_acc": 0.40, "switching_acc": 0.33, "adaptive_eot_acc": 0.31 + 0.001 * seed}}))
     dirs.append(_fake_run(tmp_path, "search", "seed=9", "01_search", 9, {}, status="running"))
     records = collect_records(dirs)
-    assert len(records) == 35  # 7 runs x 5 seeds; the unfinished run is left out
+    assert len(records) == 40  # 8 runs x 5 seeds; the unfinished run is left out
     results = {r["claim"].key: r for r in judge_claims(records)}
     dense = results["rst-existence-dense"]
     assert dense["verdict"] == HOLDS and dense["n"] == 5
     assert dense["a_values"] == pytest.approx({s: 0.30 + 0.03 * s for s in range(5)})
-    # runs lists only the runs the arms kept: the keep-0.3 tickets share the stage, not the arm
-    assert all("keep_ratio=0.3" not in r for r in dense["runs"]) and len(dense["runs"]) == 10
+    assert len(dense["runs"]) == 10
+    # runs lists only the runs the arms kept: the p = 1 cells share the stage, not the arms
+    last_bn = results["rbrn-last-bn"]["runs"]
+    assert len(last_bn) == 10 and not any("p1-" in r for r in last_bn)
     assert results["rbrn-last-bn"]["verdict"] == INCONCLUSIVE
     assert results["rbrn-last-bn"]["beside"]["b"][0] == 1.0  # the collapsed run is counted
     assert results["rst-property-inherit"]["verdict"] == HOLDS
@@ -285,12 +287,12 @@ def test_every_claim_declares_its_kind_and_margin_and_the_controls_are_not_count
 
 # --------------------------------------------------------------- the sweep files that make the runs
 
-STAGES = {"search", "dense-lr", "dense", "natural", "random-mask", "finetune", "transfer",
+STAGES = {"search", "partner", "dense-lr", "dense", "natural", "random-mask", "finetune", "transfer",
           "transfer-control", "r2s", "rtt-dense", "rtt", "rbrn"}
 
 
 def test_every_claim_reads_stages_the_shipped_sweeps_make(tmp_path):
-    for name in ("claims-smoke.yaml", "claims-cifar10-cpu.yaml"):
+    for name in ("claims-smoke.yaml", "claims-cifar10-cpu.yaml", "claims-cifar10-gpu.yaml"):
         sweep = load_sweep(ROOT / "params/sweeps" / name, output_root=tmp_path, validate=False)
         stages = {c.stage for c in sweep.cells}
         assert stages == STAGES, name
@@ -305,15 +307,15 @@ def test_tickets_are_searched_once_and_read_by_the_later_stages(tmp_path):
     sweep = load_sweep(ROOT / "params/sweeps/claims-smoke.yaml", output_root=tmp_path)
     by = {c.label: c for c in sweep.cells}
     search = [c for c in sweep.cells if c.stage == "search"]
-    assert len(search) == 4  # (seed, keep ratio): searched once
+    assert len(search) == 2 and len([c for c in sweep.cells if c.stage == "partner"]) == 2  # once each
     fin = by["finetune/seed=1"]
-    assert fin.depends_on == ["search/keep_ratio=0.5-seed=1"]
-    assert fin.params["ticket"] == str(by["search/keep_ratio=0.5-seed=1"].run_dir / "ticket.pt")
+    assert fin.depends_on == ["search/seed=1"]
+    assert fin.params["ticket"] == str(by["search/seed=1"].run_dir / "ticket.pt")
     assert fin.params["lr"] == 0.1 and fin.params["tasks"] == ["finetune", "finetune_reinit"]
     same, control = by["transfer/seed=0"], by["transfer-control/seed=0"]
     assert same.params["tickets"] == by["r2s/seed=0"].params["tickets"]
     assert control.params["tickets"][0] == same.params["tickets"][0]
-    assert control.params["tickets"][1] == str(by["search/keep_ratio=0.5-seed=1"].run_dir / "ticket.pt")
+    assert control.params["tickets"][1] == str(by["search/seed=1"].run_dir / "ticket.pt")
     assert by["rtt/seed=0"].params["pretrained"].endswith("rtt-dense/seed=0/ticket.pt")
     dense = by["dense/seed=0"]
     assert set(dense.depends_on) == {c.label for c in sweep.cells if c.stage == "dense-lr"}
@@ -390,3 +392,31 @@ def test_claims_smoke_study_commits_its_records_and_08_renders_from_them(tmp_pat
             assert c["pairs"] == 2, c["key"]
         assert c["verdict"] in (HOLDS, FAILS, INCONCLUSIVE)
         assert all(str(study) in r for r in c["runs"])
+
+
+def test_committed_records_are_skipped_and_read(tmp_path):
+    """A cell whose study record says finished is not run again, even without its run folder
+    (a fresh clone), and is read from its record; a cell that reads a failed cell fails."""
+    from collections import deque
+    from rst_lib.workbook.sweeps import SweepResult, next_ready_cell, run_sweep
+    from rst_lib.workbook.notebooks import sweep_run_dirs
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text((ROOT / "params/sweeps/claims-smoke.yaml").read_text()
+                          + f"study: {tmp_path / 'studies' / 'smoke'}\n")
+    sweep = load_sweep(sweep_file, output_root=tmp_path / "out", validate=False)
+    assert sweep.study == tmp_path / "studies" / "smoke"
+    assert sweep.cells[0].record_dir == sweep.study / "search" / "seed=0"
+    fin = next(c for c in sweep.cells if c.stage == "finetune")  # reads the record's ticket
+    assert fin.params["ticket"] == str(sweep.study / "search" / "seed=0" / "ticket.pt")
+    for c in sweep.cells:
+        c.record_dir.mkdir(parents=True)
+        (c.record_dir / "run.json").write_text(json.dumps({"status": "finished"}))
+    result = run_sweep(sweep_file, output_root=tmp_path / "out", progress=False, log=lambda s: None)
+    assert result.ok and not result.finished and len(result.skipped) == len(sweep.cells)
+    assert not list((tmp_path / "out").rglob("run.json"))  # nothing ran
+    assert sweep_run_dirs(sweep_file, tmp_path / "out") == [c.record_dir for c in sweep.cells]
+    # the broken case: a cell whose dependency failed is failed, not run
+    pending, failed, said = deque([fin]), {fin.depends_on[0]}, []
+    res = SweepResult(sweep)
+    assert next_ready_cell(pending, set(), failed, said.append, res, None) is None
+    assert res.failed == [fin.name] and "failed" in said[0] and not pending

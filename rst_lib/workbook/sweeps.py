@@ -148,7 +148,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
         try:
             while pending or running:
                 while pending and free:
-                    cell = _next_ready(pending, done_labels, failed_labels, say, result, bar)
+                    cell = next_ready_cell(pending, done_labels, failed_labels, say, result, bar)
                     if cell is None:
                         if not running and pending:  # waiting on nothing: a dependency is missing
                             for c in pending:
@@ -238,7 +238,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
     return result
 
 
-def _next_ready(pending: deque, done: set, failed: set, say, result: SweepResult, bar):
+def next_ready_cell(pending: deque, done: set, failed: set, say, result: SweepResult, bar):
     """The first pending cell whose referenced cells have all finished (removed from
     ``pending``); cells that read a failed cell fail here. None: nothing is ready yet."""
     for cell in list(pending):
