@@ -251,6 +251,7 @@ def test_records_from_run_folders_feed_the_claims(tmp_path):
     r2s = results["rst-application-r2s"]  # the strongest adaptive attack against the BEST member
     assert r2s["a_values"][0] == pytest.approx(0.31) and r2s["b_values"][0] == pytest.approx(0.35)
     assert r2s["verdict"] == FAILS
+    assert r2s["beside"]["difference"] == pytest.approx(0.50 - 0.48)  # clean cost vs the best member
     assert results["rst-application-transfer"]["verdict"] == INCONCLUSIVE  # no transfer runs
     assert "no run" in claims_table([results["rst-application-transfer"]])[0]["a"]
     assert len(results) == len(CLAIMS)
@@ -315,6 +316,7 @@ def test_tickets_are_searched_once_and_read_by_the_later_stages(tmp_path):
     same, control = by["transfer/seed=0"], by["transfer-control/seed=0"]
     assert same.params["tickets"] == by["r2s/seed=0"].params["tickets"]
     assert control.params["tickets"][0] == same.params["tickets"][0]
+    assert control.params["same_network"] is False and "same_network" not in same.params
     assert control.params["tickets"][1] == str(by["search/seed=1"].run_dir / "ticket.pt")
     assert by["rtt/seed=0"].params["pretrained"].endswith("rtt-dense/seed=0/ticket.pt")
     dense = by["dense/seed=0"]
@@ -365,8 +367,10 @@ def test_claims_smoke_study_commits_its_records_and_08_renders_from_them(tmp_pat
                    cwd=ROOT, check=True)
     cells = load_sweep(sweep, output_root=out, validate=False).cells
     assert all(c.committed for c in cells)
-    sizes = [f.stat().st_size for f in study.rglob("*") if f.is_file()]
-    assert not list(study.rglob("last.pt")) and max(sizes) < 200_000  # compact records only
+    assert not list(study.rglob("last.pt")) and not list(study.rglob("*.ipynb"))  # compact records only
+    assert not list((study / "dense").rglob("ticket.pt"))  # a dense net's weights: only if read later
+    assert (study / "rtt-dense" / "seed=0" / "ticket.pt").is_file()  # ... as the RTT's is
+    assert max(f.stat().st_size for f in study.rglob("*") if "rtt-dense" not in str(f)) < 150_000
     again = subprocess.run(cli + ["sweep", str(sweep), "-o", str(out), "--no-progress"], cwd=ROOT,
                            check=True, capture_output=True, text=True).stdout
     assert f"{len(cells)} finished before, 0 to run" in again

@@ -187,7 +187,8 @@ class Claim:
     kind: str = SUPERIORITY
     margin: float = 0.0        # δ in points (percentage points; ratio x 100 for ratios)
     counted: bool = True
-    beside: str | None = None  # a metric of both arms shown beside (not judged)
+    beside: str | tuple | None = None  # a metric of both arms shown beside (not judged):
+    # one name for both arms, or (a's metric, b's metric) when the arms are one run's rows
     note: str = ""
 
     def __post_init__(self):
@@ -208,9 +209,10 @@ def judge_claim(claim: Claim, records: list[dict]) -> dict:
     result = verdict(a, b, claim.kind, claim.margin / 100, examples)
     beside = None
     if claim.beside:
-        ba = {s: r["metrics"][claim.beside] for s, r in a_runs.items() if claim.beside in r["metrics"]}
-        bb = {s: r["metrics"][claim.beside] for s, r in b_runs.items() if claim.beside in r["metrics"]}
-        beside = {"metric": claim.beside, "a": ba, "b": bb,
+        ma, mb = (claim.beside, claim.beside) if isinstance(claim.beside, str) else claim.beside
+        ba = {s: r["metrics"][ma] for s, r in a_runs.items() if ma in r["metrics"]}
+        bb = {s: r["metrics"][mb] for s, r in b_runs.items() if mb in r["metrics"]}
+        beside = {"metric": ma if ma == mb else f"{ma} − {mb}", "a": ba, "b": bb,
                   "difference": statistics.fmean(ba[s] - bb[s] for s in ba if s in bb)
                   if any(s in bb for s in ba) else None}
     # only the runs the arms kept (their stage and their `where`)
@@ -304,7 +306,7 @@ CLAIMS = [
           "from re-initialized weights (RST's ft_reinit, same lr and epochs as ft_inherit)",
           Arm("ticket", "finetune", "ticket.robust"),
           Arm("re-initialized, trained", "finetune", "finetune_reinit.robust"),
-          kind=NON_INFERIORITY, margin=2.0, beside="ticket.clean"),
+          kind=NON_INFERIORITY, margin=2.0),
     Claim("rst-property-reinit-clean", "RST", "property: ... and better or comparable natural "
           "(clean) accuracy", Arm("ticket", "finetune", "ticket.clean"),
           Arm("re-initialized, trained", "finetune", "finetune_reinit.clean"),
@@ -314,7 +316,7 @@ CLAIMS = [
           "epochs and lr: RST ran both 160 epochs at lr 0.1)",
           Arm("inherited, finetuned", "finetune", "finetune.robust"),
           Arm("re-initialized, finetuned", "finetune", "finetune_reinit.robust"),
-          kind=SUPERIORITY, margin=1.0, beside="finetune.clean",
+          kind=SUPERIORITY, margin=1.0, beside=("finetune.clean", "finetune_reinit.clean"),
           note="'notably better': δ = 1 point"),
     Claim("rst-application-transfer", "RST", "application: attacks transfer poorly between tickets "
           "of different keep ratios of the same random network: the transfer ratio (clean − "
@@ -329,8 +331,8 @@ CLAIMS = [
           "PGD and AutoAttack rand) against the best member's white-box accuracy",
           Arm("R2S, strongest adaptive attack", "r2s", "adaptive"),
           Arm("best member alone, white-box", "r2s", "best_member_whitebox"),
-          kind=SUPERIORITY, margin=0.0, beside="clean",
-          note="clean-accuracy cost: the switch's clean minus the best member's (best_member_clean)"),
+          kind=SUPERIORITY, margin=0.0, beside=("clean", "best_member_clean"),
+          note="beside: the clean-accuracy cost, the switch's clean minus the best member's"),
     Claim("rst-application-r2s-clean", "RST", "application: R2S's clean-accuracy cost against its "
           "best member stays within 2 points", Arm("R2S, clean", "r2s", "clean"),
           Arm("best member, clean", "r2s", "best_member_clean"), kind=NON_INFERIORITY, margin=2.0),

@@ -345,15 +345,20 @@ def choose_from_pilot(cell: SweepCell, cells: list) -> dict:
     return out
 
 
-def save_record(cell: SweepCell) -> None:
+def save_record(cell: SweepCell, referenced: bool = False) -> None:
     """Copy a finished cell's compact record (:data:`RECORD_FILES`, and each sub-run's
-    metrics.json) from its run folder to its study folder."""
+    metrics.json) from its run folder to its study folder. A dense network's ``ticket.pt``
+    holds all its trained weights (MBs): kept only when a later cell reads it (``referenced``,
+    e.g. the RTT's trained network)."""
     if cell.record_dir is None:
         return
+    dense = cell.params.get("task") in ("dense", "bnn")
     tmp = cell.record_dir.with_name(cell.record_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in RECORD_FILES:
+        if name == "ticket.pt" and dense and not referenced:
+            continue
         if (cell.run_dir / name).is_file():
             shutil.copy2(cell.run_dir / name, tmp / name)
     for sub in sorted(p for p in cell.run_dir.iterdir() if p.is_dir() and (p / "metrics.json").is_file()):

@@ -93,6 +93,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
     jobs = jobs or sweep.jobs or max(1, len(gpus))
     result = SweepResult(sweep)
     todo, stale = [], []
+    referenced = {d for c in sweep.cells for d in c.depends_on}
     for cell in sweep.cells:
         status = run_status(cell.run_dir)
         if cell.committed:  # its record is in the study folder (perhaps from another machine)
@@ -101,13 +102,13 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                 continue
         if status == FINISHED:
             if cell.record_dir is not None and not cell.committed:
-                save_record(cell)  # finished before the study kept records
+                save_record(cell, cell.label in referenced)  # finished before the study kept records
             if cell.name in result.skipped:
                 continue
             result.skipped.append(cell.name)
             old = read_json(cell.run_dir / "run.json").get("params", {})
-            changed = sorted(k for k in set(old) | set(cell.params)
-                             if k != "run_dir" and old.get(k) != cell.params.get(k))
+            changed = sorted(k for k in set(old) | set(cell.params)  # chosen_in: chosen at the start
+                             if k != "run_dir" and k not in cell.choices and old.get(k) != cell.params.get(k))
             if changed:
                 stale.append(f"{cell.name} ({', '.join(changed)})")
         elif status == "running":
@@ -195,7 +196,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                     free.append(slot)
                     status = run_status(cell.run_dir)
                     if status == FINISHED:
-                        save_record(cell)
+                        save_record(cell, cell.label in referenced)
                         done_labels.add(cell.label)
                         result.finished.append(cell.name)
                         say(f"finished {cell.label}: {_cell_summary(cell.run_dir)}")
