@@ -54,15 +54,14 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import shutil
 
 from ..config import load_params, read_yaml_mapping
 from ..utils.files import read_json
 from ..errors import ConfigError
-from .params import absolute_path, normalize_params, validate_notebook_params
+from .params import PROJECT_ROOT, absolute_path, normalize_params, validate_notebook_params
 
 
 @dataclass
@@ -124,8 +123,10 @@ def cell_name(values: dict) -> str:
 
 
 def _find(path: str, near: Path | None, kind: str, suffixes=("",)) -> Path:
-    """``path`` relative to the current directory, else to the sweep file's folders."""
-    bases = [Path.cwd()] + ([near.parent, *near.parent.parents] if near else [])
+    """``path`` relative to the current directory, else to the sweep file's folders, else
+    to the project (a sweep file kept elsewhere, read from a run folder, still finds
+    ``01_search`` and ``params/...``)."""
+    bases = [Path.cwd()] + ([near.parent, *near.parent.parents] if near else []) + [PROJECT_ROOT]
     tries = [Path(path)] + ([Path("notebooks") / path] if kind == "notebook" else [])
     for base in bases:
         for t in tries:
