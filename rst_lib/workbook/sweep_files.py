@@ -29,7 +29,8 @@ level's ``set`` and ``seeds`` are their defaults). All cells of all stages form 
 
 **Stages feed later stages** through references in ``set`` or ``cells`` (resolved per cell,
 the referenced cell having the same seed; the sweep runs a cell only once the cells it reads
-have finished, and fails it when one of them failed)::
+have finished, and fails it when one of them failed; the local executor does this, the Slurm
+executor does not order cells yet)::
 
     ticket: {from_stage: search, keep_ratio: 0.5}      # that cell's ticket.pt
     tickets: [{from_stage: search, keep_ratio: 0.3},    # a list of them
