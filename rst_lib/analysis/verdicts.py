@@ -39,7 +39,6 @@ KINDS = (SUPERIORITY, NON_INFERIORITY, EQUIVALENCE)
 ALPHA = {SUPERIORITY: 0.025, NON_INFERIORITY: 0.025, EQUIVALENCE: 0.05}
 POWER = 0.80        # the power at which the detectable effect is reported
 MIN_SEEDS = 2       # below: no between-seed variance, no verdict
-FAMILY_ALPHA = 0.05  # Holm over the counted claims keeps P(any false "holds") below this
 
 
 # ------------------------------------------------------------------------- the statistics

@@ -166,6 +166,8 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                         failed_labels.add(cell.label)
                         result.failed.append(cell.name)
                         say(f"FAILED   {cell.label}: {e}")
+                        if bar is not None:
+                            bar.update(1)
                         continue
                     slot = free.pop(0)
                     extra = {"sweep": sweep.name, "sweep_file": str(sweep.path), "cell": cell.name}
