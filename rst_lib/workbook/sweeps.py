@@ -93,7 +93,9 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
     jobs = jobs or sweep.jobs or max(1, len(gpus))
     result = SweepResult(sweep)
     todo, stale = [], []
-    referenced = {d for c in sweep.cells for d in c.depends_on}
+    # cells whose ticket a later cell reads (a pilot read for its choice does not count)
+    referenced = {d for c in sweep.cells for d in c.depends_on
+                  if not any(d in labels for labels, _ in c.choices.values())}
     for cell in sweep.cells:
         status = run_status(cell.run_dir)
         if cell.committed:  # its record is in the study folder (perhaps from another machine)
