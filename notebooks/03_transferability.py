@@ -35,6 +35,7 @@ resume = True                 # continue trainings already in run_dir (their las
 tickets = []                  # ticket.pt files / run folders / globs of ONE random network (empty: search here) [paths]
 keep_ratios = [0.05, 0.1, 0.3]  # keep ratios searched here when tickets is empty [fractions]
 transfer_examples = 500       # test inputs attacked on every source (None: all) [examples]
+same_network = True           # the tickets must share one random network (RST's experiment); False: a control pair of different random networks
 seed = 0                      # seed of the random weights, the validation split and the attacks
 device = "auto"               # auto | cpu | cuda | cuda:N
 # --- data
@@ -143,7 +144,7 @@ results = {}
 for variant, early in (("full-step", False), ("early-stop", True)):
     results[variant] = transfer_matrix(
         members, loader, lambda m: PGD(m, eps_, alpha_, cfg.eval_steps, cfg.eval_restarts, early_stop=early),
-        device, progress, seed=cfg.seed)
+        device, progress, require_same_network=same_network, seed=cfg.seed)
 write_json(run_dir / "transfer.json", results)
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
 for ax, (variant, res) in zip(axes, results.items()):

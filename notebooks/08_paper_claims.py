@@ -18,15 +18,19 @@
 # # 08 · The papers' claims
 #
 # Reads the run folders of a claims sweep (`params/sweeps/claims-*.yaml`: one stage per kind
-# of run — ticket searches, dense networks, natural controls, finetunes, transfer, R2S, the
-# RBRN settings — each over several seeds) and tests each claim of the two papers: the runs
-# that test it, their numbers (mean ± std over seeds and the 95 % interval of the mean;
-# AutoAttack as the robust number where the notebook measured it) and a verdict.
+# of run — ticket searches, the dense baseline and its lr pilot, controls, finetunes, transfer,
+# R2S, RTT, the RBRN settings — each over several seeds; a study's committed records under
+# `studies/` where it has them) and tests each claim of the two papers.
 #
-# **The verdict rule** (`rst_lib.analysis.claims.verdict`): *inconclusive at this scale*
-# when an arm has fewer than 2 seeds, when the difference of the means is inside the seed
-# spread (not larger than the larger std), or when its 95 % interval (Welch) holds 0;
-# otherwise *holds* or *does not hold* by the sign of the difference.
+# **The verdict rule** (`rst_lib.analysis.claims`, docs/evaluation.md "Verdicts"): the two arms
+# are **paired by seed** (same random network, same test images); the interval is the t
+# interval of the per-seed differences, whose variance is at least what the test images
+# alone allow. Each claim declares its **kind and margin δ** before any run: *superiority*
+# (lower 95 % bound > δ), *non-inferiority* (lower 95 % bound > −δ), *equivalence* (90 %
+# interval inside ±δ). "Does not hold" when the interval is on the wrong side of the margin,
+# else *inconclusive at this scale* with the smallest effect the study could have detected
+# (80 % power). **Holm** over the counted claims; sanity checks and controls are shown, not
+# counted.
 
 # %% tags=["parameters"]
 # Parameters (papermill overrides them; `rst-workbook params 08_paper_claims` explains each)
@@ -55,7 +59,8 @@ if unknown:
     raise ValueError(f"unknown claim(s) {unknown}; the claims are {[c.key for c in CLAIMS]}")
 cells = sweep_run_dirs(sweep, runs_root)
 records = collect_records(cells)
-print(f"{len(records)} finished runs of the {len(cells)} cells of {sweep}")
+print(f"{len(records)} finished runs of the {len(cells)} cells of {sweep}"
+      + (f" ({sum('/studies/' in str(c) for c in cells)} from committed study records)"))
 print("run directory:", run_dir)
 
 # %% [markdown]
@@ -68,7 +73,8 @@ display(Markdown(markdown_table(rows)))
 
 # %% [markdown]
 # ## 2. One figure per claim
-# Each dot is one seed; the square and bar are the mean and its 95 % interval.
+# Each dot is one seed's paired difference (arm a − arm b); the square and bar are their mean
+# and interval (95 %; 90 % for equivalence); dashed: the declared margin.
 
 # %%
 cols = 3
@@ -84,11 +90,17 @@ fig.tight_layout()
 # ## 3. Summary
 
 # %%
-counts = Counter(r["verdict"] for r in results)
-write_json(run_dir / "claims.json", {"sweep": str(sweep), "cells": len(cells), "finished": len(records),
-                                     "claims": [{**row, "key": r["claim"].key, "runs": r["runs"],
-                                                 "a_values": r["a_values"], "b_values": r["b_values"]}
-                                                for row, r in zip(rows, results)]})
+counted = [r for r in results if r["claim"].counted]
+counts = Counter(r["verdict"] for r in counted)
+write_json(run_dir / "claims.json", {
+    "sweep": str(sweep), "cells": len(cells), "finished": len(records),
+    "multiplicity": f"Holm over the {len(counted)} counted claims (family-wise error <= 5 %)",
+    "claims": [{**row, "key": r["claim"].key, "pairs": r["n"], "difference": r["difference"],
+                "interval": r["interval"], "level": r["level"], "p": r["p"], "p_holm": r["p_holm"],
+                "detectable": r["detectable"], "margin_points": r["claim"].margin,
+                "runs": r["runs"], "a_values": r["a_values"], "b_values": r["b_values"]}
+               for row, r in zip(rows, results)]})
 write_summary(run_dir, {"finished_runs": len(records), "cells": len(cells), **counts})
-display(Markdown(f"{len(records)} of {len(cells)} runs finished; "
-                 + ", ".join(f"{n} claim(s) {v}" for v, n in counts.items()) + "."))
+display(Markdown(f"{len(records)} of {len(cells)} runs finished; of the {len(counted)} counted claims "
+                 + ", ".join(f"{n} {v}" for v, n in counts.items())
+                 + f" (Holm over the counted claims); {len(results) - len(counted)} checks and controls shown."))

@@ -217,9 +217,10 @@ def load_any(path: str | os.PathLike, device="cpu", data=None):
 
 
 def sweep_run_dirs(sweep: str | os.PathLike, output_root: str | os.PathLike | None = None) -> list[Path]:
-    """The run folders of a sweep file's cells (every stage; finished or not), in its order.
-    ``output_root``: where the sweep ran (None: the file's own, else ``outputs``)."""
-    return [c.run_dir for c in load_sweep(sweep, output_root=output_root, validate=False).cells]
+    """The run folders of a sweep file's cells (every stage; finished or not), in its order:
+    a cell's committed study record where it has one (a sweep with ``study:``), else its run
+    folder. ``output_root``: where the sweep ran (None: the file's own, else ``outputs``)."""
+    return [c.read_dir for c in load_sweep(sweep, output_root=output_root, validate=False).cells]
 
 
 def write_summary(run_dir: str | os.PathLike, headline: dict, **extra) -> Path:

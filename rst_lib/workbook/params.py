@@ -187,6 +187,7 @@ class NotebookParams:
     search_epochs: int = param(5, "epochs of the ticket search when ticket is None", "epochs")
     search_lr: float = param(0.1, "its learning rate (scores)")
     transfer_examples: int | None = param(500, "test inputs attacked on every source (None: all)", "examples")
+    same_network: bool = param(True, "the tickets must share one random network (RST's experiment); False: a control pair of different random networks")
     mode: str = param("batch", "R2S draws one member per query batch or per input", choices=("batch", "example"))
     eot_samples: int = param(10, "gradient samples per step of the adaptive (EOT) attack")
     eval_draws: int = param(5, "member draws the switch's accuracy is averaged over")
@@ -266,7 +267,7 @@ NOTEBOOK_PARAMETERS: dict[str, dict[str, list[str]]] = {
     "02_finetune": {"run": _HEAD + ["resume", "ticket", "tasks", "finetune_init", "search_epochs",
                                     "search_lr", "seed", "device"], **_SEARCH},
     "03_transferability": {"run": _HEAD + ["resume", "tickets", "keep_ratios", "transfer_examples",
-                                           "seed", "device"], **_NO_KEEP},
+                                           "same_network", "seed", "device"], **_NO_KEEP},
     "04_r2s": {"run": _HEAD + ["resume", "tickets", "keep_ratios", "mode", "eot_samples", "eval_draws",
                                "r2s_examples", "r2s_batch_size", "r2s_autoattack", "seed", "device"],
                **_NO_KEEP},

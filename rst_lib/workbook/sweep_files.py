@@ -25,20 +25,44 @@ A study over several notebooks is one file with ``stages:``, a list of such spec
 with its ``stage`` name and its own ``notebook``, ``params``, ``set``, ``grid``, ``seeds``, ``cells``; the top
 level's ``set`` and ``seeds`` are their defaults). All cells of all stages form one sweep
 (the same jobs pool, the same resume); a stage's cells go to
-``outputs/<its notebook>/<sweep>/<stage>/<cell>/``. Stages do not feed each other: a notebook that
-needs a ticket searches its own (``02_finetune`` with ``ticket: null``).
+``outputs/<its notebook>/<sweep>/<stage>/<cell>/``.
+
+**Stages feed later stages** through references in ``set`` or ``cells`` (resolved per cell,
+the referenced cell having the same seed; the sweep runs a cell only once the cells it reads
+have finished, and fails it when one of them failed; the local executor does this, the Slurm
+executor does not order cells yet)::
+
+    ticket: {from_stage: search, keep_ratio: 0.5}      # that cell's ticket.pt
+    tickets: [{from_stage: search, keep_ratio: 0.3},    # a list of them
+              {from_stage: search, keep_ratio: 0.5, seed: next}]  # the next seed's network
+    pretrained: {from_stage: dense-rtt}                  # a trained dense network's weights
+    lr: {chosen_in: dense-lr, by: robust}                # the value of the pilot stage's cell
+                                                         # with the best validation accuracy
+
+``chosen_in`` picks, among a pilot stage's finished cells, the value of the parameter in the
+cell whose best epoch (chosen on the validation split, ``metrics.json`` ``best``) has the
+highest ``by`` accuracy (``robust``: PGD on the validation split, or ``clean``).
+
+**A committed study** (``study: studies/<name>``, relative to the project root): each finished
+cell's compact record (:data:`RECORD_FILES`: ``run.json``, ``metrics.json``, ``summary.json``,
+the notebooks' result files, ``params.yaml`` and the ~0.1 MB ``ticket.pt``, and the
+``metrics.json`` of each sub-run) is copied to ``<study>/<stage>/<cell>/``. A cell whose record
+says finished is not run again (on a fresh clone too), references read the records' tickets,
+and notebook 08 reads the records: a study can run over several sessions and machines.
 """
 from __future__ import annotations
 
 import itertools
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import load_params, read_yaml_mapping
+from ..utils.files import read_json
 from ..errors import ConfigError
-from .params import absolute_path, normalize_params, validate_notebook_params
+from .params import PROJECT_ROOT, absolute_path, normalize_params, validate_notebook_params
 
 
 @dataclass
@@ -49,6 +73,20 @@ class SweepCell:
     notebook: Path | None = None      # a stage's notebook (None: the sweep's)
     params_file: Path | None = None   # a stage's parameter file (None: the sweep's)
     stage: str | None = None
+    record_dir: Path | None = None    # its committed record (a sweep with study:), else None
+    depends_on: list = field(default_factory=list)  # labels of the cells it reads
+    choices: dict = field(default_factory=dict)     # parameter -> (pilot cells, by): chosen_in
+
+    @property
+    def committed(self) -> bool:
+        """Its record in the study folder says finished."""
+        return self.record_dir is not None and \
+            read_json(self.record_dir / "run.json").get("status") == "finished"
+
+    @property
+    def read_dir(self) -> Path:
+        """Where its results are read: the committed record if there is one, else the run folder."""
+        return self.record_dir if self.committed else self.run_dir
 
     @property
     def label(self) -> str:  # unique across stages
@@ -67,6 +105,7 @@ class Sweep:
     directory: Path = field(default=Path("."))
     executor: str | None = None
     slurm: dict = field(default_factory=dict)
+    study: Path | None = None         # the committed records' folder (study:), else None
 
 
 def _value_text(v) -> str:
@@ -85,8 +124,10 @@ def cell_name(values: dict) -> str:
 
 
 def _find(path: str, near: Path | None, kind: str, suffixes=("",)) -> Path:
-    """``path`` relative to the current directory, else to the sweep file's folders."""
-    bases = [Path.cwd()] + ([near.parent, *near.parent.parents] if near else [])
+    """``path`` relative to the current directory, else to the sweep file's folders, else
+    to the project (a sweep file kept elsewhere, read from a run folder, still finds
+    ``01_search`` and ``params/...``)."""
+    bases = [Path.cwd()] + ([near.parent, *near.parent.parents] if near else []) + [PROJECT_ROOT]
     tries = [Path(path)] + ([Path("notebooks") / path] if kind == "notebook" else [])
     for base in bases:
         for t in tries:
@@ -99,7 +140,12 @@ def _find(path: str, near: Path | None, kind: str, suffixes=("",)) -> Path:
 
 
 SWEEP_KEYS = ("notebook", "name", "params", "set", "grid", "seeds", "cells", "jobs", "output_root",
-              "stages", "executor", "slurm")
+              "stages", "executor", "slurm", "study")
+# what a study keeps of a finished cell (and of each sub-run folder: its metrics.json)
+RECORD_FILES = ("run.json", "metrics.json", "summary.json", "params.yaml", "ticket.pt",
+                "r2s.json", "transfer.json")
+# a referenced parameter's value while the cells are checked before the referenced cell ran
+UNRESOLVED = {"ticket": None, "tickets": [], "pretrained": None}
 STAGE_KEYS = ("stage", "notebook", "params", "set", "grid", "seeds", "cells")
 
 
@@ -120,6 +166,13 @@ def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.Path
     if not re.fullmatch(r"[\w.=+,-]+", name):
         raise ConfigError(f"{path}: name {name!r} may only hold letters, digits and . = + , - _")
     root = Path(output_root or spec.get("output_root") or "outputs")
+    study = None
+    if spec.get("study"):
+        study = Path(str(spec["study"]))
+        if not study.is_absolute():  # relative to the project (params/sweeps/x.yaml: two up)
+            base = path.resolve().parent
+            study = (base.parent.parent if base.name == "sweeps" and base.parent.name == "params"
+                     else base) / study
     stages = spec.get("stages")
     if stages is None:
         stages = [{k: spec[k] for k in STAGE_KEYS if k in spec}]
@@ -141,7 +194,7 @@ def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.Path
     cells, seen = [], {}
     for i, stage in enumerate(stages):
         where = f"{path}" + (f", stage {stage.get('stage') or i + 1}" if "stages" in spec else "")
-        for cell in _stage_cells(stage, path, where, name, root, overrides, validate):
+        for cell in _stage_cells(stage, path, where, name, root, overrides, validate, cells, study):
             if cell.run_dir in seen:
                 raise ConfigError(f"{where}: cell {cell.name!r} is also a cell of "
                                   f"{seen[cell.run_dir]} (same notebook and folder)")
@@ -156,11 +209,11 @@ def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.Path
         raise ConfigError(f"{path}: 'slurm' must be a mapping of job options (partition: ...)")
     return Sweep(name, cells[0].notebook, cells[0].params_file, cells, root, jobs, path,
                  folders.pop() if len(folders) == 1 else (root / name).resolve(),
-                 spec.get("executor"), slurm)
+                 spec.get("executor"), slurm, study.resolve() if study else None)
 
 
 def _stage_cells(spec: dict, path: Path, where: str, name: str, root: Path, overrides,
-                 validate: bool) -> list[SweepCell]:
+                 validate: bool, earlier: list, study: Path | None) -> list[SweepCell]:
     """The cells of one notebook's grid (a plain sweep file, or one of its stages)."""
     unknown = sorted(set(spec) - set(STAGE_KEYS))
     if unknown:
@@ -206,11 +259,112 @@ def _stage_cells(spec: dict, path: Path, where: str, name: str, root: Path, over
         if "name" not in values:
             params["name"] = f"{name}-{stage}-{cname}" if stage else f"{name}-{cname}"
         try:
+            params, depends, choices = resolve_references(params, earlier, f"{where}, cell {cname}")
             params = normalize_params(notebook, params, absolute_path(root))
-            if validate:
-                validate_notebook_params(notebook, params)
+            if validate:  # a referenced ticket does not exist yet: checked when the cell starts
+                validate_notebook_params(notebook, {**params, **{k: v for k, v in UNRESOLVED.items()
+                                                                 if k in params and depends}})
         except ConfigError as e:
             raise ConfigError(f"sweep {name}, cell {cname}: {e}") from None
+        record = (study / str(stage) / cname) if study and stage else (study / cname if study else None)
         cells.append(SweepCell(cname, params, (directory / cname).resolve(), notebook,
-                               params_file, stage))
+                               params_file, stage, record.resolve() if record else None,
+                               depends, choices))
     return cells
+
+
+def _is_reference(v) -> bool:
+    return isinstance(v, dict) and ("from_stage" in v or "chosen_in" in v)
+
+
+def resolve_references(params: dict, earlier: list, where: str) -> tuple[dict, list, dict]:
+    """A cell's parameters with ``from_stage`` references replaced by the referenced cells'
+    ``ticket.pt`` paths (their records' when the sweep has a study), the labels of the cells
+    it reads, and its ``chosen_in`` parameters (``{param: ([pilot cells], by)}``, resolved when
+    the cell starts: :func:`choose_from_pilot`; until then the first pilot cell's value)."""
+    out, depends, choices = dict(params), [], {}
+    seed = params.get("seed")
+    for key, value in params.items():
+        refs = value if isinstance(value, list) and value and all(_is_reference(v) for v in value) else \
+            [value] if _is_reference(value) else None
+        if refs is None:
+            continue
+        if any("chosen_in" in r for r in refs):
+            ref = refs[0]
+            pilot = [c for c in earlier if c.stage == ref["chosen_in"]]
+            if len(refs) > 1 or not pilot or key not in pilot[0].params:
+                raise ConfigError(f"{where}: {key}: chosen_in needs one earlier stage whose cells "
+                                  f"set {key}; got {ref}")
+            by = ref.get("by", "robust")
+            if by not in ("robust", "clean"):
+                raise ConfigError(f"{where}: {key}: by={by!r}; expected robust or clean")
+            choices[key] = ([c.label for c in pilot], by)
+            depends += [c.label for c in pilot]
+            out[key] = pilot[0].params[key]
+            continue
+        paths = []
+        for ref in refs:
+            stage = ref["from_stage"]
+            candidates = [c for c in earlier if c.stage == stage]
+            if not candidates:
+                raise ConfigError(f"{where}: {key} refers to stage {stage!r}, which is not an "
+                                  "earlier stage of this sweep")
+            want = seed
+            if ref.get("seed") == "next":  # the next seed of that stage: another random network
+                seeds = sorted({c.params.get("seed") for c in candidates})
+                want = seeds[(seeds.index(seed) + 1) % len(seeds)] if seed in seeds else None
+            elif "seed" in ref:
+                want = ref["seed"]
+            match = [c for c in candidates if c.params.get("seed") == want and all(
+                c.params.get(k) == v for k, v in ref.items() if k not in ("from_stage", "seed"))]
+            if len(match) != 1:
+                raise ConfigError(f"{where}: {key}: {ref} with seed {want} matches {len(match)} "
+                                  f"cells of stage {stage!r}; it must match exactly one")
+            paths.append(str((match[0].record_dir or match[0].run_dir) / "ticket.pt"))
+            depends.append(match[0].label)
+        out[key] = paths if isinstance(value, list) else paths[0]
+    return out, list(dict.fromkeys(depends)), choices
+
+
+def choose_from_pilot(cell: SweepCell, cells: list) -> dict:
+    """``{param: value}`` of the cell's ``chosen_in`` parameters: each from the pilot cell
+    whose best epoch has the highest validation accuracy (``robust``: ``best.pgd_acc``;
+    ``clean``: ``best.clean_acc``)."""
+    by_label = {c.label: c for c in cells}
+    out = {}
+    for key, (labels, by) in cell.choices.items():
+        scored = []
+        for label in labels:
+            pilot = by_label[label]
+            best = read_json(pilot.read_dir / "metrics.json").get("best") or {}
+            score = best.get("pgd_acc" if by == "robust" else "clean_acc")
+            if isinstance(score, (int, float)):
+                scored.append((score, pilot.params[key]))
+        if not scored:
+            raise ConfigError(f"cell {cell.label}: {key}: no pilot cell of {labels} has a "
+                              "validation accuracy (metrics.json best)")
+        out[key] = max(scored, key=lambda t: t[0])[1]
+    return out
+
+
+def save_record(cell: SweepCell, referenced: bool = False) -> None:
+    """Copy a finished cell's compact record (:data:`RECORD_FILES`, and each sub-run's
+    metrics.json) from its run folder to its study folder. A dense network's ``ticket.pt``
+    holds all its trained weights (MBs): kept only when a later cell reads it (``referenced``,
+    e.g. the RTT's trained network)."""
+    if cell.record_dir is None:
+        return
+    dense = cell.params.get("task") in ("dense", "bnn")
+    tmp = cell.record_dir.with_name(cell.record_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in RECORD_FILES:
+        if name == "ticket.pt" and dense and not referenced:
+            continue
+        if (cell.run_dir / name).is_file():
+            shutil.copy2(cell.run_dir / name, tmp / name)
+    for sub in sorted(p for p in cell.run_dir.iterdir() if p.is_dir() and (p / "metrics.json").is_file()):
+        (tmp / sub.name).mkdir()
+        shutil.copy2(sub / "metrics.json", tmp / sub.name / "metrics.json")
+    shutil.rmtree(cell.record_dir, ignore_errors=True)  # all or nothing: then moved in place
+    tmp.rename(cell.record_dir)

@@ -2,8 +2,11 @@
 
 ``run_sweep("params/sweeps/keep-ratios-cpu.yaml")`` runs ``jobs`` cells at once in separate
 processes (one per visible GPU by default), records failures and keeps going, and skips
-cells whose ``run.json`` says ``finished``: re-running a killed sweep finishes only what
-is missing. ``--executor slurm`` hands the cells to Slurm instead (:mod:`.cluster`).
+cells whose ``run.json`` says ``finished`` (or whose committed study record does): re-running
+a killed sweep finishes only what is missing. A cell that reads earlier cells (stage
+references) starts once they have finished and fails if one of them failed; a finished cell
+of a study is copied to its record folder (:func:`.sweep_files.save_record`).
+``--executor slurm`` hands the cells to Slurm instead (:mod:`.cluster`).
 """
 from __future__ import annotations
 
@@ -26,7 +29,9 @@ from ..utils.files import read_json, sigterm_as_interrupt, write_json
 from .runs import FINISHED, RunExists, prepare_run_dir, run_notebook, run_status
 from .index import headline, refresh_index
 from .params import absolute_path
-from .sweep_files import Sweep, SweepCell, cell_name, load_sweep  # noqa: F401 (the sweep API)
+from .params import validate_notebook_params
+from .sweep_files import (Sweep, SweepCell, cell_name, choose_from_pilot, load_sweep,  # noqa: F401
+                          save_record)
 
 def visible_gpus() -> list[str]:
     """CUDA device ids a job may be given (honours an existing CUDA_VISIBLE_DEVICES)."""
@@ -88,13 +93,24 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
     jobs = jobs or sweep.jobs or max(1, len(gpus))
     result = SweepResult(sweep)
     todo, stale = [], []
+    # cells whose ticket a later cell reads (a pilot read for its choice does not count)
+    referenced = {d for c in sweep.cells for d in c.depends_on
+                  if not any(d in labels for labels, _ in c.choices.values())}
     for cell in sweep.cells:
         status = run_status(cell.run_dir)
+        if cell.committed:  # its record is in the study folder (perhaps from another machine)
+            result.skipped.append(cell.name)
+            if status != FINISHED:
+                continue
         if status == FINISHED:
+            if cell.record_dir is not None and not cell.committed:
+                save_record(cell, cell.label in referenced)  # finished before the study kept records
+            if cell.name in result.skipped:
+                continue
             result.skipped.append(cell.name)
             old = read_json(cell.run_dir / "run.json").get("params", {})
-            changed = sorted(k for k in set(old) | set(cell.params)
-                             if k != "run_dir" and old.get(k) != cell.params.get(k))
+            changed = sorted(k for k in set(old) | set(cell.params)  # chosen_in: chosen at the start
+                             if k != "run_dir" and k not in cell.choices and old.get(k) != cell.params.get(k))
             if changed:
                 stale.append(f"{cell.name} ({', '.join(changed)})")
         elif status == "running":
@@ -119,13 +135,15 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
             "to run it again.")
     if dry_run:
         for cell in sweep.cells:
-            say(f"  {run_status(cell.run_dir):>11}  {cell.label}")
+            say(f"  {'committed' if cell.committed else run_status(cell.run_dir):>11}  {cell.label}")
         if bar is not None:
             bar.close()
         return result
     for folder in {c.run_dir.parent for c in sweep.cells}:
         folder.mkdir(parents=True, exist_ok=True)
     pending = deque(todo)
+    done_labels = {c.label for c in sweep.cells if c.name in result.skipped}
+    failed_labels: set = set()
     running: dict = {}  # Popen -> (cell, slot, log file)
     free = list(range(jobs))
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -133,7 +151,27 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
         try:
             while pending or running:
                 while pending and free:
-                    cell, slot = pending.popleft(), free.pop(0)
+                    cell = next_ready_cell(pending, done_labels, failed_labels, say, result, bar)
+                    if cell is None:
+                        if not running and pending:  # waiting on nothing: a dependency is missing
+                            for c in pending:
+                                failed_labels.add(c.label)
+                                result.failed.append(c.name)
+                                say(f"FAILED   {c.label}: the cells it reads did not finish")
+                            pending.clear()
+                        break
+                    try:
+                        cell.params = {**cell.params, **choose_from_pilot(cell, sweep.cells)}
+                        if cell.depends_on:  # its tickets exist now: the full check
+                            validate_notebook_params(cell.notebook or sweep.notebook, cell.params)
+                    except ConfigError as e:
+                        failed_labels.add(cell.label)
+                        result.failed.append(cell.name)
+                        say(f"FAILED   {cell.label}: {e}")
+                        if bar is not None:
+                            bar.update(1)
+                        continue
+                    slot = free.pop(0)
                     extra = {"sweep": sweep.name, "sweep_file": str(sweep.path), "cell": cell.name}
                     params = {**cell.params, "run_dir": str(cell.run_dir)}
                     notebook = cell.notebook or sweep.notebook
@@ -162,6 +200,8 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                     free.append(slot)
                     status = run_status(cell.run_dir)
                     if status == FINISHED:
+                        save_record(cell, cell.label in referenced)
+                        done_labels.add(cell.label)
                         result.finished.append(cell.name)
                         say(f"finished {cell.label}: {_cell_summary(cell.run_dir)}")
                     else:
@@ -171,6 +211,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                                         f" (see {cell.run_dir / 'log.txt'})")
                             write_json(cell.run_dir / "run.json", info)
                         result.failed.append(cell.name)
+                        failed_labels.add(cell.label)
                         say(f"FAILED   {cell.label}: {_cell_summary(cell.run_dir)} "
                             f"(log: {cell.run_dir / 'log.txt'})")
                     if bar is not None:
@@ -200,6 +241,25 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
         + (", interrupted" if result.interrupted else "")
         + f"; index: {sweep.output_root / 'index.html'}")
     return result
+
+
+def next_ready_cell(pending: deque, done: set, failed: set, say, result: SweepResult, bar):
+    """The first pending cell whose referenced cells have all finished (removed from
+    ``pending``); cells that read a failed cell fail here. None: nothing is ready yet."""
+    for cell in list(pending):
+        if any(d in failed for d in cell.depends_on):
+            pending.remove(cell)
+            failed.add(cell.label)
+            result.failed.append(cell.name)
+            say(f"FAILED   {cell.label}: it reads "
+                f"{', '.join(d for d in cell.depends_on if d in failed)}, which failed")
+            if bar is not None:
+                bar.update(1)
+            continue
+        if all(d in done for d in cell.depends_on):
+            pending.remove(cell)
+            return cell
+    return None
 
 
 def cell_spec(sweep: Sweep, cell: SweepCell) -> dict:
