@@ -121,6 +121,29 @@ def lab(tmp_path_factory):
         log.close()
 
 
+def test_the_installed_venv_enables_the_read_only_templates_extension():
+    """What `make install` set up: the venv's own server config lists the extension, enabled
+    and valid (JupyterLab started as the README says loads it)."""
+    from rst_lib.workbook.jupyter_contents import CONFIG_FILE, EXTENSION, extension_status
+    config = json.loads((Path(sys.prefix) / CONFIG_FILE).read_text())
+    assert config["ServerApp"]["jpserver_extensions"] == {EXTENSION: True}
+    assert extension_status() == "enabled"
+
+
+def test_the_install_check_sees_a_disabled_extension(tmp_path):
+    """The install step's check can fail: a config dir of higher priority that disables the
+    extension (JUPYTER_CONFIG_PATH comes first) is seen; enabling it there is seen too."""
+    from rst_lib.workbook.jupyter_contents import CONFIG_FILE, EXTENSION, enable, extension_status
+    env = {**os.environ, "JUPYTER_CONFIG_PATH": str(tmp_path / "etc" / "jupyter")}
+    off = tmp_path / CONFIG_FILE
+    off.parent.mkdir(parents=True)
+    off.write_text(json.dumps({"ServerApp": {"jpserver_extensions": {EXTENSION: False}}}))
+    status = extension_status(env=env)
+    assert status.startswith("not enabled") and "False" in status, status
+    assert enable(tmp_path) == off
+    assert extension_status(env=env) == "enabled"
+
+
 def _wait_idle(page, timeout=90_000):
     """Until the notebook shown has the project's kernel, started and idle."""
     page.wait_for_function(
