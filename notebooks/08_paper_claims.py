@@ -44,8 +44,10 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from rst_lib.analysis import CLAIMS, claims_table, collect_records, judge_claims, markdown_table, plot_claim
-from rst_lib.workbook import ensure_run_dir, sweep_run_dirs, write_json, write_summary
+from rst_lib.workbook import (ensure_run_dir, resolve_path_parameters, sweep_run_dirs, write_json,
+                              write_summary)
 
+resolve_path_parameters(globals())  # relative paths from the project root; missing ones refused
 if not sweep:
     raise ValueError("sweep is required: the claims sweep file, e.g. params/sweeps/claims-cifar10-cpu.yaml")
 run_dir = ensure_run_dir(run_dir, "08_paper_claims", name)

@@ -24,7 +24,7 @@ from .params import (PATH_LIST_PARAMS, PATH_PARAMS, PROJECT_ROOT, check_model_fi
 from .sweep_files import load_sweep
 
 # Path parameters that name something to read: a missing one is a ConfigError up front.
-_INPUTS = ("ticket", "pretrained", "data_dir", "runs_root", "checkpoint", "tickets", "run_dirs")
+_INPUTS = ("ticket", "pretrained", "data_dir", "runs_root", "checkpoint", "sweep", "tickets", "run_dirs")
 # Path parameters that name where to write (made absolute the same way, created later).
 _OUTPUTS = ("run_dir", "data_cache_dir")
 
@@ -218,8 +218,13 @@ def load_any(path: str | os.PathLike, device="cpu", data=None):
 
 def sweep_run_dirs(sweep: str | os.PathLike, output_root: str | os.PathLike | None = None) -> list[Path]:
     """The run folders of a sweep file's cells (every stage; finished or not), in its order.
-    ``output_root``: where the sweep ran (None: the file's own, else ``outputs``)."""
-    return [c.run_dir for c in load_sweep(sweep, output_root=output_root, validate=False).cells]
+    ``output_root``: where the sweep ran (None: the file's own, else the project's
+    ``outputs/``). Relative paths (``sweep``, ``output_root``, the file's ``output_root``)
+    are taken as a notebook's path parameters are (:func:`path_base`): from the project
+    root in a kernel anywhere inside it (``notebooks/``, ``work/``, a subfolder)."""
+    base = path_base()
+    return [c.run_dir for c in load_sweep(base / Path(sweep), base=base,
+                                          output_root=output_root, validate=False).cells]
 
 
 def write_summary(run_dir: str | os.PathLike, headline: dict, **extra) -> Path:
