@@ -21,6 +21,7 @@ from ..engine.checks import check_masking_parameters
 from ..errors import ConfigError
 from .params import (PATH_LIST_PARAMS, PATH_PARAMS, PROJECT_ROOT, check_model_file,
                      path_base)
+from .live_runs import record_start
 from .sweep_files import load_sweep
 
 # Path parameters that name something to read: a missing one is a ConfigError up front.
@@ -96,15 +97,20 @@ def config_from(namespace: dict, **overrides):
 
 
 def ensure_run_dir(run_dir: str | os.PathLike | None, notebook: str, name: str | None,
-                   outputs: str | os.PathLike | None = None) -> Path:
+                   namespace: dict | None = None, outputs: str | os.PathLike | None = None) -> Path:
     """``run_dir`` (created if needed) or, when None, a fresh
     ``<project>/outputs/<notebook>/<name>-<time>`` (``name`` None: the notebook's name),
-    wherever the kernel runs."""
+    wherever the kernel runs. With the notebook's ``namespace`` (``globals()``), a folder
+    that holds no ``run.json`` yet (not a batch run's) gets one recording this live run and
+    its parameters (:func:`~rst_lib.workbook.live_runs.record_start`)."""
     if run_dir:
         path = Path(run_dir)
         path.mkdir(parents=True, exist_ok=True)
-        return path
-    return new_run_dir(Path(outputs or PROJECT_ROOT / "outputs") / notebook, name or notebook)
+    else:
+        path = new_run_dir(Path(outputs or PROJECT_ROOT / "outputs") / notebook, name or notebook)
+    if namespace is not None:
+        record_start(path, notebook, namespace)
+    return path
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
