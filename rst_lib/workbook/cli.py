@@ -1,7 +1,7 @@
 """``rst-workbook``: run notebooks in batch, run sweeps, index the runs, train directly.
 
     rst-workbook run 01_search -p params/01_search/cpu-demo.yaml -p keep_ratio=0.05
-    rst-workbook new 01_search               # work/01_search.ipynb: a copy to explore in JupyterLab
+    rst-workbook new 01_search               # work/01_search-work.ipynb: a copy to explore in JupyterLab
     rst-workbook sweep params/sweeps/keep-ratios-cpu.yaml --jobs 2
     rst-workbook sweep params/sweeps/smoke.yaml --executor slurm --partition debug
     rst-workbook sweep params/sweeps/smoke.yaml --status
@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "open in JupyterLab; notebooks/ stays untouched")
     new.add_argument("notebook", help="a name in notebooks/ (01_search) or a notebook path")
     new.add_argument("name", nargs="?", default=None,
-                     help="the copy's name: work/NAME.ipynb (default: the notebook's name)")
+                     help="the copy's name: work/NAME.ipynb (default: NOTEBOOK-work)")
     new.add_argument("-p", "--param", action="append", default=[],
                      help="a YAML parameter file, or key=value, written into the copy's "
                           "parameters cell (repeatable; later wins)")
