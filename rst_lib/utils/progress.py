@@ -10,6 +10,8 @@ bar was; a text output shows what the bar said, everywhere.
 """
 from __future__ import annotations
 
+import sys
+
 from tqdm.auto import tqdm as auto_tqdm
 
 
@@ -32,7 +34,9 @@ class tqdm(auto_tqdm):  # noqa: N801 - a drop-in for tqdm.auto.tqdm
             super().__init__(*args, **kwargs)
 
     def show(self) -> None:
-        from IPython.display import display
+        # IPython's display, as tqdm.notebook (loaded: this is one of its bars) imported it;
+        # not imported here, so that a terminal does not pay for IPython
+        display = sys.modules["tqdm.notebook"].display
         self.handle = display(self.container, display_id=True)
         self.displayed = True
 

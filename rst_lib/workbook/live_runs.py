@@ -49,11 +49,17 @@ def kernel_notebook() -> str | None:
     return os.environ.get("JPY_SESSION_NAME") or None
 
 
-def record_start(run_dir: str | os.PathLike, notebook: str, namespace: dict) -> bool:
+def record_start(run_dir: str | os.PathLike, notebook: str, namespace: dict,
+                 output_root: str | os.PathLike | None = None) -> bool:
     """Write ``run_dir/run.json`` for a run made in a live kernel, unless the folder already
     holds one (a batch run's). ``namespace``: the notebook's globals; its parameters (the
-    names of ``notebook``'s parameters cell) are recorded. Returns whether it wrote."""
+    names of ``notebook``'s parameters cell) are recorded. ``output_root``: the folder whose
+    ``index.html`` lists the run (None: the project's ``outputs/`` if the run is in it, else
+    no index). Returns whether it wrote."""
     run_dir = Path(run_dir)
+    outputs = PROJECT_ROOT / "outputs"
+    if output_root is None and run_dir.resolve().is_relative_to(outputs.resolve()):
+        output_root = outputs
     if (run_dir / "run.json").exists():
         return False
     template = find_notebook(notebook)
@@ -63,6 +69,7 @@ def record_start(run_dir: str | os.PathLike, notebook: str, namespace: dict) -> 
     shown = template.relative_to(PROJECT_ROOT) if template.is_relative_to(PROJECT_ROOT) else template
     write_json(run_dir / "run.json", {
         "notebook": str(shown), "working_copy": kernel_notebook(), "kernel": LIVE,
+        "output_root": str(Path(output_root).resolve()) if output_root else None,
         "status": "running", "params": params, "started": datetime.now().strftime(TIME),
         "t0": time.time(), "pid": os.getpid(), "host": socket.gethostname()})
     return True
@@ -75,9 +82,9 @@ def _live_record(run_dir: Path) -> dict:
     return info
 
 
-def _index_root(run_dir: Path) -> Path:
-    """The outputs folder a run folder sits in (``<root>/<notebook>/<run>``)."""
-    return run_dir.resolve().parent.parent
+def _refresh_index(info: dict) -> None:
+    if info.get("output_root"):
+        refresh_index(info["output_root"])
 
 
 def finish_run(run_dir: str | os.PathLike) -> None:
@@ -93,7 +100,7 @@ def finish_run(run_dir: str | os.PathLike) -> None:
         info["seconds"] = round(time.time() - info["t0"], 1)
     info.pop("pid", None)
     write_json(run_dir / "run.json", info)
-    refresh_index(_index_root(run_dir))
+    _refresh_index(info)
     print(f"run.json: finished. To keep the executed notebook and report.html in {run_dir} "
           f"(as a batch run does): save this notebook, then `rst-workbook report {run_dir}` "
           f"(or report_run(run_dir) in a cell).")
@@ -113,9 +120,9 @@ def report_run(run_dir: str | os.PathLike, notebook: str | os.PathLike | None = 
     if source.resolve() != target:
         shutil.copyfile(source, target)
     info["notebook_saved"] = datetime.fromtimestamp(source.stat().st_mtime).strftime(TIME)
-    root = _index_root(run_dir)
+    root = Path(info.get("output_root") or run_dir.parent)  # report.html links its index
     render_run_report(run_dir, target, info, root)
     info["report"] = "report.html"
     write_json(run_dir / "run.json", info)
-    refresh_index(root)
+    _refresh_index(info)
     return run_dir / "report.html"

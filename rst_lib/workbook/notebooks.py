@@ -103,13 +103,15 @@ def ensure_run_dir(run_dir: str | os.PathLike | None, notebook: str, name: str |
     wherever the kernel runs. With the notebook's ``namespace`` (``globals()``), a folder
     that holds no ``run.json`` yet (not a batch run's) gets one recording this live run and
     its parameters (:func:`~rst_lib.workbook.live_runs.record_start`)."""
+    root = None  # the run's index: the outputs folder it is made in
     if run_dir:
         path = Path(run_dir)
         path.mkdir(parents=True, exist_ok=True)
     else:
-        path = new_run_dir(Path(outputs or PROJECT_ROOT / "outputs") / notebook, name or notebook)
+        root = Path(outputs or PROJECT_ROOT / "outputs")
+        path = new_run_dir(root / notebook, name or notebook)
     if namespace is not None:
-        record_start(path, notebook, namespace)
+        record_start(path, notebook, namespace, root)
     return path
 
 
