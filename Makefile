@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name rst-workbook --display-name "Python (rst-workbook)" >/dev/null
-	$(BIN)/jupyter server extension enable --sys-prefix rst_lib.workbook.jupyter_contents >/dev/null 2>&1
+	# the templates open read-only: writes the server config, fails unless the extension is active
+	$(BIN)/python -m rst_lib.workbook.jupyter_contents
 	touch $(STAMP)
 
 install: $(STAMP)

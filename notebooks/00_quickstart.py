@@ -72,11 +72,11 @@ from rst_lib import final_checks, train
 from rst_lib.analysis import (compare_models, markdown_table, natural_control, plot_comparison,
                               plot_history, plot_keep_ratios,
                               random_mask_control)
-from rst_lib.workbook import (checks_markdown, config_from, ensure_run_dir, final_table, per_class_table,
+from rst_lib.workbook import (finish_run, checks_markdown, config_from, ensure_run_dir, final_table, per_class_table,
                               write_summary)
 
 cfg = config_from(globals())  # every parameter is checked here, before any compute starts
-run_dir = ensure_run_dir(run_dir, "00_quickstart", name)
+run_dir = ensure_run_dir(run_dir, "00_quickstart", name, globals())
 print("run directory:", run_dir)
 
 # %% [markdown]
@@ -147,3 +147,6 @@ display(Markdown(
       "`rst_lib.load_ticket`), `summary.json`."))
 for w in robust.warnings + natural.warnings:
     print("WARNING:", w)
+
+# %%
+finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

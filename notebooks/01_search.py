@@ -128,11 +128,11 @@ from IPython.display import Markdown, display
 
 from rst_lib import final_checks, train
 from rst_lib.analysis import markdown_table, plot_comparison, plot_history, plot_keep_ratios
-from rst_lib.workbook import (checks_markdown, config_from, ensure_run_dir, final_table, per_class_table,
+from rst_lib.workbook import (finish_run, checks_markdown, config_from, ensure_run_dir, final_table, per_class_table,
                               write_summary)
 
 cfg = config_from(globals())     # every parameter above, checked before any compute
-run_dir = ensure_run_dir(run_dir, "01_search", name)
+run_dir = ensure_run_dir(run_dir, "01_search", name, globals())
 print("run directory:", run_dir)
 
 # %% [markdown]
@@ -196,3 +196,6 @@ display(Markdown(
     "with `rst-workbook sweep` and compare them in 07_compare_runs."))
 for w in result.warnings:
     print("WARNING:", w)
+
+# %%
+finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

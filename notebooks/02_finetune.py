@@ -107,10 +107,10 @@ from IPython.display import Markdown, display
 
 from rst_lib import load_run_data, load_ticket, mask_summary, resolve_device, train
 from rst_lib.analysis import compare_models, markdown_table, plot_comparison, plot_histories
-from rst_lib.workbook import config_from, ensure_run_dir, final_table, write_summary
+from rst_lib.workbook import finish_run, config_from, ensure_run_dir, final_table, write_summary
 
 cfg = config_from(globals())
-run_dir = ensure_run_dir(run_dir, "02_finetune", name)
+run_dir = ensure_run_dir(run_dir, "02_finetune", name, globals())
 data = load_run_data(cfg)
 label = cfg.name or "finetune"
 print("run directory:", run_dir)
@@ -174,3 +174,6 @@ if inh and rei:
              + ("**The inherited random weights help** (the lottery ticket phenomenon)."
                 if gap > 0 else "**Re-initializing did not hurt in this run.**"))
 display(Markdown(text))
+
+# %%
+finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

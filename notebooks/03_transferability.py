@@ -105,12 +105,12 @@ from IPython.display import display, Markdown
 
 from rst_lib import PGD, fixed_subset, load_run_data, make_loader, resolve_device, transfer_matrix
 from rst_lib.analysis import compare_models, markdown_table, plot_transfer_matrix
-from rst_lib.workbook import (config_from, ensure_run_dir, final_table, load_tickets,
+from rst_lib.workbook import (finish_run, config_from, ensure_run_dir, final_table, load_tickets,
                               resolve_tickets, search_tickets,
                               write_json, write_summary)
 
 cfg = config_from(globals())
-run_dir = ensure_run_dir(run_dir, "03_transferability", name)
+run_dir = ensure_run_dir(run_dir, "03_transferability", name, globals())
 device = resolve_device(cfg.device)
 data = load_run_data(cfg)
 print("run directory:", run_dir)
@@ -189,3 +189,6 @@ for variant, (d, o) in means.items():
     lines.append(f"**{variant}** PGD: white-box {d:.1%} on average, crafted on *another* ticket **{o:.1%}** "
                  + ("(poor transfer)." if o > d + 0.05 else "(transfers well: a random switch will not help much)."))
 display(Markdown("\n\n".join(lines)))
+
+# %%
+finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

@@ -108,12 +108,12 @@ from IPython.display import display, Markdown
 from rst_lib import (RandomSwitch, autoattack_accuracy, evaluate_r2s, fixed_subset, load_run_data,
                      make_loader, resolve_device)
 from rst_lib.analysis import markdown_table, plot_r2s, r2s_rows
-from rst_lib.workbook import (accuracy_text, config_from, ensure_run_dir, load_tickets,
+from rst_lib.workbook import (finish_run, accuracy_text, config_from, ensure_run_dir, load_tickets,
                               resolve_tickets, search_tickets,
                               write_json, write_summary)
 
 cfg = config_from(globals())
-run_dir = ensure_run_dir(run_dir, "04_r2s", name)
+run_dir = ensure_run_dir(run_dir, "04_r2s", name, globals())
 device = resolve_device(cfg.device)
 data = load_run_data(cfg)
 print("run directory:", run_dir)
@@ -174,3 +174,6 @@ display(Markdown(
     f"{result['min_robust_acc']:.1%}** (the lowest of these)"
     + (" — the switch does not beat its best member under the adaptive attack."
        if result["min_robust_acc"] <= best_member else " — above its best member.")))
+
+# %%
+finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

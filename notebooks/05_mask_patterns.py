@@ -106,11 +106,11 @@ from IPython.display import display, Markdown
 from rst_lib import load_run_data, resolve_device
 from rst_lib.analysis import (markdown_table, mask_explorer, mask_stats as ms, plot_filter_map,
                               plot_kept_histogram, plot_kernel_patterns, plot_layer_density)
-from rst_lib.workbook import (config_from, ensure_run_dir, load_tickets, resolve_tickets,
+from rst_lib.workbook import (finish_run, config_from, ensure_run_dir, load_tickets, resolve_tickets,
                               search_tickets, write_summary)
 
 cfg = config_from(globals())
-run_dir = ensure_run_dir(run_dir, "05_mask_patterns", name)
+run_dir = ensure_run_dir(run_dir, "05_mask_patterns", name, globals())
 device = resolve_device(cfg.device)
 data = load_run_data(cfg)
 print("run directory:", run_dir)
@@ -180,3 +180,6 @@ write_summary(run_dir, {"dataset": cfg.dataset, "model": next(iter(members.value
               tickets=[str(p) for p in paths],
               patterns={k: {kk: vv for kk, vv in v.items() if kk != "patterns"} for k, v in patterns.items()})
 display(Markdown("\n".join(lines)))
+
+# %%
+finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

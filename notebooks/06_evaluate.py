@@ -106,12 +106,12 @@ from IPython.display import display, Markdown
 from rst_lib import (autoattack_accuracy, gradient_masking_report, load_dataset, mask_summary,
                      resolve_device, robustness_report, train)
 from rst_lib.analysis import markdown_table, plot_bars, plot_eps_curve
-from rst_lib.workbook import (accuracy_text, config_from, ensure_run_dir, load_any, parse_number,
+from rst_lib.workbook import (finish_run, accuracy_text, config_from, ensure_run_dir, load_any, parse_number,
                               resolve_checkpoint, write_json, write_summary)
 
 ticket = str(resolve_checkpoint(ticket)) if ticket else None   # a run folder -> its ticket.pt
 cfg = config_from(globals())
-run_dir = ensure_run_dir(run_dir, "06_evaluate", name)
+run_dir = ensure_run_dir(run_dir, "06_evaluate", name, globals())
 device = resolve_device(cfg.device)
 print("run directory:", run_dir)
 
@@ -214,3 +214,6 @@ display(Markdown(f"`{info['path']}`: clean {rep['clean_acc']:.1%}; the strongest
                  f"**{strongest['attack']}: {strongest['test_acc']:.1%}** at eps={e:.4g}. "
                  + (f"**{len(flags)} sign(s) of gradient masking**: quote the strongest attack, not PGD."
                     if flags else "No sign of gradient masking was seen." if masking_checks else "")))
+
+# %%
+finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

@@ -42,11 +42,11 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from rst_lib.analysis import plot_accuracy_vs_keep_ratio, plot_robust_vs_clean
-from rst_lib.workbook import (PROJECT_ROOT, collect_metrics, ensure_run_dir, group_over_seeds,
+from rst_lib.workbook import (finish_run, PROJECT_ROOT, collect_metrics, ensure_run_dir, group_over_seeds,
                               resolve_path_parameters, write_summary)
 
 resolve_path_parameters(globals())  # relative paths from the project root; missing ones refused
-run_dir = ensure_run_dir(run_dir, "07_compare_runs", name)
+run_dir = ensure_run_dir(run_dir, "07_compare_runs", name, globals())
 roots = ([p for d in run_dirs for p in sorted(glob.glob(str(d)))] if run_dirs
          else [runs_root or PROJECT_ROOT / "outputs"])
 rows = [r for r in collect_metrics(roots) if task_filter is None or r["task"] in task_filter]
@@ -117,3 +117,6 @@ if best:
                      f"{best['robust_acc_std']:.1%}, clean {best['clean_acc_mean']:.1%}** "
                      f"({best['split']} split, {best['examples']} examples). "
                      f"Table saved as `{run_dir / 'runs.csv'}`."))
+
+# %%
+finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

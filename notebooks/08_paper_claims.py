@@ -48,11 +48,13 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from rst_lib.analysis import CLAIMS, claims_table, collect_records, judge_claims, markdown_table, plot_claim
-from rst_lib.workbook import ensure_run_dir, sweep_run_dirs, write_json, write_summary
+from rst_lib.workbook import (finish_run, ensure_run_dir, resolve_path_parameters, sweep_run_dirs, write_json,
+                              write_summary)
 
+resolve_path_parameters(globals())  # relative paths from the project root; missing ones refused
 if not sweep:
     raise ValueError("sweep is required: the claims sweep file, e.g. params/sweeps/claims-cifar10-cpu.yaml")
-run_dir = ensure_run_dir(run_dir, "08_paper_claims", name)
+run_dir = ensure_run_dir(run_dir, "08_paper_claims", name, globals())
 chosen = [c for c in CLAIMS if claims is None or c.key in claims]
 unknown = sorted(set(claims or []) - {c.key for c in CLAIMS})
 if unknown:
@@ -104,3 +106,6 @@ write_summary(run_dir, {"finished_runs": len(records), "cells": len(cells), **co
 display(Markdown(f"{len(records)} of {len(cells)} runs finished; of the {len(counted)} counted claims "
                  + ", ".join(f"{n} {v}" for v, n in counts.items())
                  + f" (Holm over the counted claims); {len(results) - len(counted)} checks and controls shown."))
+
+# %%
+finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 
 from ..attacks.gradient import PGD
 from ..utils.devices import seeded_rng

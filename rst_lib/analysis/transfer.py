@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 
 from ..utils.devices import seeded_rng
 from ..engine.evaluation import count_correct

@@ -11,7 +11,7 @@ import logging
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 
 from ..masks.masking import frozen_masks
 from ..utils.devices import seeded_rng

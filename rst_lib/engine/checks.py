@@ -7,7 +7,7 @@ import os
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 
 from ..attacks.gradient import FGSM, PGD
 from ..attacks.noise import UniformNoise

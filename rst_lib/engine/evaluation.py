@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 
 from ..masks import masking
 from ..attacks.gradient import FGSM, PGD

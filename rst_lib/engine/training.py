@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
+from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 
 from ..masks import masking
 from ..config import ConfigError, RunConfig

@@ -5,6 +5,7 @@ from ..errors import parse_number
 from ..utils.files import write_json
 from ..utils.stats import accuracy_text, group_over_seeds
 from .index import collect_metrics, write_index
+from .live_runs import finish_run, report_run
 from .notebooks import (checks_markdown, config_from, ensure_run_dir, final_table, load_any,
                         load_tickets, per_class_table, resolve_checkpoint, resolve_path_parameters,
                         resolve_tickets, search_tickets, sweep_run_dirs, ticket_label, write_summary)
@@ -13,7 +14,7 @@ from .runs import run_notebook
 from .sweeps import run_sweep
 from .working_copy import new_working_copy
 
-__all__ = ["collect_metrics", "write_index", "checks_markdown", "config_from", "ensure_run_dir",
+__all__ = ["collect_metrics", "write_index", "finish_run", "report_run", "checks_markdown", "config_from", "ensure_run_dir",
            "final_table", "load_any", "load_tickets", "per_class_table", "resolve_checkpoint",
            "resolve_path_parameters", "new_working_copy", "resolve_tickets", "search_tickets",
            "sweep_run_dirs", "ticket_label", "write_summary", "PROJECT_ROOT", "run_notebook",

@@ -1,7 +1,7 @@
 """``rst-workbook``: run notebooks in batch, run sweeps, index the runs, train directly.
 
     rst-workbook run 01_search -p params/01_search/cpu-demo.yaml -p keep_ratio=0.05
-    rst-workbook new 01_search               # work/01_search.ipynb: a copy to explore in JupyterLab
+    rst-workbook new 01_search               # work/01_search-work.ipynb: a copy to explore in JupyterLab
     rst-workbook sweep params/sweeps/keep-ratios-cpu.yaml --jobs 2
     rst-workbook sweep params/sweeps/smoke.yaml --executor slurm --partition debug
     rst-workbook sweep params/sweeps/smoke.yaml --status
@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "open in JupyterLab; notebooks/ stays untouched")
     new.add_argument("notebook", help="a name in notebooks/ (01_search) or a notebook path")
     new.add_argument("name", nargs="?", default=None,
-                     help="the copy's name: work/NAME.ipynb (default: the notebook's name)")
+                     help="the copy's name: work/NAME.ipynb (default: NOTEBOOK-work)")
     new.add_argument("-p", "--param", action="append", default=[],
                      help="a YAML parameter file, or key=value, written into the copy's "
                           "parameters cell (repeatable; later wins)")
@@ -117,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
 
     ix = sub.add_parser("index", help="rewrite index.html in the output root from its runs")
     ix.add_argument("-o", "--output-root", default=None, help=out_help)
+
+    rp = sub.add_parser("report", help="a run made in JupyterLab: its executed notebook (the "
+                        "working copy as saved) and report.html into its folder, as a batch run has")
+    rp.add_argument("run_dir", help="the run folder (printed by the notebook)")
+    rp.add_argument("notebook", nargs="?", default=None,
+                    help="the notebook that made it (default: the working copy in its run.json)")
 
     pa = sub.add_parser("params", help="list a notebook's parameters with their defaults")
     pa.add_argument("notebook", help="a name in notebooks/ (01_search) or a notebook path")
@@ -232,6 +238,10 @@ def _command(args) -> int:
         return 0 if result.ok else 1
     if args.command == "index":
         print(write_index(_output_root(args.output_root)))
+        return 0
+    if args.command == "report":
+        from .live_runs import report_run
+        print(report_run(args.run_dir, args.notebook))
         return 0
     if args.command == "params":
         specs = parameter_specs(find_notebook(args.notebook))

@@ -16,14 +16,23 @@ Jupytext writes from the .py twin), so that write changed the notebook. The serv
 out a project-kernel notebook with the ``language_info`` that kernel will report (the
 kernel is this venv's ipykernel), so the write changes nothing.
 
-``make install`` enables it for the project's venv
-(``etc/jupyter/jupyter_server_config.d/rst-workbook.json``); by hand:
+``make install`` enables it for the project's venv: ``python -m
+rst_lib.workbook.jupyter_contents`` writes ``etc/jupyter/jupyter_server_config.d/rst-workbook.json``
+in the venv and fails unless a server started from the venv would then load it (enabled in the
+server's merged config, module importable). Why not ``jupyter server extension enable``: jupyter_server (2.21) only toggles an
+extension some config file already lists - for one no file lists it logs "Validation failed:
+The module ... could not be found" and still exits 0 - and packages ship that file as data;
+an editable install ships none. By hand, for one server:
 ``jupyter lab --ServerApp.jpserver_extensions="{'rst_lib.workbook.jupyter_contents': True}"``.
 """
 from __future__ import annotations
 
 import functools
 import inspect
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from ipykernel.ipkernel import IPythonKernel
@@ -31,6 +40,9 @@ from tornado.web import HTTPError
 
 from .runs import KERNEL_NAME
 from .working_copy import is_template
+
+EXTENSION = "rst_lib.workbook.jupyter_contents"  # this module's name, also when run as __main__
+CONFIG_FILE = Path("etc", "jupyter", "jupyter_server_config.d", "rst-workbook.json")
 
 
 def _refusal(path: str) -> HTTPError:
@@ -105,3 +117,56 @@ def _load_jupyter_server_extension(serverapp) -> None:
     # replaces the contents manager: wrap the one the server ends up using.
     protect_templates(serverapp.contents_manager, Path(serverapp.root_dir).resolve())
     serverapp.log.info("rst-workbook: notebooks/ opens read-only (work in copies: rst-workbook new)")
+
+
+def enable(prefix: str | os.PathLike = sys.prefix) -> Path:
+    """Write the server config that enables the extension for the environment at ``prefix``
+    (what ``jupyter server extension enable --sys-prefix`` writes for an extension it knows)."""
+    path = Path(prefix) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"ServerApp": {"jpserver_extensions": {EXTENSION: True}}}, indent=2) + "\n")
+    return path
+
+
+# Run in a fresh interpreter of the venv: the server's own merge of every config dir
+# (jupyter_config_path, JUPYTER_CONFIG_PATH first) and its own import check of the module.
+_PROBE = """
+import sys
+from jupyter_server.extension.manager import ExtensionPackage
+from jupyter_server.serverapp import ServerApp
+app = ServerApp()
+app.find_server_extensions()
+name = sys.argv[1]
+if app.jpserver_extensions.get(name) is not True:
+    sys.exit(f"not enabled in the server's config (jpserver_extensions: {app.jpserver_extensions.get(name)!r}; "
+             f"config dirs: {', '.join(app.config_file_paths)})")
+if not ExtensionPackage(name=name, enabled=True).validate():
+    sys.exit(f"enabled, but the server cannot load {name}")
+"""
+
+
+def extension_status(python: str | os.PathLike = sys.executable, env: dict | None = None) -> str:
+    """``enabled`` when a Jupyter server started with ``python``'s environment (and ``env``)
+    loads the extension: enabled in its merged config and importable with its extension
+    points; else why not."""
+    out = subprocess.run([str(python), "-c", _PROBE, EXTENSION], capture_output=True, text=True,
+                         env=env, timeout=180)
+    if out.returncode == 0:
+        return "enabled"
+    return (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+
+
+def main() -> int:
+    """``make install``: enable the extension in this venv and check that it is active."""
+    path = enable()
+    status = extension_status()
+    if status != "enabled":
+        print(f"ERROR: wrote {path}, but the server extension {EXTENSION} is not active, so "
+              f"JupyterLab would open the templates writable:\n{status}", file=sys.stderr)
+        return 1
+    print(f"JupyterLab server extension {EXTENSION}: enabled ({path})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,10 +21,11 @@ from ..engine.checks import check_masking_parameters
 from ..errors import ConfigError
 from .params import (PATH_LIST_PARAMS, PATH_PARAMS, PROJECT_ROOT, check_model_file,
                      path_base)
+from .live_runs import record_start
 from .sweep_files import load_sweep
 
 # Path parameters that name something to read: a missing one is a ConfigError up front.
-_INPUTS = ("ticket", "pretrained", "data_dir", "runs_root", "checkpoint", "tickets", "run_dirs")
+_INPUTS = ("ticket", "pretrained", "data_dir", "runs_root", "checkpoint", "sweep", "tickets", "run_dirs")
 # Path parameters that name where to write (made absolute the same way, created later).
 _OUTPUTS = ("run_dir", "data_cache_dir")
 
@@ -96,15 +97,22 @@ def config_from(namespace: dict, **overrides):
 
 
 def ensure_run_dir(run_dir: str | os.PathLike | None, notebook: str, name: str | None,
-                   outputs: str | os.PathLike | None = None) -> Path:
+                   namespace: dict | None = None, outputs: str | os.PathLike | None = None) -> Path:
     """``run_dir`` (created if needed) or, when None, a fresh
     ``<project>/outputs/<notebook>/<name>-<time>`` (``name`` None: the notebook's name),
-    wherever the kernel runs."""
+    wherever the kernel runs. With the notebook's ``namespace`` (``globals()``), a folder
+    that holds no ``run.json`` yet (not a batch run's) gets one recording this live run and
+    its parameters (:func:`~rst_lib.workbook.live_runs.record_start`)."""
+    root = None  # the run's index: the outputs folder it is made in
     if run_dir:
         path = Path(run_dir)
         path.mkdir(parents=True, exist_ok=True)
-        return path
-    return new_run_dir(Path(outputs or PROJECT_ROOT / "outputs") / notebook, name or notebook)
+    else:
+        root = Path(outputs or PROJECT_ROOT / "outputs")
+        path = new_run_dir(root / notebook, name or notebook)
+    if namespace is not None:
+        record_start(path, notebook, namespace, root)
+    return path
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -219,8 +227,13 @@ def load_any(path: str | os.PathLike, device="cpu", data=None):
 def sweep_run_dirs(sweep: str | os.PathLike, output_root: str | os.PathLike | None = None) -> list[Path]:
     """The run folders of a sweep file's cells (every stage; finished or not), in its order:
     a cell's committed study record where it has one (a sweep with ``study:``), else its run
-    folder. ``output_root``: where the sweep ran (None: the file's own, else ``outputs``)."""
-    return [c.read_dir for c in load_sweep(sweep, output_root=output_root, validate=False).cells]
+    folder. ``output_root``: where the sweep ran (None: the file's own, else the project's
+    ``outputs/``). Relative paths (``sweep``, ``output_root``, the file's ``output_root``)
+    are taken as a notebook's path parameters are (:func:`path_base`): from the project
+    root in a kernel anywhere inside it (``notebooks/``, ``work/``, a subfolder)."""
+    base = path_base()
+    return [c.read_dir for c in load_sweep(base / Path(sweep), base=base,
+                                           output_root=output_root, validate=False).cells]
 
 
 def write_summary(run_dir: str | os.PathLike, headline: dict, **extra) -> Path:

@@ -113,7 +113,8 @@ def _kernel_name() -> str:
     return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
 
 
-def _render_report(run_dir: Path, out_nb: Path, status: dict, output_root: Path) -> None:
+def render_run_report(run_dir: Path, out_nb: Path, status: dict, output_root: Path) -> None:
+    """``run_dir/report.html`` from the executed notebook ``out_nb`` and the run's record."""
     h = headline(run_dir)
     items = [f"run {run_dir.name}", status.get("started", "")]
     if status.get("seconds") is not None:
@@ -193,7 +194,7 @@ def run_notebook(notebook: str | os.PathLike, params_file: str | os.PathLike | N
         status.pop("pid", None)
         if out_nb.exists():
             try:
-                _render_report(run_dir, out_nb, status, output_root)
+                render_run_report(run_dir, out_nb, status, output_root)
                 status["report"] = "report.html"
             except Exception as e:  # noqa: BLE001 - keep the run's record; the traceback is logged
                 logging.getLogger("rst_lib").exception("could not render %s", run_dir / "report.html")

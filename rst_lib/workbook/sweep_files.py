@@ -150,11 +150,12 @@ STAGE_KEYS = ("stage", "notebook", "params", "set", "grid", "seeds", "cells")
 
 
 def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.PathLike | None = None,
-               validate: bool = True) -> Sweep:
+               validate: bool = True, base: str | os.PathLike | None = None) -> Sweep:
     """Read a sweep file (see the module docstring), expand it and check every cell.
 
     Every cell's parameters are validated before anything runs; ``overrides``
-    (``key=value`` strings or a dict) apply to every cell.
+    (``key=value`` strings or a dict) apply to every cell. A relative output root (the
+    default ``outputs`` too) is taken from ``base`` (None: the current folder, as typed).
     """
     path = Path(path)
     spec = read_yaml_mapping(path, "sweep file")
@@ -165,14 +166,14 @@ def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.Path
     name = str(spec.get("name") or path.stem)
     if not re.fullmatch(r"[\w.=+,-]+", name):
         raise ConfigError(f"{path}: name {name!r} may only hold letters, digits and . = + , - _")
-    root = Path(output_root or spec.get("output_root") or "outputs")
+    root = Path(base or ".") / Path(output_root or spec.get("output_root") or "outputs")
     study = None
     if spec.get("study"):
         study = Path(str(spec["study"]))
         if not study.is_absolute():  # relative to the project (params/sweeps/x.yaml: two up)
-            base = path.resolve().parent
-            study = (base.parent.parent if base.name == "sweeps" and base.parent.name == "params"
-                     else base) / study
+            folder = path.resolve().parent
+            study = (folder.parent.parent if folder.name == "sweeps" and folder.parent.name == "params"
+                     else folder) / study
     stages = spec.get("stages")
     if stages is None:
         stages = [{k: spec[k] for k in STAGE_KEYS if k in spec}]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import papermill
 import torch
-from tqdm.auto import tqdm
+from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 
 from ..errors import ConfigError
 from ..utils.files import read_json, sigterm_as_interrupt, write_json

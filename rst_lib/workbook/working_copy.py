@@ -48,7 +48,8 @@ def set_parameters(source: str, params: dict) -> str:
 def new_working_copy(notebook: str | os.PathLike, name: str | None = None,
                      params: dict | None = None, work_dir: str | os.PathLike | None = None,
                      force: bool = False) -> Path:
-    """``work/<name>.ipynb``: a working copy of a project notebook (by name or path).
+    """``work/<name>.ipynb``: a working copy of a project notebook (by name or path);
+    ``name`` None: ``<notebook>-work``, so its JupyterLab tab tells it from the template's.
 
     ``params`` (e.g. from ``-p`` files / ``key=value``) are checked like a batch run's
     (paths taken from the current folder and made absolute) and written into the copy's
@@ -67,7 +68,7 @@ def new_working_copy(notebook: str | os.PathLike, name: str | None = None,
         params = normalized
         validate_notebook_params(template, params)
     work_dir = Path(work_dir) if work_dir else WORK_DIR
-    stem = re.sub(r"[^\w.=-]+", "_", name or template.stem).removesuffix(".ipynb")
+    stem = re.sub(r"[^\w.=-]+", "_", name or f"{template.stem}-work").removesuffix(".ipynb")
     target = work_dir / f"{stem}.ipynb"
     if target.exists() and not force:
         raise ConfigError(f"{str(target)!r} exists: open it, or give another name "
