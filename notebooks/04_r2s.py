@@ -108,9 +108,8 @@ from IPython.display import display, Markdown
 from rst_lib import (RandomSwitch, autoattack_accuracy, evaluate_r2s, fixed_subset, load_run_data,
                      make_loader, resolve_device)
 from rst_lib.analysis import markdown_table, plot_r2s, r2s_rows
-from rst_lib.data.datasets import subset_record
 from rst_lib.workbook import (accuracy_text, config_from, ensure_run_dir, load_tickets,
-                              resolve_tickets, search_tickets,
+                              resolve_tickets, search_tickets, subset_record,
                               write_json, write_summary)
 
 cfg = config_from(globals())
