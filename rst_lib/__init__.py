@@ -9,8 +9,9 @@ from .analysis import RandomSwitch, evaluate_r2s, transfer_matrix
 from .attacks import FGSM, PGD, make_attack
 from .config import ConfigError, RunConfig, load_config
 from .data import DataBundle, DatasetUnavailable, fixed_subset, load_dataset, make_loader
-from .engine import (TrainResult, autoattack_accuracy, evaluate, final_checks, final_evaluation,
-                     gradient_masking_report, load_run_data, robustness_report, train)
+from .engine import (TrainResult, autoattack_accuracy, autoattack_versus_pgd, evaluate,
+                     final_checks, final_evaluation, gradient_masking_report, load_run_data,
+                     robustness_report, train)
 from .masks import frozen_masks, get_masks, mask_summary, masked_layers
 from .models import (ModelConfig, TicketError, build_model, create_model, list_models,
                      load_ticket, save_ticket)
@@ -23,6 +24,6 @@ __all__ = [
     "mask_summary", "masked_layers", "ModelConfig", "build_model", "create_model",
     "list_models", "TicketError", "load_ticket", "save_ticket", "TrainResult", "evaluate",
     "final_evaluation", "train", "transfer_matrix", "RandomSwitch", "evaluate_r2s",
-    "autoattack_accuracy", "robustness_report", "final_checks", "gradient_masking_report",
+    "autoattack_accuracy", "autoattack_versus_pgd", "robustness_report", "final_checks", "gradient_masking_report",
     "fixed_subset", "load_run_data", "resolve_device",
 ]

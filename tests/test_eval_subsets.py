@@ -66,3 +66,102 @@ def test_final_autoattack_examples_and_per_class_numbers(tmp_path):
     assert abs(clean - final["clean_acc"]) < 1e-9 and abs(robust - final["autoattack_acc"]) < 1e-9
     rows = per_class_table(final)
     assert [r["class"] for r in rows] == CLASSES and "AutoAttack" in rows[0]
+
+
+# --- issue 26: one definition of a per-class row; one set of images per number ---------
+
+TINY_EVAL = dict(model="conv2", width=0.125, keep_ratio=0.2, eps=0.1, eval_alpha=0.05,
+                 eval_steps=2, autoattack="fast", eval_batch_size=50)
+
+
+def _tiny_model(data):
+    from rst_lib import create_model
+    return create_model("conv2", 10, 1, image_size=28, width=0.125, keep_ratio=0.2).eval()
+
+
+def test_per_class_rows_hold_the_same_keys_whatever_the_subset_sizes(data):
+    """The quickstart crash (issue 26): with AutoAttack on every test example the rows lacked
+    autoattack_examples and per_class_table raised KeyError. Equal, smaller and larger
+    AutoAttack subsets, and none, all give ClassAccuracy rows the table reads."""
+    from dataclasses import fields
+    from rst_lib.engine.evaluation import ClassAccuracy
+    keys = {f.name for f in fields(ClassAccuracy)}
+    model = _tiny_model(data)
+    for final_n, aa_n in ((40, 40), (40, 20), (20, 40)):
+        cfg = RunConfig(**TINY_EVAL, final_examples=final_n, autoattack_examples=aa_n).validate()
+        final = final_evaluation(model, cfg, data, torch.device("cpu"), progress=False)
+        rows = final["per_class"]
+        assert all(set(r) == keys for r in rows.values()), (final_n, aa_n)
+        assert sum(r["examples"] for r in rows.values()) == final_n
+        assert sum(r["autoattack_examples"] for r in rows.values()) == aa_n
+        table = per_class_table(final)  # the quickstart's cell 6
+        assert len(table) == len(rows) and all("AutoAttack" in r for r in table)
+        # the per-class rows recombine into the headline numbers, on their own subsets
+        robust = sum(r["autoattack_acc"] * r["autoattack_examples"] for r in rows.values()
+                     if r["autoattack_examples"]) / aa_n
+        clean = sum(r["clean_acc"] * r["examples"] for r in rows.values() if r["examples"]) / final_n
+        assert abs(robust - final["autoattack_acc"]) < 1e-9
+        assert abs(clean - final["clean_acc"]) < 1e-9
+    no_aa = final_evaluation(model, cfg.replace(autoattack="none"), data, torch.device("cpu"),
+                             progress=False)
+    assert all(set(r) == keys and r["autoattack_examples"] == 0 and r["autoattack_acc"] is None
+               for r in no_aa["per_class"].values())
+    assert all("AutoAttack" not in r for r in per_class_table(no_aa))
+    # a metrics.json written before the fix (no autoattack_examples when AA covered all) reads
+    old = {"examples": 4, "clean_acc": 0.5, "pgd_acc": 0.25, "autoattack_acc": 0.25}
+    assert ClassAccuracy.from_dict(old).autoattack_examples == 4
+
+
+class _Recorder:
+    """Stands in for AutoAttack and records the images it is given (all survive)."""
+
+    def __init__(self, data):
+        self.index = {bytes(x.numpy().tobytes()): i for i, (x, _) in enumerate(data.test)}
+        self.calls: list[list[int]] = []
+
+    def indices(self, x: torch.Tensor) -> list[int]:
+        return [self.index[bytes(xi.numpy().tobytes())] for xi in x]
+
+    def autoattack_robust(self, model, x, *args, **kwargs):
+        self.calls.append(self.indices(x))
+        return torch.ones(len(x), dtype=torch.bool)
+
+    def worst_case_flags(self, model, x, y, pgd_ok, *args, **kwargs):
+        self.calls.append(self.indices(x))
+        return pgd_ok.clone()
+
+
+def test_autoattack_runs_on_one_fixed_nested_sample_of_the_split(data, monkeypatch):
+    """A search's AutoAttack images (final_evaluation) are those autoattack_accuracy
+    (06_evaluate, 04_r2s) and autoattack_versus_pgd take for the same size: the first n of
+    the split's fixed order, whatever final_examples is; nested for a larger n; and
+    metrics.json's hash is that of the images AutoAttack was given (issue 26: the search
+    shuffled its final subset a second time)."""
+    import hashlib
+    import rst_lib.engine.evaluation as E
+    from rst_lib.data.datasets import evaluation_indices
+    rec = _Recorder(data)
+    monkeypatch.setattr(E, "worst_case_flags", rec.worst_case_flags)
+    monkeypatch.setattr(E, "autoattack_robust", rec.autoattack_robust)
+    model = _tiny_model(data)
+    cpu = torch.device("cpu")
+
+    def search_indices(final_n, aa_n):
+        cfg = RunConfig(**TINY_EVAL, final_examples=final_n, autoattack_examples=aa_n).validate()
+        final = E.final_evaluation(model, cfg, data, cpu, progress=False)
+        used = rec.calls.pop()
+        assert final["autoattack"]["examples"] == len(used) == aa_n
+        sha = hashlib.sha256(",".join(map(str, used)).encode()).hexdigest()
+        assert final["autoattack"]["subset"]["indices_sha256"] == sha  # what a user checks
+        return used
+
+    aa30 = search_indices(None, 30)
+    assert len(set(aa30)) == 30
+    assert search_indices(60, 30) == aa30 == search_indices(30, 30) == search_indices(20, 30)
+    E.autoattack_accuracy(model, data.test, 0.1, "linf", "fast", 30, cpu)  # 06 / 04's call
+    assert rec.calls.pop() == aa30
+    E.autoattack_versus_pgd(model, data.test, 0.1, 0.05, n_examples=30, steps=1, device=cpu)
+    assert rec.calls.pop() == aa30
+    aa80 = search_indices(60, 80)
+    assert aa80[:30] == aa30  # nested: a larger sample adds images to the smaller one
+    assert aa30 == evaluation_indices(len(data.test), 30).tolist()

@@ -14,6 +14,7 @@ cache (:mod:`rst_lib.data.cache`); :mod:`rst_lib.data.loaders` batches them on t
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,10 +357,35 @@ def evaluation_order(n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(0))
 
 
+def evaluation_indices(split_size: int, n: int | None) -> torch.Tensor:
+    """The indices (into the split) of its first ``n`` examples in :func:`evaluation_order`
+    (``None``, or more than the split holds: all of them). Every evaluation subset is one
+    of these prefixes, taken once from the whole split: the same ``n`` means the same
+    images, a larger ``n`` adds images to them."""
+    if n is not None and n < 1:
+        raise ValueError(f"evaluation subset: n={n!r} must be >= 1 or None (all)")
+    return evaluation_order(split_size)[:n]
+
+
+def subset_record(split_size: int, n: int | None) -> dict:
+    """What metrics.json records of an evaluation subset, so that a user can check which
+    images a number was measured on: the split's size, the subset's size and the SHA-256
+    of its indices (decimal, comma-separated, in order)::
+
+        hashlib.sha256(",".join(map(str, evaluation_indices(N, n).tolist())).encode())
+    """
+    idx = evaluation_indices(split_size, n).tolist()
+    digest = hashlib.sha256(",".join(map(str, idx)).encode()).hexdigest()
+    return {"split_examples": split_size, "examples": len(idx), "indices_sha256": digest,
+            "order": "rst_lib.data.datasets.evaluation_indices (randperm of the split, seed 0)"}
+
+
 def fixed_subset(ds: Dataset, n: int | None) -> Dataset:
     """The first ``n`` examples of the split's :func:`evaluation_order` (``None``: all of
     them, in that order): a fixed random sample of the whole split, whatever order the
-    dataset stores it in (an ImageFolder split is sorted by class)."""
-    if n is not None and n < 1:
-        raise ValueError(f"fixed_subset: n={n!r} must be >= 1 or None (all)")
-    return _subset(ds, evaluation_order(len(ds))[:n])
+    dataset stores it in (an ImageFolder split is sorted by class).
+
+    Take it from the whole split only: a subset of a subset is reshuffled (its own order
+    is the evaluation order of its smaller size), so it would not be the first ``m`` of the
+    split (issue 26)."""
+    return _subset(ds, evaluation_indices(len(ds), n))

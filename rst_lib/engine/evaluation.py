@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 from ..masks import masking
 from ..attacks.gradient import FGSM, PGD
 from ..config import RunConfig
-from ..data.datasets import DataBundle, fixed_subset
+from ..data.datasets import DataBundle, evaluation_indices, fixed_subset, subset_record
 from ..data.loaders import make_loader
 from ..utils.devices import Distributed, resolve_device, seeded_rng
 from ..utils.journal import Journal, fingerprint, open_journal, unit_seed
@@ -97,10 +98,15 @@ def eval_attacks(model: nn.Module, cfg: RunConfig) -> dict:
 def final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
                      device: torch.device | None = None, progress: bool = True,
                      run_dir: str | os.PathLike | None = None) -> dict:
-    """The numbers to report: clean and PGD (``eval_*``) accuracy, and AutoAttack
-    (``cfg.autoattack``), on the first ``final_examples`` of the test split's fixed random
-    order (:func:`~rst_lib.data.datasets.fixed_subset`), each also per class, in
+    """The numbers to report: clean and PGD (``eval_*``) accuracy on the first
+    ``final_examples`` of the test split's fixed random order, and AutoAttack
+    (``cfg.autoattack``) on its first ``autoattack_examples``
+    (:func:`~rst_lib.data.datasets.evaluation_indices`: the same images as
+    :func:`autoattack_accuracy` and :func:`autoattack_versus_pgd` take for that number,
+    whatever ``final_examples`` is), each also per class (:class:`ClassAccuracy`), in
     ``cfg.eval_precision`` (fp32 unless asked otherwise, whatever autocast surrounds it).
+    ``subset`` and ``autoattack.subset`` record which images (size and SHA-256 of the
+    indices, :func:`~rst_lib.data.datasets.subset_record`).
 
     Random starts come from generators seeded per batch from ``cfg.seed`` (the global RNG
     is left as it was), so every model evaluated with the same ``cfg`` meets the same attack.
@@ -111,78 +117,141 @@ def final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
     gives the numbers of an uninterrupted one. Progress bars: one per attack, per batch.
     """
     device = device or resolve_device(cfg.device)
-    journal = open_journal(run_dir, "final_evaluation", fingerprint(model, cfg.to_dict()))
+    split = len(data.test)
+    n_test = len(evaluation_indices(split, cfg.final_examples))
+    n_aa = len(evaluation_indices(split, cfg.autoattack_examples)) if cfg.autoattack != "none" else 0
+    # the journal belongs to these images: a journal of other inputs is never read back
+    journal = open_journal(run_dir, "final_evaluation", fingerprint(
+        model, {**cfg.to_dict(), "inputs": subset_record(split, max(n_test, n_aa))}))
     with autocast_context(cfg.eval_precision, device):
-        return _final_evaluation(model, cfg, data, device, progress, journal)
+        return _final_evaluation(model, cfg, data, device, progress, journal, n_test, n_aa)
 
 
-def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
-                      device: torch.device, progress: bool, journal: Journal) -> dict:
-    test = fixed_subset(data.test, cfg.final_examples)
-    x, y = input_tensors(test, None)
-    # per input: clean and PGD outcome, in test order
-    clean_ok, pgd_ok = _correct_flags(model, x, y, eval_attacks(model, cfg)["pgd"],
-                                      cfg.eval_batch_size, device, cfg.seed, journal,
-                                      progress, f"final PGD-{cfg.eval_steps}")
-    out = {"split": "test", "examples": len(test), "clean_acc": _fraction(clean_ok),
-           "pgd_acc": _fraction(pgd_ok), "pgd": f"PGD-{cfg.eval_steps}",
-           "eps": cfg.eval_eps_value, "threat_model": cfg.threat_model}
+def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle, device: torch.device,
+                      progress: bool, journal: Journal, n_test: int, n_aa: int) -> dict:
+    split = len(data.test)
+    # One prefix of the split's evaluation order, taken once from the whole split: the test
+    # examples are its first n_test, the AutoAttack examples its first n_aa (PGD also runs
+    # on AutoAttack examples beyond final_examples: AutoAttack attacks what PGD left).
+    x, y = input_tensors(data.test, max(n_test, n_aa))
+    clean_all, pgd_all = _correct_flags(model, x, y, eval_attacks(model, cfg)["pgd"],
+                                        cfg.eval_batch_size, device, cfg.seed, journal,
+                                        progress, f"final PGD-{cfg.eval_steps}")
+    clean_ok, pgd_ok = clean_all[:n_test], pgd_all[:n_test]
+    out = {"split": "test", "examples": n_test, "subset": subset_record(split, n_test),
+           "clean_acc": _fraction(clean_ok), "pgd_acc": _fraction(pgd_ok),
+           "pgd": f"PGD-{cfg.eval_steps}", "eps": cfg.eval_eps_value,
+           "threat_model": cfg.threat_model}
+    robust = None
     if cfg.autoattack != "none":
-        # AutoAttack runs on the inputs PGD did not break: an input counts as robust only if
-        # both fail (the per-example worst case), and no AutoAttack time goes to inputs that
-        # are already lost. Its examples are the first autoattack_examples of the test
-        # split's fixed random order (fixed_subset): every class, whatever the storage order.
-        n = min(cfg.autoattack_examples, len(test))
-        survivors = pgd_ok[:n]
-        robust = survivors.clone()
-        if survivors.any():
-            robust[survivors] = autoattack_robust(model, x[:n][survivors], y[:n][survivors],
-                                                   cfg.eval_eps_value, cfg.threat_model,
-                                                   cfg.autoattack, device, cfg.seed,
-                                                   cfg.eval_batch_size, progress, journal)
+        survivors = pgd_all[:n_aa]
+        robust = worst_case_flags(model, x[:n_aa], y[:n_aa], survivors, cfg.eval_eps_value,
+                                  cfg.threat_model, cfg.autoattack, device, cfg.seed,
+                                  cfg.eval_batch_size, progress, journal)
         out["autoattack_acc"] = _fraction(robust)
-        out["autoattack"] = {"version": cfg.autoattack, "examples": n,
-                             "on": "inputs PGD did not break (per-example worst case)"}
+        out["autoattack"] = {"version": cfg.autoattack, "examples": n_aa,
+                             "on": "inputs PGD did not break (per-example worst case)",
+                             "subset": subset_record(split, n_aa)}
         out["pgd_acc_on_autoattack_examples"] = _fraction(survivors)
-    out["per_class"] = per_class_accuracy(
-        y, {"clean_acc": clean_ok, "pgd_acc": pgd_ok,
-            **({"autoattack_acc": robust} if cfg.autoattack != "none" else {})}, data.classes)
+    out["per_class"] = per_class_accuracy(y, clean_ok, pgd_ok, robust, data.classes)
     # The headline: AutoAttack when it ran (PGD alone overstates robustness too often).
     out["robust_acc"] = out.get("autoattack_acc", out["pgd_acc"])
     out["robust_attack"] = (f"AutoAttack ({cfg.autoattack})" if "autoattack_acc" in out
                             else out["pgd"])
-    out["robust_examples"] = out["autoattack"]["examples"] if "autoattack" in out else len(test)
+    out["robust_examples"] = n_aa if robust is not None else n_test
     if journal.resumed:
         out["resumed_units"] = journal.resumed  # batches recorded before an interruption
     return out
 
 
-def per_class_accuracy(labels: torch.Tensor, flags: dict[str, torch.Tensor],
-                       classes: list[str]) -> dict:
-    """``{class name: {"examples": n, name: accuracy, ...}}`` of per-example correctness
-    ``flags`` (name -> bool per input; a shorter tensor covers the first inputs, e.g. the
-    AutoAttack examples, and its count is ``<name>_examples``). Classes without examples
-    are left out."""
+def worst_case_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pgd_ok: torch.Tensor,
+                     eps: float, threat_model: str, version: str, device, seed: int,
+                     batch_size: int, progress: bool = False,
+                     journal: Journal | None = None) -> torch.Tensor:
+    """Per input: robust to PGD AND to AutoAttack's ``version``? AutoAttack runs only on the
+    inputs PGD did not break (``pgd_ok``): an input counts as robust only if both fail (the
+    per-example worst case), and no AutoAttack time goes to inputs already lost."""
+    robust = pgd_ok.clone()
+    if pgd_ok.any():
+        robust[pgd_ok] = autoattack_robust(model, x[pgd_ok], y[pgd_ok], eps, threat_model,
+                                           version, device, seed, batch_size, progress, journal)
+    return robust
+
+
+@dataclass(frozen=True)
+class ClassAccuracy:
+    """One class's row of a final evaluation's ``per_class`` (metrics.json): the same keys
+    whatever the subset sizes, written by :func:`per_class_accuracy` and read back by
+    :meth:`from_dict` (e.g. :func:`~rst_lib.workbook.notebooks.per_class_table`)."""
+    examples: int                      # the class's test examples (of final_examples)
+    clean_acc: float | None            # None: the class has no test example
+    pgd_acc: float | None
+    autoattack_examples: int           # the class's AutoAttack examples (0: AutoAttack did not run)
+    autoattack_acc: float | None       # None: AutoAttack did not run, or on no input of the class
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict) -> "ClassAccuracy":
+        """A row of metrics.json, also as written before issue 26, when
+        ``autoattack_examples`` was left out if AutoAttack covered every test example."""
+        aa = row.get("autoattack_acc")
+        default_aa_examples = row["examples"] if aa is not None else 0
+        return cls(int(row["examples"]), row.get("clean_acc"), row.get("pgd_acc"),
+                   int(row.get("autoattack_examples", default_aa_examples)), aa)
+
+
+def per_class_accuracy(labels: torch.Tensor, clean_ok: torch.Tensor, pgd_ok: torch.Tensor,
+                       robust: torch.Tensor | None, classes: list[str]) -> dict[str, dict]:
+    """``{class name: ClassAccuracy row (dict)}`` of per-input correctness in input order:
+    ``clean_ok`` and ``pgd_ok`` cover the first test inputs, ``robust`` (AutoAttack, per-example
+    worst case; None when it did not run) the first AutoAttack inputs; ``labels`` covers
+    both. Classes with neither test nor AutoAttack examples are left out."""
     out = {}
     for c, cname in enumerate(classes):
-        row: dict = {}
-        for name, ok in flags.items():
-            of_class = labels[:len(ok)] == c
-            n = int(of_class.sum())
-            if n:
-                row[name] = _fraction(ok[of_class])
-                if len(ok) < len(labels):
-                    row[f"{name.removesuffix('_acc')}_examples"] = n
-        if row:
-            out[str(cname)] = {"examples": int((labels == c).sum()), **row}
+        test = labels[:len(clean_ok)] == c
+        aa = labels[:len(robust)] == c if robust is not None else None
+        n, n_aa = int(test.sum()), int(aa.sum()) if aa is not None else 0
+        if not (n or n_aa):
+            continue
+        out[str(cname)] = ClassAccuracy(
+            examples=n, clean_acc=_fraction(clean_ok[test]) if n else None,
+            pgd_acc=_fraction(pgd_ok[test]) if n else None, autoattack_examples=n_aa,
+            autoattack_acc=_fraction(robust[aa]) if n_aa else None).to_dict()
     return out
 
 
 def input_tensors(dataset: Dataset, n_examples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n_examples`` of ``dataset``'s fixed order as two tensors (inputs, labels)."""
+    """The first ``n_examples`` of ``dataset``'s fixed order as two tensors (inputs, labels).
+    ``dataset``: a whole split (a subset would be shuffled again, see
+    :func:`~rst_lib.data.datasets.fixed_subset`)."""
     sub = fixed_subset(dataset, n_examples)
     xs, ys = zip(*make_loader(sub, 500))
     return torch.cat(xs), torch.cat(ys)
+
+
+def autoattack_versus_pgd(model: nn.Module, dataset: Dataset, eps: float, alpha: float,
+                          threat_model: str = "linf", version: str = "fast",
+                          n_examples: int | None = 1000, steps: int = 20, restarts: int = 1,
+                          early_stop: bool = False, device: str | torch.device = "cpu",
+                          seed: int = 0, batch_size: int = 250, progress: bool = False) -> dict:
+    """AutoAttack and PGD-``steps`` on the SAME images, the first ``n_examples`` of the
+    split's fixed order (those a search with ``autoattack_examples = n_examples`` runs
+    AutoAttack on), measured as :func:`final_evaluation` does: AutoAttack on the inputs
+    PGD did not break (per-example worst case). For a comparison of the two, e.g. the flag
+    "AutoAttack far below PGD". Returns ``examples``, ``clean_acc``, ``pgd_acc``,
+    ``autoattack_acc``, ``pgd`` (its name) and ``subset`` (which images)."""
+    device = torch.device(device)
+    x, y = input_tensors(dataset, n_examples)
+    attack = PGD(model, eps, alpha, steps, restarts, norm=threat_model, early_stop=early_stop)
+    clean_ok, pgd_ok = _correct_flags(model, x, y, attack, batch_size, device, seed,
+                                      progress=progress, desc=f"PGD-{steps}")
+    robust = worst_case_flags(model, x, y, pgd_ok, eps, threat_model, version, device, seed,
+                              batch_size, progress)
+    return {"examples": len(x), "clean_acc": _fraction(clean_ok), "pgd_acc": _fraction(pgd_ok),
+            "autoattack_acc": _fraction(robust), "pgd": f"PGD-{steps}", "autoattack": version,
+            "subset": subset_record(len(dataset), n_examples)}
 
 
 def autoattack_accuracy(model: nn.Module, dataset: Dataset, eps: float, threat_model: str = "linf",
@@ -190,7 +259,10 @@ def autoattack_accuracy(model: nn.Module, dataset: Dataset, eps: float, threat_m
                         device: str | torch.device = "cpu", seed: int = 0,
                         batch_size: int = 250, progress: bool = False,
                         journal: Journal | None = None) -> float:
-    """Robust accuracy under AutoAttack on the first ``n_examples`` of the fixed test order.
+    """Robust accuracy under AutoAttack on the first ``n_examples`` of the fixed order of the
+    split ``dataset`` (:func:`~rst_lib.data.datasets.evaluation_indices`): the images a
+    search with ``autoattack_examples = n_examples`` runs AutoAttack on. AutoAttack alone;
+    :func:`autoattack_versus_pgd` gives it next to PGD on the same images.
 
     ``version``: ``standard`` (APGD-CE, APGD-T, FAB-T, Square); ``fast`` = APGD-CE (1
     restart, as standard) and APGD-T on the 3 most likely wrong classes (standard: 9),

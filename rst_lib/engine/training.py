@@ -29,7 +29,8 @@ from ..masks import masking
 from ..config import ConfigError, RunConfig
 from ..data.datasets import DataBundle, fixed_subset
 from ..data.loaders import make_loader, set_epoch
-from ..utils.devices import Distributed, resolve_device, seeded_rng, setup_distributed
+from ..utils.devices import (Distributed, generator_states, resolve_device, seeded_rng,
+                             set_generator_states, setup_distributed)
 from .evaluation import eval_attacks, evaluate, final_evaluation
 from .live import LiveLog
 from ..utils.files import TORCH_LOAD_ERRORS, torch_save, write_json
@@ -257,7 +258,7 @@ def prepare_run(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None
 
 def restore(run: Run, resume: bool) -> RunState:
     """A fresh start, or the state of ``run_dir/last.pt`` when resuming (model, optimizer,
-    loss scaler and RNG included, so the resumed run matches an uninterrupted one)."""
+    loss scaler and every random generator: the resumed run matches an uninterrupted one)."""
     state = RunState(notes=run.ctx.notes,  # one list: the epochs' warnings land in it
                      best={selection_metrics(run.cfg)[0]: -1.0})
     if run.select_split == "test":
@@ -270,9 +271,10 @@ def restore(run: Run, resume: bool) -> RunState:
         run.ctx.optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
             run.ctx.scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["rng"])
         state.history, state.best, state.epoch = ck["history"], ck["best"], ck["epoch"]
         state.notes[:] = ck.get("notes", [])
+        # every generator (CPU, each CUDA device, python, numpy): the same run on any device
+        state.notes += [n for n in set_generator_states(ck["rng"]) if n not in state.notes]
         state.best_model, state.stopped = ck["best_model"], ck.get("stopped")
     state.started = time.time()
     return state
@@ -372,7 +374,7 @@ def checkpoint(run: Run, state: RunState) -> None:
     if run.writer is None:
         return
     torch_save({"model": run.model.state_dict(), "optimizer": run.ctx.optimizer.state_dict(),
-                "rng": torch.get_rng_state(), "history": state.history, "best": state.best,
+                "rng": generator_states(), "history": state.history, "best": state.best,
                 "epoch": state.epoch, "best_model": state.best_model, "notes": state.notes,
                 "stopped": state.stopped, "scaler": run.ctx.scaler.state_dict()},
                run.writer / "last.pt")

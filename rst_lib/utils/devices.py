@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as torch_dist
 
@@ -65,10 +67,12 @@ def _leave_process_group() -> None:
 
 @contextmanager
 def seeded_rng(seed: int | None, device: str | torch.device = "cpu"):
-    """Run the block with the global torch RNG seeded to ``seed``; restore it afterwards.
+    """Run the block with the global random streams seeded to ``seed``; restore them afterwards.
 
-    Forks the CPU generator and, for a CUDA ``device``, that device's generator, so the
-    caller's random stream is untouched. ``seed=None`` leaves the RNG alone.
+    Forks the torch CPU generator and, for a CUDA ``device``, that device's generator, and
+    python's ``random`` and numpy's global RNG (seeded too: nothing in a seeded block draws
+    from an unseeded stream), so the caller's random streams are untouched. ``seed=None``
+    leaves them alone.
     """
     if seed is None:
         yield
@@ -76,6 +80,62 @@ def seeded_rng(seed: int | None, device: str | torch.device = "cpu"):
     dev = torch.device(device)
     devices = [dev.index if dev.index is not None else torch.cuda.current_device()] \
         if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+    host = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2 ** 32)
+            yield
+    finally:
+        random.setstate(host[0])
+        np.random.set_state(host[1])
+
+
+def generator_states() -> dict:
+    """The state of every generator a run draws from, for a resumable checkpoint: torch's
+    CPU generator, each CUDA device's generator (when this process uses CUDA), python's
+    ``random`` and numpy's global RNG. Tensors and plain containers only (``last.pt`` is
+    read with ``weights_only``). :func:`set_generator_states` restores them.
+
+    (The data order and the batch augmentation have no state to keep: their generators are
+    made anew each epoch from the seed and the epoch, :mod:`rst_lib.data.loaders`.)"""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"torch": torch.get_rng_state(),
+              "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                         "gauss": gauss},
+              "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                        "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = [s.clone() for s in torch.cuda.get_rng_state_all()]
+    return states
+
+
+def set_generator_states(states: dict | torch.Tensor) -> list[str]:
+    """Restore what :func:`generator_states` saved (a bare tensor: the torch CPU state
+    alone, as checkpoints before issue 26 kept it). Returns what could not be restored
+    (e.g. CUDA states saved on 2 devices, resumed on 1), to be recorded with the run."""
+    if isinstance(states, torch.Tensor):
+        torch.set_rng_state(states)
+        return ["the checkpoint keeps the torch CPU generator only (saved before issue 26): "
+                "CUDA, python and numpy streams continue from the run's seed"]
+    notes = []
+    torch.set_rng_state(states["torch"])
+    if "python" in states:
+        p = states["python"]
+        random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    if "numpy" in states:
+        n = states["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                             n["has_gauss"], n["cached"]))
+    saved_cuda = states.get("cuda") or []
+    if saved_cuda:
+        here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        for i, s in enumerate(saved_cuda[:here]):
+            torch.cuda.set_rng_state(s, i)
+        if here < len(saved_cuda):
+            notes.append(f"the run was saved with {len(saved_cuda)} CUDA device generator(s) "
+                         f"and resumed with {here}: the others are not restored, so random "
+                         "draws on them differ from the run it replaces")
+    return notes

@@ -1,6 +1,7 @@
 """The workbook around the library: notebook parameters (:mod:`.params`), batch runs and their
 reports (:mod:`.runs`, :mod:`.report`), sweeps, the run index, the helpers the notebooks call
 (:mod:`.notebooks`) and the ``rst-workbook`` command (:mod:`.cli`)."""
+from ..data.datasets import subset_record
 from ..errors import parse_number
 from ..utils.files import write_json
 from ..utils.stats import accuracy_text, group_over_seeds
@@ -18,4 +19,5 @@ __all__ = ["collect_metrics", "write_index", "finish_run", "report_run", "checks
            "final_table", "load_any", "load_tickets", "per_class_table", "resolve_checkpoint",
            "resolve_path_parameters", "new_working_copy", "resolve_tickets", "search_tickets",
            "sweep_run_dirs", "ticket_label", "write_summary", "PROJECT_ROOT", "run_notebook",
-           "run_sweep", "parse_number", "write_json", "accuracy_text", "group_over_seeds"]
+           "run_sweep", "parse_number", "write_json", "accuracy_text", "group_over_seeds",
+           "subset_record"]

@@ -18,6 +18,7 @@ from ..engine.tasks import build_task, load_run_data
 from ..models.tickets import TicketError, load_ticket, resolve_ticket, ticket_meta
 from ..engine.training import train
 from ..engine.checks import check_masking_parameters
+from ..engine.evaluation import ClassAccuracy
 from ..errors import ConfigError
 from .params import (PATH_LIST_PARAMS, PATH_PARAMS, PROJECT_ROOT, check_model_file,
                      path_base)
@@ -260,17 +261,23 @@ def final_table(rows: list[dict]) -> list[dict]:
 
 
 def per_class_table(final: dict) -> list[dict]:
-    """Display rows of the per-class accuracies of one ``final_evaluation`` result: one row
-    per class (clean and PGD on its test examples, AutoAttack on its AutoAttack examples). A
-    class far below the others, or a headline from few classes, shows at once."""
+    """Display rows of the per-class accuracies of one ``final_evaluation`` result
+    (:class:`~rst_lib.engine.evaluation.ClassAccuracy` rows): one row per class (clean and
+    PGD on its test examples, AutoAttack on its AutoAttack examples). A class far below the
+    others, or a headline from few classes, shows at once."""
     out = []
     for name, r in (final.get("per_class") or {}).items():
-        row = {"class": name, "examples": r["examples"], "clean": f"{r['clean_acc']:.1%}",
-               final.get("pgd", "PGD"): f"{r['pgd_acc']:.1%}"}
-        if "autoattack_acc" in r:
-            row["AutoAttack"] = f"{r['autoattack_acc']:.1%} (n {r['autoattack_examples']})"
+        r = ClassAccuracy.from_dict(r)
+        row = {"class": name, "examples": r.examples, "clean": _percent(r.clean_acc),
+               final.get("pgd", "PGD"): _percent(r.pgd_acc)}
+        if final.get("autoattack"):  # AutoAttack ran: a column for every class
+            row["AutoAttack"] = f"{_percent(r.autoattack_acc)} (n {r.autoattack_examples})"
         out.append(row)
     return out
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def checks_markdown(checks: dict | None) -> str:
