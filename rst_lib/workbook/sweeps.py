@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import papermill
-import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
@@ -30,6 +28,7 @@ from .sweep_files import Sweep, SweepCell, cell_name, load_sweep  # noqa: F401 (
 
 def visible_gpus() -> list[str]:
     """CUDA device ids a job may be given (honours an existing CUDA_VISIBLE_DEVICES)."""
+    import torch  # only to count GPUs: `sweep --status` and `--dry-run` start without it
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     n = torch.cuda.device_count()
     if n == 0:
@@ -220,6 +219,7 @@ def _cell_main(argv: list[str]) -> int:
 
 def run_cell(spec: dict) -> int:
     """Run one cell (its notebook, resumed if it was started before); the exit code."""
+    import papermill  # its error class; run_notebook loads it anyway
     try:
         with sigterm_as_interrupt():
             run_notebook(spec["notebook"], None, spec["params"], spec["output_root"],
