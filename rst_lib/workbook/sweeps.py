@@ -26,6 +26,7 @@ from .index import headline, refresh_index
 from .params import absolute_path
 from .sweep_files import Sweep, SweepCell, cell_name, load_sweep  # noqa: F401 (the sweep API)
 
+
 def visible_gpus() -> list[str]:
     """CUDA device ids a job may be given (honours an existing CUDA_VISIBLE_DEVICES)."""
     import torch  # only to count GPUs: `sweep --status` and `--dry-run` start without it
