@@ -47,26 +47,29 @@ def commands(out: str) -> list[tuple[str, list[str], float | None]]:
     ]
 
 
-def time_once(argv: list[str]) -> tuple[float, int]:
+def time_once(argv: list[str], root: Path = ROOT) -> tuple[float, int]:
+    env = {**os.environ, "PYTHONPATH": str(root)}  # that checkout's rst_lib
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+    proc = subprocess.run([sys.executable, *argv], cwd=root, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, env=env)
     return time.perf_counter() - t0, proc.returncode
 
 
-def measure(rounds: int = 7, log=print) -> dict:
+def measure(rounds: int = 7, log=print, root: Path = ROOT) -> dict:
+    """``root``: the checkout whose CLI is timed (another one: e.g. an exported older
+    commit, to compare before and after)."""
     with tempfile.TemporaryDirectory() as out:
         cmds = commands(out)
         times: dict[str, list[float]] = {label: [] for label, _, _ in cmds}
         codes = {}
         for label, argv, _ in cmds:  # warm-up: the page cache holds the files afterwards
-            _, codes[label] = time_once(argv)
+            _, codes[label] = time_once(argv, root)
         for r in range(rounds):
             k = r % len(cmds)
             for label, argv, _ in cmds[k:] + cmds[:k]:
-                times[label].append(time_once(argv)[0])
+                times[label].append(time_once(argv, root)[0])
             log(f"  round {r + 1}/{rounds} done")
-    (ROOT / "work" / f"{PROBE}.ipynb").unlink(missing_ok=True)
+    (root / "work" / f"{PROBE}.ipynb").unlink(missing_ok=True)
     rows = []
     for label, _, target in cmds:
         t = times[label]
@@ -74,7 +77,7 @@ def measure(rounds: int = 7, log=print) -> dict:
         rows.append({"command": label, "median_s": med, "min_s": min(t), "max_s": max(t),
                      "rounds": t, "exit_code": codes[label], "target_s": target,
                      "met": None if target is None else med <= target})
-    return {"rows": rows, "rounds": rounds, "python": sys.version.split()[0],
+    return {"rows": rows, "rounds": rounds, "root": str(root), "python": sys.version.split()[0],
             "loadavg": os.getloadavg(), "cpus": os.cpu_count()}
 
 
@@ -91,11 +94,11 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(result: dict) -> str:
+def write(result: dict, name: str = "cli_startup") -> str:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cli_startup.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
     md = markdown(result)
-    (RESULTS / "cli_startup.md").write_text(md)
+    (RESULTS / f"{name}.md").write_text(md)
     return md
 
 
@@ -113,8 +116,11 @@ def bench_cli_startup(args, rows, log=print) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--root", default=str(ROOT),
+                    help="the checkout whose CLI is timed (default: this one)")
+    ap.add_argument("--name", default="cli_startup", help="results/<name>.md and .json")
     args = ap.parse_args(argv)
-    print(write(measure(args.rounds)))
+    print(write(measure(args.rounds, root=Path(args.root).resolve()), args.name))
     return 0
 
 

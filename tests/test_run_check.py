@@ -67,7 +67,7 @@ SHIPPED = sorted((ROOT / "params").rglob("*.yaml"))
 
 
 def test_every_shipped_parameter_file_is_checked_or_refused_for_a_true_reason(tmp_path, at_project_root):
-    assert len(SHIPPED) >= 45 and all(notebook_for(f).is_file() for f in SHIPPED
+    assert len(SHIPPED) >= 44 and all(notebook_for(f).is_file() for f in SHIPPED
                                       if f.parent.name != "sweeps")
     cache_before = _cache_listing()
     checked, refused = {}, {}
@@ -78,11 +78,13 @@ def test_every_shipped_parameter_file_is_checked_or_refused_for_a_true_reason(tm
         except (ConfigError, DatasetUnavailable) as e:
             refused[name] = str(e)
     for name, lines in checked.items():
-        spec = yaml.safe_load((ROOT / "params" / name).read_text()) or {}
-        if "sweeps" not in name and spec.get("dataset") or notebook_for(ROOT / "params" / name).stem <= "06":
-            if "sweeps" not in name:
-                assert any(line.startswith("data: ") for line in lines), (name, lines)
-                assert any(line.startswith("network: ") for line in lines), (name, lines)
+        if not name.startswith("sweeps/") and notebook_for(ROOT / "params" / name).stem <= "06":
+            # 00-06 load data and build a network: both were located / built
+            assert any(line.startswith("data: ") for line in lines), (name, lines)
+            assert any(line.startswith("network: ") for line in lines), (name, lines)
+        if name.startswith("sweeps/"):  # every cell checked: as many network lines as cells
+            cells = {line.split(": ", 1)[0] for line in lines}
+            assert len(cells) == sum(line.split(": ", 1)[1].startswith("parameters: ") for line in lines)
         for line in lines:
             if "download=true fetches it" in line:  # absent, and said so: only where it is true
                 folder = Path(line.split("not under '")[1].split("'")[0])
@@ -117,7 +119,11 @@ def test_the_check_refuses_a_broken_file_and_absent_data_in_one_line(tmp_path, a
     assert len(str(e.value).splitlines()) == 1
     absent = tmp_path / "absent.yaml"
     absent.write_text(f"dataset: imagefolder\ndata_dir: {tmp_path / 'no-images'}\n")
-    with pytest.raises(DatasetUnavailable, match="no-images") as e:
+    with pytest.raises(ConfigError, match="no-images' does not exist") as e:  # no such folder
+        check_notebook_run(NB / "01_search.ipynb", absent, output_root=tmp_path / "out")
+    assert len(str(e.value).splitlines()) == 1
+    (tmp_path / "no-images").mkdir()  # a folder, but no train/ and test/ class folders in it
+    with pytest.raises(DatasetUnavailable, match="no-images' must hold train/") as e:
         check_notebook_run(NB / "01_search.ipynb", absent, output_root=tmp_path / "out")
     assert len(str(e.value).splitlines()) == 1
     sweep = tmp_path / "sweeps" / "bad-cell.yaml"
