@@ -101,7 +101,7 @@ def headline_text(run_dir: str | None) -> str:
     return ", ".join(parts)
 
 
-def record(rows: list[dict], gflops: float, started: str, output_root: Path) -> str:
+def record(rows: list[dict], gflops: float, started: str, output_root: Path, command: str) -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
         "# The CPU demos, end to end (`make demos`)", "",
@@ -109,7 +109,8 @@ def record(rows: list[dict], gflops: float, started: str, output_root: Path) -> 
         "notebooks 01-07, run as `rst-workbook run NOTEBOOK -p FILE`, one after the other.", "",
         f"Last run: started {started}; {platform.node()}, {os.cpu_count()} CPUs, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; 2048x2048 fp32 matmul "
-        f"{gflops:.1f} GFLOPS; load average at the end {load}; runs under `{output_root}`.", "",
+        f"{gflops:.1f} GFLOPS; load average at the end {load}; runs under `{output_root}`; "
+        f"command `{command}`.", "",
         "| notebook | parameter file | status | wall time | headline numbers | run folder |",
         "|---|---|---|---|---|---|"]
     for r in rows:
@@ -156,7 +157,9 @@ def main(argv=None) -> int:
               + (f"\n{r['output']}" if args.check else ""), flush=True)
     failed = [r for r in rows if r.get("exit_code")]
     if not args.check:
-        text = record(rows, matmul_gflops(), started, output_root)
+        command = "make demos" if os.environ.get("MAKELEVEL") and argv is None and len(sys.argv) == 1 \
+            else " ".join(["bench/demos.py", *(sys.argv[1:] if argv is None else argv)])
+        text = record(rows, matmul_gflops(), started, output_root, command)
         Path(args.doc).write_text(text)
         print(text)
     return 1 if failed else 0

@@ -80,3 +80,16 @@ def test_the_probe_sees_a_command_that_imports_torch(tmp_path):
     assert [r["code"] for r in report] == [0, 0, 0]
     assert report[0]["heavy"] == [] and "torch" in report[1]["heavy"]
     assert "papermill" not in report[2]["heavy"] and not (tmp_path / "out").exists()  # --check writes nothing
+
+
+def test_parameters_read_without_papermill_are_papermills():
+    """The CLI reads a notebook's parameters cell itself (papermill's import is 1.5 s): the
+    same names, order, default text and help as papermill's inspect_notebook, every notebook."""
+    import papermill
+    from rst_lib.workbook.params import parameter_specs
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert len(notebooks) >= 9
+    for nb in notebooks:
+        ours = [(k, s["default"], s["help"]) for k, s in parameter_specs(nb).items()]
+        theirs = [(k, p["default"], p.get("help") or "") for k, p in papermill.inspect_notebook(str(nb)).items()]
+        assert ours == theirs, nb.name
