@@ -3,6 +3,7 @@
 #   make test         - install into .venv, run the test suite (all of it: what CI runs), in
 #                       TEST_WORKERS processes side by side, file by file (docs/testing.md)
 #   make test-quick   - the same without the tests marked slow (notebooks, longer searches)
+#   make demos        - every CPU-sized demo of notebooks 01-07 end to end, recorded in docs/demos.md
 # Re-running is fast: the install step re-runs only when pyproject.toml or constraints.txt change.
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install quickstart test test-quick bench notebooks clean-venv
+.PHONY: install quickstart test test-quick bench demos notebooks clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +36,9 @@ test-quick: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+demos: $(STAMP)
+	$(BIN)/python bench/demos.py
 
 notebooks: $(STAMP)
 	$(BIN)/python -m rst_lib.workbook.params

@@ -14,6 +14,8 @@ Benchmarks (``--only`` takes a comma-separated list of these names):
 * ``gpu_table``    ``--device cuda``: resnet18/34 b256 search steps in fp32, bf16, bf16 +
                    compile, ours / dense / seed-style, images/s, peak memory, and the RBRN
                    ResNet34 preset's estimated time (bench/gpu_table.py; skipped on the CPU).
+* ``cli_startup``  how fast ``rst-workbook`` answers: light commands, refusals, ``model``,
+                   beside ``python -c pass`` (bench/cli_startup.py).
 
 Every timing is measured side by side: one worker process per variant, the variants run one
 after the other in rotating order for each round, after one warm-up call each (same shapes,
@@ -38,6 +40,7 @@ from common import Row, fmt_bytes, fmt_mb, fmt_s  # noqa: E402
 CIFAR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg"
 ALL = ("search_step", "eval_pgd20", "ticket_size", "cifar10", "ideas", "data_pipeline")
 ALL += ("amp", "gpu_table")  # bench/gpu_table.py
+ALL += ("cli_startup",)  # bench/cli_startup.py
 
 # (model, batch, repeats) of the search-step benchmark; a resnet18 step takes tens of seconds
 # on a 2-core CPU (the seed-style one about twice that), so resnet18 gets one round fewer.
@@ -491,6 +494,11 @@ def bench_gpu_table(args, rows: list[Row]) -> None:
     gpu_table.bench_gpu_table(args, rows, log=log)
 
 
+def bench_cli_startup(args, rows: list[Row]) -> None:
+    import cli_startup  # bench/cli_startup.py: a fresh interpreter per CLI call
+    cli_startup.bench_cli_startup(args, rows, log=log)
+
+
 # ------------------------------------------------------------------------------------ main
 
 
@@ -544,7 +552,7 @@ def main(argv=None) -> int:
         {"search_step": bench_search_step, "eval_pgd20": bench_eval, "ticket_size": bench_ticket,
          "cifar10": bench_cifar10, "ideas": bench_ideas,
          "data_pipeline": bench_data_pipeline, "amp": bench_amp,
-         "gpu_table": bench_gpu_table}[name](args, rows)
+         "gpu_table": bench_gpu_table, "cli_startup": bench_cli_startup}[name](args, rows)
         timings[name] = time.perf_counter() - t0
         log(f"  ({name}: {timings[name]:.0f} s)")
     total = time.perf_counter() - t_start

@@ -15,6 +15,12 @@ PACKAGE = Path(rst_lib.__file__).parent
 # imported inside functions on purpose: optional or heavy, needed by one code path only
 LAZY_OK = {"torchvision", "mlxtend", "PIL", "pyautoattack", "autoattack", "ipywidgets",
            "onnx", "onnxscript", "onnxruntime"}
+# heavy to import (seconds): imported by the function that needs them, so that what does not
+# (the CLI's light commands, parameter checks, reading run files) starts without them (issue 27)
+HEAVY = {"torch", "papermill", "nbformat", "nbconvert", "jinja2", "scipy", "matplotlib"}
+# rooms whose functions may import the library's heavier rooms when called (the CLI's commands,
+# the checks before a kernel starts); those imports follow the layers like the others
+DEFERRING_ROOMS = {"workbook"}
 # The rooms, bottom to top: a module may import its own room and the rooms below it, never one above.
 LAYERS = [("errors",), ("config", "utils", "masks"), ("models", "data"), ("attacks",), ("engine",),
           ("analysis", "interop"), ("workbook",)]
@@ -57,7 +63,7 @@ def _module_imports(path: Path) -> tuple[set[str], list[str], list[tuple[str, st
                         if a.name.startswith("_") and a.name != "__version__"]
         elif isinstance(node, (ast.Import, ast.ImportFrom)) and node not in tree.body:
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
-            inner += [m for m in mods if m.split(".")[0] not in LAZY_OK]
+            inner += [m for m in mods if m.split(".")[0] not in LAZY_OK | HEAVY]
     return top, inner, private
 
 
@@ -114,8 +120,12 @@ def test_every_room_imports_only_its_own_room_and_rooms_below():
 
 def test_errors_is_the_bottom_layer_and_imports_are_at_the_top():
     assert _graph()["errors"] == set()
-    for path in _modules().values():
+    for module, path in _modules().items():
         _, inner, _ = _module_imports(path)
+        deferred = [t for t in inner if _room(module) in DEFERRING_ROOMS and _room(t) in RANK]
+        for target in deferred:
+            assert RANK[_room(target)] <= RANK[_room(module)], f"{module} imports {target}, a room above it"
+        inner = [t for t in inner if t not in deferred]
         assert not inner, f"{path.name} imports {inner} inside a function"
 
 

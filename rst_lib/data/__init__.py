@@ -1,6 +1,11 @@
-"""Data: datasets as images in [0, 1] (:mod:`.datasets`), a checksummed uint8 cache of small
-image sets (:mod:`.cache`), and batches (:mod:`.loaders`)."""
-from .datasets import DataBundle, DatasetUnavailable, fixed_subset, load_dataset
-from .loaders import make_loader
+"""Data: datasets as images in [0, 1] (:mod:`.datasets`), where their files are (:mod:`.locations`),
+a checksummed uint8 cache of small image sets (:mod:`.cache`), and batches (:mod:`.loaders`)."""
+from ..utils.lazy import lazy_exports
 
-__all__ = ["DataBundle", "DatasetUnavailable", "fixed_subset", "load_dataset", "make_loader"]
+# name -> the module that defines it, imported when the name is first read (PEP 562):
+# importing the package stays cheap (no torch, papermill or scipy until needed)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".datasets": ("DataBundle", "fixed_subset", "load_dataset"),
+    ".locations": ("DatasetUnavailable",),
+    ".loaders": ("make_loader",),
+})

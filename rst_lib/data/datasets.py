@@ -28,13 +28,8 @@ from .cache import (MAX_CACHED_SIZE, Augment, CachedImages, NotCacheable, cache_
                          decode_image_files, files_fingerprint, load_or_build, log,
                          torchvision_tensors, tree_files)
 from ..errors import ConfigError
-
-DATA_HELP = ("Provide the data by pointing data_dir at a folder that holds it, "
-             "or pass download=True on a machine with internet access.")
-
-
-class DatasetUnavailable(FileNotFoundError):
-    """The data is not where we looked. The message names the path and how to fix it."""
+from .locations import (DATA_HELP, TORCHVISION_FILES, DatasetUnavailable,  # noqa: F401 (re-exported)
+                        check_available, default_data_dir)
 
 
 @dataclass
@@ -133,10 +128,6 @@ def normalization_stats(normalization: str, dataset: str, data) -> tuple[tuple, 
                           f"only; {dataset} with {data.num_classes} classes of {data.image_size} px "
                           "needs normalization: dataset")
     return constants[key]
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("RST_DATA_DIR", "data")).expanduser()
 
 
 def load_mnist5k() -> DataBundle:
@@ -291,29 +282,7 @@ def _cached_bundle(name: str, parts, augment: Augment | None, channels: int, siz
 
 
 # What torchvision's loaders read under the data folder (checked before any compute).
-TORCHVISION_FILES = {"cifar10": ["cifar-10-batches-py"], "cifar100": ["cifar-100-python"],
-                     "svhn": ["train_32x32.mat", "test_32x32.mat"], "mnist": ["MNIST"]}
 
-
-def check_available(name: str, data_dir: str | os.PathLike | None = None,
-                    download: bool = False) -> None:
-    """Raise :class:`DatasetUnavailable` (naming the full path) when ``load_dataset`` would
-    not find the data: a check that reads no image, for before a kernel starts."""
-    if name == "mnist5k" or (download and name != "imagefolder"):
-        return
-    root = (Path(data_dir).expanduser() if data_dir is not None else default_data_dir()).resolve()
-    if name == "imagefolder":
-        if data_dir is None:
-            raise DatasetUnavailable("dataset=imagefolder needs data_dir: a folder with train/ and "
-                                     "test/ (or val/) holding one subfolder per class")
-        if not (root / "train").is_dir() or not any((root / d).is_dir() for d in ("test", "val")):
-            raise DatasetUnavailable(f"dataset=imagefolder: {str(root)!r} must hold train/ and "
-                                     f"test/ (or val/) class folders. {DATA_HELP}")
-        return
-    missing = [f for f in TORCHVISION_FILES.get(name, []) if not (root / f).exists()]
-    if missing:
-        raise DatasetUnavailable(f"dataset={name}: no {missing[0]} under data_dir {str(root)!r}. "
-                                 f"{DATA_HELP}")
 
 
 def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = None,

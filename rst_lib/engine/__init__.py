@@ -1,13 +1,13 @@
 """The engine: what a task trains (:mod:`.tasks`), the training loop (:mod:`.training`), its
 schedules, precision and tuned steps, the evaluation and the gradient-masking checks."""
-from .checks import final_checks, gradient_masking_report
-from .evaluation import (ClassAccuracy, autoattack_accuracy, autoattack_versus_pgd,
-                         count_correct, evaluate, final_evaluation, robustness_report)
-from .tasks import build_task, check_run, describe_model, load_run_data, run_model_config
-from .training import TrainResult, train
+from ..utils.lazy import lazy_exports
 
-__all__ = ["final_checks", "gradient_masking_report", "autoattack_accuracy",
-           "autoattack_versus_pgd", "ClassAccuracy", "count_correct",
-           "evaluate", "final_evaluation", "robustness_report", "build_task", "check_run",
-           "describe_model", "load_run_data", "run_model_config",
-           "TrainResult", "train"]
+# name -> the module that defines it, imported when the name is first read (PEP 562):
+# importing the package stays cheap (no torch, papermill or scipy until needed)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".checks": ("final_checks", "gradient_masking_report"),
+    ".evaluation": ("ClassAccuracy", "autoattack_accuracy", "autoattack_versus_pgd", "count_correct", "evaluate", "final_evaluation",
+                    "robustness_report"),
+    ".tasks": ("build_task", "check_run", "describe_model", "load_run_data", "run_model_config"),
+    ".training": ("TrainResult", "train"),
+})

@@ -16,10 +16,9 @@ from torch.utils.tensorboard import SummaryWriter  # the `tensorboard` package (
 
 from ..config import RunConfig
 from ..masks import masking
-from ..utils.files import read_json, write_json
+from ..utils.files import PROGRESS_FILE, read_json, write_json
 from .schedules import eps_factor
 
-PROGRESS_FILE = "progress.json"
 TENSORBOARD_DIR = "tensorboard"
 HISTOGRAM_EVERY = 5  # epochs between score histograms (also the first and the last epoch)
 # history row key -> TensorBoard tag (scalars written once per epoch, when present)

@@ -42,8 +42,8 @@ from ..masks import masking
 from ..models.registry import ModelConfig, build_model
 from ..models.tickets import save_ticket
 from ..utils.files import TORCH_LOAD_ERRORS, staged_folder, write_json
+from .sources import PARAMS, SOURCES
 
-SOURCES = ("rst", "rbrn")
 WEIGHT_INIT = {"rst": "signed_constant", "rbrn": "binary"}  # the shipped CIFAR configs' --init
 # seed architecture (lower case) -> (workbook model, model_kwargs)
 ARCHITECTURES = {
@@ -61,15 +61,6 @@ for _name, _planes in _SMALL.items():
     for _suffix in ("", "_cifar100"):
         ARCHITECTURES[_name + _suffix] = ("resnet" + _name[6:8], {"planes": _planes})
 BLOCKS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3], "resnet50": [3, 4, 6, 3]}
-PARAMS = {  # what -p may set for an import
-    "model": "the seed's architecture (cResNet18, Conv4, ResNet18_001_p1, ...); default: the "
-             "checkpoint's 'arch', else the file name {network}_{keep}.pth",
-    "keep_ratio": "the kept fraction the seed ran with (--prune-rate); default: the file name",
-    "adaptive_p": "RBRN's --pr-scale (required for rbrn; rst: 1)",
-    "end_with_bn": "RBRN's --end-with-bn (the checkpoint has last.* keys)",
-    "dataset": "the dataset the checkpoint was trained on, for 06_evaluate (default cifar10)",
-    "data_dir": "where that dataset is", "name": "a name for the ticket",
-}
 FILE_NAME = re.compile(r"^(?P<arch>.+)_(?P<keep>\d*\.?\d+(?:[eE]-?\d+)?)$")  # {network}_{keep}.pth
 
 

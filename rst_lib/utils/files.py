@@ -20,7 +20,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
-import torch
 
 
 def _umask() -> int:
@@ -63,6 +62,9 @@ def read_json(path: str | os.PathLike) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+# A run's live progress: the training loop writes it (engine.live), the index reads it.
+PROGRESS_FILE = "progress.json"
+
 # What torch.load raises on a file that is not a loadable archive: refused pickles, cut
 # archives, a folder or an unreadable file; random bytes that are not a zip archive reach
 # the (weights-only) unpickler, which can fail with almost anything (struct.error, ...).
@@ -72,6 +74,7 @@ TORCH_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.Bad
 
 
 def torch_save(obj, path: str | os.PathLike) -> Path:
+    import torch  # here, not at the top: reading run files must not load torch (CLI start-up)
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 

@@ -1,23 +1,23 @@
 """The workbook around the library: notebook parameters (:mod:`.params`), batch runs and their
 reports (:mod:`.runs`, :mod:`.report`), sweeps, the run index, the helpers the notebooks call
 (:mod:`.notebooks`) and the ``rst-workbook`` command (:mod:`.cli`)."""
-from ..data.datasets import subset_record
-from ..errors import parse_number
-from ..utils.files import write_json
-from ..utils.stats import accuracy_text, group_over_seeds
-from .index import collect_metrics, write_index
-from .live_runs import finish_run, report_run
-from .notebooks import (checks_markdown, config_from, ensure_run_dir, final_table, load_any,
-                        load_tickets, per_class_table, resolve_checkpoint, resolve_path_parameters,
-                        resolve_tickets, search_tickets, sweep_run_dirs, ticket_label, write_summary)
-from .params import PROJECT_ROOT
-from .runs import run_notebook
-from .sweeps import run_sweep
-from .working_copy import new_working_copy
+from ..utils.lazy import lazy_exports
 
-__all__ = ["collect_metrics", "write_index", "finish_run", "report_run", "checks_markdown", "config_from", "ensure_run_dir",
-           "final_table", "load_any", "load_tickets", "per_class_table", "resolve_checkpoint",
-           "resolve_path_parameters", "new_working_copy", "resolve_tickets", "search_tickets",
-           "sweep_run_dirs", "ticket_label", "write_summary", "PROJECT_ROOT", "run_notebook",
-           "run_sweep", "parse_number", "write_json", "accuracy_text", "group_over_seeds",
-           "subset_record"]
+# name -> the module that defines it, imported when the name is first read (PEP 562):
+# importing the package stays cheap (no torch, papermill or scipy until needed)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "..data.datasets": ("subset_record",),
+    "..errors": ("parse_number",),
+    "..utils.files": ("write_json",),
+    "..utils.stats": ("accuracy_text", "group_over_seeds"),
+    ".index": ("collect_metrics", "write_index"),
+    ".live_runs": ("finish_run", "report_run"),
+    ".notebooks": ("checks_markdown", "config_from", "ensure_run_dir", "final_table", "load_any",
+                   "load_tickets", "per_class_table", "resolve_checkpoint",
+                   "resolve_path_parameters", "resolve_tickets", "search_tickets", "sweep_run_dirs",
+                   "ticket_label", "write_summary"),
+    ".params": ("PROJECT_ROOT",),
+    ".runs": ("run_notebook",),
+    ".sweeps": ("run_sweep",),
+    ".working_copy": ("new_working_copy",),
+})

@@ -1,6 +1,7 @@
 """``rst-workbook``: run notebooks in batch, run sweeps, index the runs, train directly.
 
     rst-workbook run 01_search -p params/01_search/cpu-demo.yaml -p keep_ratio=0.05
+    rst-workbook run 01_search -p params/01_search/cifar10-cpu.yaml --check   # check only
     rst-workbook new 01_search               # work/01_search-work.ipynb: a copy to explore in JupyterLab
     rst-workbook sweep params/sweeps/keep-ratios-cpu.yaml --jobs 2
     rst-workbook sweep params/sweeps/smoke.yaml --executor slurm --partition debug
@@ -20,28 +21,24 @@ Parameters, data and tickets are checked before any kernel starts (exit code 2).
 """
 from __future__ import annotations
 
+# Only what every command needs is imported here: the light commands (--help, params, model's
+# parameter check, index, sweep --status, new, every refused parameter) start without torch,
+# papermill, nbformat or scipy (issue 27; tests/test_cli_startup.py). Each command imports
+# its machinery when it runs.
 import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
-import papermill
-
 from ..config import RunConfig, load_params
 from ..errors import ConfigError, did_you_mean
+from ..interop.sources import PARAMS as IMPORT_PARAMS, SOURCES
 from ..utils.files import sigterm_as_interrupt
-from .runs import RunExists, run_notebook
-from .index import write_index
-from ..engine.tasks import describe_model
-from .cluster import (EXECUTORS, SlurmOptions, add_arguments, cell_states, cli_options,
-                      status_lines, submit_sweep)
-from .sweeps import load_sweep, run_sweep
-from ..engine.training import train
-from ..interop import export_ticket, import_checkpoint
-from ..interop.seeds import PARAMS as IMPORT_PARAMS, SOURCES
-from .params import PROJECT_ROOT, find_notebook, parameter_specs
-from .working_copy import new_working_copy
+from .cluster import EXECUTORS, SlurmOptions, add_arguments, cell_states, cli_options, status_lines
+from .params import PROJECT_ROOT, check_notebook_params, find_notebook, parameter_specs
+from .runs import RunExists
+from .sweep_files import load_sweep
 
 
 def _param_values(values: list[str], known: set[str]) -> tuple[list[str], list[str]]:
@@ -86,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
                           "is continued)")
     run.add_argument("--no-progress", action="store_true",
                      help="no papermill cell progress bar (for logs)")
+    run.add_argument("--check", action="store_true",
+                     help="check only: every check a run makes before its kernel starts, the "
+                          "network built on the meta device, where the data is; nothing is "
+                          "run or written")
 
     new = sub.add_parser("new", help="a working copy of a notebook in work/ (ignored by git) to "
                                      "open in JupyterLab; notebooks/ stays untouched")
@@ -186,94 +187,134 @@ def _sweep_executor(args) -> str:
     return executor
 
 
-def _cluster_sweep(args) -> int:
-    """``sweep --status``, and ``sweep --executor slurm`` (submit what is missing)."""
-    sweep = load_sweep(args.sweep, args.param, _output_root(args.output_root))
-    if args.status:
+def _run(args) -> int:
+    notebook = find_notebook(args.notebook)
+    params = _params(args.param, set(parameter_specs(notebook)))
+    check_notebook_params(notebook, params)  # a mistyped value is refused before torch loads
+    if args.check:
+        from .run_check import check_notebook_run
+        found = check_notebook_run(notebook, None, params, _output_root(args.output_root),
+                                   run_dir=args.run_dir)
+        print(f"{notebook.name}: ready to run (nothing was run or written)")
+        for line in found.lines:
+            print(f"  {line}")
+        return 0
+    import papermill
+    from .runs import run_notebook
+    try:
+        run_dir = run_notebook(notebook, None, params, _output_root(args.output_root),
+                               progress=not args.no_progress, run_dir=args.run_dir)
+    except papermill.PapermillExecutionError as e:  # run.json and the report say where
+        print(f"rst-workbook: the notebook failed in cell {e.exec_count}: {e.ename}: "
+              f"{e.evalue}", file=sys.stderr)
+        return 1
+    print(f"run directory: {run_dir}")
+    print(f"report:        {run_dir / 'report.html'}")
+    return 0
+
+
+def _new(args) -> int:
+    from .working_copy import new_working_copy
+    notebook = find_notebook(args.notebook)
+    params = _params(args.param, set(parameter_specs(notebook)))
+    path = new_working_copy(notebook, args.name, params, force=args.force)
+    print(f"working copy: {path}")
+    print(f"open it in JupyterLab (`jupyter lab` in {PROJECT_ROOT}): "
+          f"{path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
+    return 0
+
+
+def _sweep(args) -> int:
+    bad = [p for p in args.param if "=" not in p]
+    if bad:
+        raise ConfigError(f"sweep takes key=value overrides only, got {bad}")
+    if args.status:  # the cells' states: no cell is checked again (nothing starts)
+        sweep = load_sweep(args.sweep, args.param, _output_root(args.output_root), validate=False)
         for line in status_lines(cell_states(sweep)):
             print(line)
         return 0
     executor = args.executor or _sweep_executor(args)
-    options = SlurmOptions.from_mapping(sweep.slurm, f"{args.sweep}: slurm").merged(
-        cli_options(args))
-    submit_sweep(sweep, executor, options, dry_run=args.dry_run)
-    if not args.dry_run:
-        print(f"watch it: rst-workbook sweep {args.sweep} --status")
+    if executor != "local":  # submit what is missing as cluster jobs
+        from .cluster import submit_sweep
+        sweep = load_sweep(args.sweep, args.param, _output_root(args.output_root))
+        options = SlurmOptions.from_mapping(sweep.slurm, f"{args.sweep}: slurm").merged(
+            cli_options(args))
+        submit_sweep(sweep, executor, options, dry_run=args.dry_run)
+        if not args.dry_run:
+            print(f"watch it: rst-workbook sweep {args.sweep} --status")
+        return 0
+    from .sweeps import run_sweep
+    result = run_sweep(args.sweep, args.jobs, args.param, _output_root(args.output_root),
+                       progress=not args.no_progress, retry_failed=not args.skip_failed,
+                       dry_run=args.dry_run)
+    if result.interrupted:
+        return 130
+    return 0 if result.ok else 1
+
+
+def _index(args) -> int:
+    from .index import write_index
+    print(write_index(_output_root(args.output_root)))
     return 0
 
 
+def _list_params(args) -> int:
+    specs = parameter_specs(find_notebook(args.notebook))
+    width = max(map(len, specs), default=0)
+    for name, spec in specs.items():
+        help_ = f"  # {spec['help']}" if spec["help"] else ""
+        print(f"{name:<{width}} = {spec['default']}{help_}")
+    return 0
+
+
+def _model(args) -> int:
+    cfg = RunConfig.from_dict(_params(args.param, set(RunConfig.field_names())))
+    from ..engine.tasks import describe_model  # torch: the network is built on the meta device
+    description = describe_model(cfg)
+    print(json.dumps(description, indent=1) if args.json else model_text(description))
+    return 0
+
+
+def _train(args) -> int:
+    cfg = RunConfig.from_dict(_params(args.param, set(RunConfig.field_names())))
+    from ..engine.training import train
+    train(cfg, args.run_dir, progress=True, resume=args.resume)
+    return 0
+
+
+def _import(args) -> int:
+    from ..interop import import_checkpoint
+    params = _params(args.param, set(IMPORT_PARAMS))
+    out = import_checkpoint(args.checkpoint, args.source, args.output, params)
+    rec = json.loads((out / "import.json").read_text())
+    print(f"imported {rec['params']['model']} ({rec['source']}) as {rec['model_config']['name']}: "
+          f"{rec['total_kept']:,} of {rec['total_weights']:,} masked weights kept in "
+          f"{len(rec['layers'])} layers")
+    print(f"ticket folder: {out}")
+    return 0
+
+
+def _export(args) -> int:
+    from ..interop import export_ticket
+    out = export_ticket(args.ticket, args.output, images=args.images, onnx=not args.no_onnx)
+    print((out / "export_log.txt").read_text())
+    print(f"exported to {out}")
+    return 0
+
+
+def _report(args) -> int:
+    from .live_runs import report_run
+    print(report_run(args.run_dir, args.notebook))
+    return 0
+
+
+# one function per subcommand (a new subcommand: its parser above, its function here)
+COMMANDS = {"run": _run, "new": _new, "sweep": _sweep, "index": _index, "params": _list_params,
+            "model": _model, "report": _report, "train": _train, "import": _import, "export": _export}
+
+
 def _command(args) -> int:
-    if args.command == "run":
-        notebook = find_notebook(args.notebook)
-        params = _params(args.param, set(parameter_specs(notebook)))
-        try:
-            run_dir = run_notebook(notebook, None, params, _output_root(args.output_root),
-                                   progress=not args.no_progress, run_dir=args.run_dir)
-        except papermill.PapermillExecutionError as e:  # run.json and the report say where
-            print(f"rst-workbook: the notebook failed in cell {e.exec_count}: {e.ename}: "
-                  f"{e.evalue}", file=sys.stderr)
-            return 1
-        print(f"run directory: {run_dir}")
-        print(f"report:        {run_dir / 'report.html'}")
-        return 0
-    if args.command == "new":
-        notebook = find_notebook(args.notebook)
-        params = _params(args.param, set(parameter_specs(notebook)))
-        path = new_working_copy(notebook, args.name, params, force=args.force)
-        print(f"working copy: {path}")
-        print(f"open it in JupyterLab (`jupyter lab` in {PROJECT_ROOT}): "
-              f"{path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
-        return 0
-    if args.command == "sweep":
-        bad = [p for p in args.param if "=" not in p]
-        if bad:
-            raise ConfigError(f"sweep takes key=value overrides only, got {bad}")
-        if args.status or (args.executor or _sweep_executor(args)) != "local":
-            return _cluster_sweep(args)
-        result = run_sweep(args.sweep, args.jobs, args.param, _output_root(args.output_root),
-                           progress=not args.no_progress, retry_failed=not args.skip_failed,
-                           dry_run=args.dry_run)
-        if result.interrupted:
-            return 130
-        return 0 if result.ok else 1
-    if args.command == "index":
-        print(write_index(_output_root(args.output_root)))
-        return 0
-    if args.command == "report":
-        from .live_runs import report_run
-        print(report_run(args.run_dir, args.notebook))
-        return 0
-    if args.command == "params":
-        specs = parameter_specs(find_notebook(args.notebook))
-        width = max(map(len, specs), default=0)
-        for name, spec in specs.items():
-            help_ = f"  # {spec['help']}" if spec["help"] else ""
-            print(f"{name:<{width}} = {spec['default']}{help_}")
-        return 0
-    if args.command == "model":
-        cfg = RunConfig.from_dict(_params(args.param, set(RunConfig.field_names())))
-        description = describe_model(cfg)
-        print(json.dumps(description, indent=1) if args.json else model_text(description))
-        return 0
-    if args.command == "train":
-        cfg = RunConfig.from_dict(_params(args.param, set(RunConfig.field_names())))
-        train(cfg, args.run_dir, progress=True, resume=args.resume)
-        return 0
-    if args.command == "import":
-        params = _params(args.param, set(IMPORT_PARAMS))
-        out = import_checkpoint(args.checkpoint, args.source, args.output, params)
-        rec = json.loads((out / "import.json").read_text())
-        print(f"imported {rec['params']['model']} ({rec['source']}) as {rec['model_config']['name']}: "
-              f"{rec['total_kept']:,} of {rec['total_weights']:,} masked weights kept in "
-              f"{len(rec['layers'])} layers")
-        print(f"ticket folder: {out}")
-        return 0
-    if args.command == "export":
-        out = export_ticket(args.ticket, args.output, images=args.images, onnx=not args.no_onnx)
-        print((out / "export_log.txt").read_text())
-        print(f"exported to {out}")
-        return 0
-    raise AssertionError(args.command)
+    return COMMANDS[args.command](args)
 
 
 def model_text(description: dict) -> str:

@@ -10,8 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterable
 
-from ..engine.live import PROGRESS_FILE
-from ..utils.files import read_json, write_text
+from ..utils.files import PROGRESS_FILE, read_json, write_text
 
 HEADLINE_KEYS = ("dataset", "model", "keep_ratio", "clean_acc", "pgd_acc", "autoattack_acc",
                  "robust_acc", "examples")

@@ -6,20 +6,17 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
+import functools
+import io
 import json
 import os
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-import papermill
-
 from ..config import RunConfig, allowed, check_fields, param
-from ..data.datasets import check_available
-from ..models.tickets import TicketError, read_ticket
-from ..engine.tasks import check_run
-from ..engine.training import load_checkpoint
-from ..engine.checks import check_masking_parameters
+from ..data.locations import check_available
 from ..errors import ConfigError, did_you_mean, parse_number
 from ..utils.files import model_file
 
@@ -54,29 +51,113 @@ def find_notebook(name: str | os.PathLike) -> Path:
 
 
 def parameter_specs(notebook: str | os.PathLike) -> dict:
-    """``{name: {"default": source text, "value": literal or _NO_DEFAULT, "help": comment}}``."""
+    """``{name: {"default": source text, "value": literal or _NO_DEFAULT, "help": comment}}``
+    of the notebook's ``parameters`` cell, in order.
+
+    Read from the notebook's JSON with :mod:`ast` (what papermill's ``inspect_notebook``
+    returns for these cells, without importing papermill and nbformat: 1.5 s of start-up)."""
+    path = Path(notebook).resolve()
+    try:
+        stat = path.stat()
+    except OSError as e:
+        raise ConfigError(f"{notebook} is not a readable notebook: {e}") from None
+    specs = _cell_specs(str(path), stat.st_mtime_ns, stat.st_size)
+    return {name: dict(spec) for name, spec in specs.items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _cell_specs(path: str, mtime_ns: int, size: int) -> dict:
+    """:func:`parameter_specs` of one version of a notebook file (a sweep checks the same
+    notebook for every cell)."""
+    source = parameters_source(path)
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}: the parameters cell is not Python: {e}") from None
+    lines = source.splitlines(keepends=True)
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}
     out = {}
-    for name, info in papermill.inspect_notebook(str(notebook)).items():
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+        elif isinstance(node, ast.AnnAssign) and node.value is not None and isinstance(node.target, ast.Name):
+            name = node.target.id
+        else:
+            continue
         try:
-            value = ast.literal_eval(info["default"])
+            value = ast.literal_eval(node.value)
         except (ValueError, SyntaxError, TypeError):
             value = _NO_DEFAULT
-        out[name] = {"default": info["default"], "value": value, "help": info.get("help") or ""}
+        out[name] = {"default": _segment(lines, node.value), "value": value,
+                     "help": comments.get(node.end_lineno, "")}
     return out
 
 
-def validate_notebook_params(notebook: str | os.PathLike, params: dict) -> None:
-    """Unknown names or bad values fail here, before any kernel starts.
+def _segment(lines: list[str], node: ast.expr) -> str:
+    """The source text of ``node`` (``ast.get_source_segment`` re-splits the whole cell on
+    every call: quadratic in the cell's length)."""
+    first, last = node.lineno - 1, node.end_lineno - 1
+    if first == last:
+        return lines[first].encode()[node.col_offset:node.end_col_offset].decode()
+    parts = [lines[first].encode()[node.col_offset:].decode(), *lines[first + 1:last],
+             lines[last].encode()[:node.end_col_offset].decode()]
+    return "".join(parts)
+
+
+def parameters_source(notebook: str | os.PathLike) -> str:
+    """The source of the notebook's first cell tagged ``parameters`` ("" if none)."""
+    try:
+        cells = json.loads(Path(notebook).read_text(encoding="utf-8")).get("cells", [])
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{notebook} is not a readable notebook: {e}") from None
+    for cell in cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = cell.get("source", "")
+            return "".join(source) if isinstance(source, list) else source
+    return ""
+
+
+def validate_notebook_params(notebook: str | os.PathLike, params: dict) -> RunConfig:
+    """Unknown names or bad values fail here, before any kernel starts; returns the run's
+    :class:`RunConfig` (the notebook's defaults with ``params`` over them).
+
+    * first what needs no torch (:func:`check_notebook_params`): names, types, allowed values,
+      the data's presence - a mistyped value is refused in a fraction of a second;
+    * then RunConfig's combinations by :func:`~rst_lib.engine.tasks.check_run` (the model is
+      checked against the registry, a finetune's ticket is read), the masking checks'
+      strength, and every ticket or run folder given must hold a model file that loads.
+    """
+    cfg = check_notebook_params(notebook, params)
+    # torch from here on: imported here, not at the top, so that the light refusals above
+    # (and the CLI's light commands) start without it
+    from ..engine.checks import check_masking_parameters
+    from ..engine.tasks import check_run
+    check_run(cfg)
+    specs = parameter_specs(notebook)
+    for path in ([params["ticket"]] if params.get("ticket") else []) + list(
+            params.get("tickets") or []):
+        check_model_file(path)
+    if params.get("masking_checks", specs.get("masking_checks", {}).get("value")) is True:
+        more = params.get("masking_more_steps", specs.get("masking_more_steps", {}).get("value"))
+        restarts = params.get("masking_restarts", specs.get("masking_restarts", {}).get("value"))
+        if more is not None and restarts is not None:
+            check_masking_parameters(cfg.eval_steps, cfg.eval_alpha_value, more, restarts,
+                                     cfg.eval_restarts)
+    return cfg
+
+
+def check_notebook_params(notebook: str | os.PathLike, params: dict) -> RunConfig:
+    """The checks of :func:`validate_notebook_params` that need neither torch nor a kernel:
 
     * every name must be a parameter of the notebook's ``parameters`` cell (the error lists
       the valid ones);
-    * RunConfig fields are checked by :func:`~rst_lib.engine.tasks.check_run` together with
-      the notebook's own defaults (so combinations, the model and a finetune's ticket are
-      checked too);
-    * the notebooks' own parameters are checked against their declaration in
-      :class:`NotebookParams` (type annotation and allowed values), as RunConfig's are;
-    * tickets and run folders given must hold a model file that loads.
-    """
+    * RunConfig's fields, with the notebook's own defaults, against their declaration
+      (:meth:`RunConfig.validate`: types, allowed values, ranges);
+    * the notebooks' own parameters against :class:`NotebookParams`;
+    * the dataset's files are there (or will be downloaded).
+    Returns the run's :class:`RunConfig` (validated)."""
     specs = parameter_specs(notebook)
     if not specs:
         raise ConfigError(f"{notebook} has no cell tagged 'parameters'")
@@ -89,24 +170,18 @@ def validate_notebook_params(notebook: str | os.PathLike, params: dict) -> None:
     merged = {k: s["value"] for k, s in specs.items()
               if k in fields and s["value"] is not _NO_DEFAULT}
     merged.update({k: v for k, v in params.items() if k in fields})
-    cfg = check_run(RunConfig.from_dict(merged))
-    check_available(cfg.dataset, cfg.data_dir, cfg.download)  # the data is there
+    cfg = RunConfig.from_dict(merged)  # validated: types, allowed values, ranges
     own = {k: v for k, v in params.items() if k in NotebookParams.__dataclass_fields__}
     NotebookParams(**own).validate(own)
-    for path in ([params["ticket"]] if params.get("ticket") else []) + list(
-            params.get("tickets") or []):
-        check_model_file(path)
-    if params.get("masking_checks", specs.get("masking_checks", {}).get("value")) is True:
-        more = params.get("masking_more_steps", specs.get("masking_more_steps", {}).get("value"))
-        restarts = params.get("masking_restarts", specs.get("masking_restarts", {}).get("value"))
-        if more is not None and restarts is not None:
-            check_masking_parameters(cfg.eval_steps, cfg.eval_alpha_value, more, restarts,
-                                     cfg.eval_restarts)
+    check_available(cfg.dataset, cfg.data_dir, cfg.download)  # the data is there
+    return cfg
 
 
 def check_model_file(path: str) -> None:
     """A ticket (file or run folder) or a run's ``last.pt`` that will load: refused here,
     before a kernel starts, with what is wrong with it."""
+    from ..engine.training import load_checkpoint  # torch: only when a model file is given
+    from ..models.tickets import TicketError, read_ticket
     if any(ch in str(path) for ch in "*?["):
         return  # a glob: its matches are resolved in the notebook
     p = Path(path)

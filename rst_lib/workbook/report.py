@@ -7,10 +7,6 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-import nbformat
-from jinja2 import DictLoader
-from nbconvert import HTMLExporter
-
 from ..utils.files import write_text
 
 # Extends nbconvert's lab template: no require.js / MathJax / mermaid / widget manager from a
@@ -97,6 +93,9 @@ def render_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike |
     stay visible with the code hidden. Paths under ``relative_to`` (the project) are shown
     relative to it: a shared report names no one's home folder.
     """
+    import nbformat  # nbconvert and nbformat (1.5 s) load when a report is made, not with the CLI
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
     notebook_path = Path(notebook_path)
     html_path = Path(html_path) if html_path else notebook_path.with_suffix(".html")
     nb = nbformat.read(notebook_path, as_version=4)

@@ -20,7 +20,6 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-import papermill
 import yaml
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
@@ -69,6 +68,29 @@ def run_status(run_dir: str | os.PathLike) -> str:
     return status
 
 
+def run_dir_mode(run_dir: str | os.PathLike, params: dict) -> str:
+    """What :func:`prepare_run_dir` would do with ``run_dir`` for a run with ``params``,
+    without touching it: ``"new"``, ``"resume"`` (an unfinished run with the same
+    parameters) or ``"restart"`` (an unfinished run with others); :class:`RunExists` for a
+    finished run or one whose process is alive, :class:`ConfigError` for a non-empty folder
+    that is not a run folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir.exists() and any(run_dir.iterdir())):
+        return "new"
+    if not (run_dir / "run.json").is_file():
+        raise ConfigError(f"run_dir {str(run_dir)!r} is not empty and holds no run.json: "
+                          "not a run directory; choose another one")
+    status = run_status(run_dir)
+    if status == FINISHED:
+        raise RunExists(f"{run_dir} already holds a finished run")
+    if status == "running":
+        raise RunExists(f"{run_dir} is being run right now by process "
+                        f"{read_json(run_dir / 'run.json').get('pid')}")
+    old = yaml.safe_load((run_dir / "params.yaml").read_text()) \
+        if (run_dir / "params.yaml").is_file() else None
+    return "resume" if old == params else "restart"
+
+
 def prepare_run_dir(run_dir: str | os.PathLike, params: dict, notebook: str | os.PathLike,
                     extra: dict | None = None) -> str:
     """Make ``run_dir`` ready for a run of ``notebook`` with ``params``.
@@ -77,30 +99,15 @@ def prepare_run_dir(run_dir: str | os.PathLike, params: dict, notebook: str | os
     An unfinished run with the same parameters is continued in place (its searches resume
     from their ``last.pt``); with other parameters its files are removed first. A
     non-empty directory that is not a run directory is refused. Returns ``"new"``,
-    ``"resume"`` or ``"restart"``.
+    ``"resume"`` or ``"restart"`` (see :func:`run_dir_mode`).
     """
     run_dir = Path(run_dir)
-    mode = "new"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not (run_dir / "run.json").is_file():
-            raise ConfigError(f"run_dir {str(run_dir)!r} is not empty and holds no run.json: "
-                              "not a run directory; choose another one")
-        status = run_status(run_dir)
-        if status == FINISHED:
-            raise RunExists(f"{run_dir} already holds a finished run")
-        if status == "running":
-            raise RunExists(f"{run_dir} is being run right now by process "
-                            f"{read_json(run_dir / 'run.json').get('pid')}")
-        old = yaml.safe_load((run_dir / "params.yaml").read_text()) \
-            if (run_dir / "params.yaml").is_file() else None
-        if old == params:
-            mode = "resume"
-        else:
-            mode = "restart"
-            for child in run_dir.iterdir():
-                if child.name == "log.txt":
-                    continue
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    mode = run_dir_mode(run_dir, params)
+    if mode == "restart":
+        for child in run_dir.iterdir():
+            if child.name == "log.txt":
+                continue
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=False))
     if mode != "resume" or run_status(run_dir) in ("missing", "dead"):
@@ -132,6 +139,21 @@ def render_run_report(run_dir: Path, out_nb: Path, status: dict, output_root: Pa
                 params=params, relative_to=PROJECT_ROOT)
 
 
+def batch_params(notebook: Path, params_file: str | os.PathLike | None, overrides,
+                 output_root: Path, run_dir: str | os.PathLike | None) -> tuple[dict, str | None]:
+    """A batch run's parameters as its kernel gets them (file, then overrides; batch
+    defaults; absolute paths) and its run folder if one was given (``run_dir=`` or
+    ``-p run_dir=...``; None: a new one)."""
+    params = load_params(params_file, overrides)
+    given = params.pop("run_dir", None)  # `-p run_dir=...` works like run_dir=
+    return normalize_params(notebook, params, absolute_path(output_root)), run_dir or given
+
+
+def run_name(notebook: Path, params: dict) -> str:
+    """The name a new run folder starts with: ``name`` or the notebook's (safe characters)."""
+    return re.sub(r"[^\w.=-]+", "_", str(params.get("name") or notebook.stem))
+
+
 def run_notebook(notebook: str | os.PathLike, params_file: str | os.PathLike | None = None,
                  overrides=(), output_root: str | os.PathLike = "outputs",
                  progress: bool = True, run_dir: str | os.PathLike | None = None,
@@ -152,18 +174,15 @@ def run_notebook(notebook: str | os.PathLike, params_file: str | os.PathLike | N
     Raises :class:`ConfigError` (before any kernel starts) on bad parameters, and the
     papermill error if a cell fails (after writing ``run.json`` and ``report.html``).
     """
+    import papermill  # 1.5 s of imports: loaded when a notebook runs, not with the CLI
     notebook = Path(notebook)
     if not notebook.is_file():
         raise ConfigError(f"notebook {str(notebook)!r} does not exist")
     output_root = Path(output_root)
-    params = load_params(params_file, overrides)
-    given = params.pop("run_dir", None)  # `-p run_dir=...` works like run_dir=
-    run_dir = run_dir or given
-    params = normalize_params(notebook, params, absolute_path(output_root))
+    params, run_dir = batch_params(notebook, params_file, overrides, output_root, run_dir)
     validate_notebook_params(notebook, params)
     if run_dir is None:
-        name = re.sub(r"[^\w.=-]+", "_", str(params.get("name") or notebook.stem))
-        run_dir = new_run_dir(output_root / notebook.stem, name)
+        run_dir = new_run_dir(output_root / notebook.stem, run_name(notebook, params))
     run_dir = Path(run_dir).resolve()
     params["run_dir"] = str(run_dir)
     prepare_run_dir(run_dir, params, notebook, extra)

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import papermill
-import torch
 from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 
 from ..errors import ConfigError
@@ -33,8 +31,10 @@ from .params import validate_notebook_params
 from .sweep_files import (Sweep, SweepCell, cell_name, choose_from_pilot, load_sweep,  # noqa: F401
                           save_record)
 
+
 def visible_gpus() -> list[str]:
     """CUDA device ids a job may be given (honours an existing CUDA_VISIBLE_DEVICES)."""
+    import torch  # only to count GPUs: `sweep --status` and `--dry-run` start without it
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     n = torch.cuda.device_count()
     if n == 0:
@@ -280,6 +280,7 @@ def _cell_main(argv: list[str]) -> int:
 
 def run_cell(spec: dict) -> int:
     """Run one cell (its notebook, resumed if it was started before); the exit code."""
+    import papermill  # its error class; run_notebook loads it anyway
     try:
         with sigterm_as_interrupt():
             run_notebook(spec["notebook"], None, spec["params"], spec["output_root"],

@@ -13,8 +13,6 @@ import re
 import time
 from pathlib import Path
 
-import nbformat
-
 from ..errors import ConfigError
 from .params import (NOTEBOOKS_DIR, PROJECT_ROOT, find_notebook, normalize_params,
                      validate_notebook_params)
@@ -73,25 +71,29 @@ def new_working_copy(notebook: str | os.PathLike, name: str | None = None,
     if target.exists() and not force:
         raise ConfigError(f"{str(target)!r} exists: open it, or give another name "
                           f"(rst-workbook new {template.stem} NAME), or --force to replace it")
-    nb = nbformat.read(template, as_version=4)
-    nb.metadata["jupytext"] = dict(UNPAIRED)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-        if "parameters" in cell.metadata.get("tags", []) and params:
-            cell.source = set_parameters(cell.source, params)
+    # the notebook's JSON as it is (nbformat would add 1.3 s of imports to `rst-workbook new`)
+    nb = json.loads(template.read_text(encoding="utf-8"))
+    nb.setdefault("metadata", {})["jupytext"] = dict(UNPAIRED)
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+        if "parameters" in cell.get("metadata", {}).get("tags", []) and params:
+            source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            cell["source"] = set_parameters(source, params).splitlines(keepends=True)
     shown = os.path.relpath(template, PROJECT_ROOT) if template.is_relative_to(PROJECT_ROOT) \
         else str(template)
     # a provenance note, not notebook code (the cells themselves come from the template)
-    note = nbformat.from_dict({"cell_type": "markdown", "id": "working-copy", "metadata": {
+    note = {"cell_type": "markdown", "id": "working-copy", "metadata": {
         "tags": ["working-copy"]}, "source": (
         f"**Working copy** of `{shown}`, made {time.strftime('%Y-%m-%d %H:%M')} by "
         f"`rst-workbook new {template.stem}`. Edit, run and save it freely: it is yours "
         f"(`work/` is ignored by git) and the project's notebook stays as it is. Relative "
-        f"paths in the parameters are taken from the project root, as in the README.")})
-    nb.cells.insert(0, note)
+        f"paths in the parameters are taken from the project root, as in the README.")}
+    nb["cells"].insert(0, note)
     target.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, target)
+    # nbformat's own layout (what JupyterLab writes back): one-space indent, sorted keys
+    target.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n",
+                      encoding="utf-8")
     return target
 
 

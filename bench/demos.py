@@ -1,0 +1,169 @@
+"""``make demos``: the CPU-sized parameter files of notebooks 01-07 end to end, one command,
+and their record in docs/demos.md (each file's wall time and headline numbers).
+
+    .venv/bin/python bench/demos.py                 # all of them (an hour or more on 2 cores)
+    .venv/bin/python bench/demos.py --only 05_mask_patterns/cpu-demo   # a subset
+    .venv/bin/python bench/demos.py --check         # run --check each, run nothing
+
+Order: 01_search first, 07_compare_runs last (it compares the searches under the output
+root, so it needs them); 02-06's cpu-demo and cifar10-cpu files search their own tickets
+(`ticket: null`, `tickets: []`), so they need nothing from 01 and run in notebook order.
+`cifar10-cpu` files run only where ../shared/data/cifar10-jpeg is (else they are listed as
+skipped, with the reason). Each run is `rst-workbook run NOTEBOOK -p FILE` as a user types it;
+a failing run is recorded and the others still run; the exit code is 1 if any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR_DIR = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
+NOTEBOOKS = ("01_search", "02_finetune", "03_transferability", "04_r2s", "05_mask_patterns",
+             "06_evaluate", "07_compare_runs")
+DOC = ROOT / "docs" / "demos.md"
+
+
+def demo_files() -> list[tuple[str, Path, str | None]]:
+    """(notebook, parameter file, reason it is skipped or None), in run order."""
+    out = []
+    for nb in NOTEBOOKS:
+        for name in ("cpu-demo", "cifar10-cpu"):
+            f = ROOT / "params" / nb / f"{name}.yaml"
+            if f.is_file():
+                skip = (f"no CIFAR-10 images at {CIFAR_DIR}" if name == "cifar10-cpu"
+                        and not CIFAR_DIR.is_dir() else None)
+                out.append((nb, f, skip))
+    return out
+
+
+def matmul_gflops() -> float:
+    """The machine's figure the docs quote times beside: best of 10 2048x2048 fp32 matmuls."""
+    import torch
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(10))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def run_demo(nb: str, f: Path, output_root: Path, check: bool) -> dict:
+    argv = [sys.executable, "-m", "rst_lib.workbook.cli", "run", nb, "-p", str(f.relative_to(ROOT)),
+            "-o", str(output_root), "--no-progress"] + (["--check"] if check else [])
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    run_dir = next((line.split(":", 1)[1].strip() for line in proc.stdout.splitlines()
+                    if line.startswith("run directory:")), None)
+    if run_dir is None and not check:  # a failed run still has its folder: run.json says so
+        run_dir = _newest_run(output_root / nb, f)
+    return {"notebook": nb, "file": str(f.relative_to(ROOT)), "seconds": round(seconds, 1),
+            "exit_code": proc.returncode, "run_dir": run_dir,
+            "error": proc.stderr.strip().splitlines()[-1] if proc.returncode and proc.stderr.strip() else "",
+            "output": proc.stdout if check else ""}
+
+
+def _newest_run(folder: Path, f: Path) -> str | None:
+    import yaml
+    name = (yaml.safe_load(f.read_text()) or {}).get("name") or folder.name
+    runs = sorted(folder.glob(f"{name}-*/run.json"), key=lambda p: p.stat().st_mtime)
+    return str(runs[-1].parent) if runs else None
+
+
+def headline_text(run_dir: str | None) -> str:
+    """The run's headline numbers (the index's): clean / PGD / AutoAttack accuracy and on how
+    many test examples; what the notebook's summary.json holds otherwise."""
+    if not run_dir:
+        return ""
+    from rst_lib.workbook.index import headline
+    h = headline(run_dir)
+    parts = [f"{label} {h[k]:.1%}" for k, label in (("clean_acc", "clean"), ("pgd_acc", "PGD"),
+                                                    ("autoattack_acc", "AutoAttack"))
+             if isinstance(h.get(k), (int, float))]
+    if h.get("examples"):
+        parts.append(f"on {h['examples']} test examples")
+    if not parts:  # notebooks whose summary is a table of their own (03, 04, 05, 07)
+        parts = [f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in h.items()
+                 if k not in ("dataset", "model", "keep_ratio") and not isinstance(v, (dict, list))][:4]
+    return ", ".join(parts)
+
+
+def record(rows: list[dict], gflops: float, started: str, output_root: Path, command: str) -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = [
+        "# The CPU demos, end to end (`make demos`)", "",
+        "Generated by `bench/demos.py` (do not edit by hand): each CPU-sized parameter file of "
+        "notebooks 01-07, run as `rst-workbook run NOTEBOOK -p FILE`, one after the other.", "",
+        f"Last run: started {started}; {platform.node()}, {os.cpu_count()} CPUs, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; 2048x2048 fp32 matmul "
+        f"{gflops:.1f} GFLOPS; load average at the end {load}; runs under `{output_root}`; "
+        f"command `{command}`.", "",
+        "| notebook | parameter file | status | wall time | headline numbers | run folder |",
+        "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("skipped"):
+            lines.append(f"| {r['notebook']} | `{r['file']}` | skipped: {r['skipped']} | | | |")
+            continue
+        status = "finished" if r["exit_code"] == 0 else f"FAILED (exit {r['exit_code']}): {r['error']}"
+        folder = os.path.relpath(r["run_dir"], ROOT) if r["run_dir"] else ""
+        lines.append(f"| {r['notebook']} | `{r['file']}` | {status} | {r['seconds'] / 60:.1f} min "
+                     f"({r['seconds']:.0f} s) | {headline_text(r['run_dir'])} | `{folder}` |")
+    total = sum(r.get("seconds", 0) for r in rows)
+    lines += ["", f"Total wall time {total / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default=None,
+                    help="comma-separated NOTEBOOK/NAME, e.g. 05_mask_patterns/cpu-demo")
+    ap.add_argument("-o", "--output-root", default=str(ROOT / "outputs"))
+    ap.add_argument("--check", action="store_true", help="run --check each file; run nothing")
+    ap.add_argument("--doc", default=str(DOC), help="where the record goes")
+    args = ap.parse_args(argv)
+    files = demo_files()
+    if args.only:
+        wanted = {w.strip() for w in args.only.split(",")}
+        unknown = wanted - {f"{nb}/{f.stem}" for nb, f, _ in files}
+        if unknown:
+            ap.error(f"not a demo: {', '.join(sorted(unknown))}; demos: "
+                     + ", ".join(f"{nb}/{f.stem}" for nb, f, _ in files))
+        files = [x for x in files if f"{x[0]}/{x[1].stem}" in wanted]
+    output_root = Path(args.output_root).resolve()
+    started = datetime.now().strftime("%Y-%m-%d %H:%M")
+    rows = []
+    for nb, f, skip in files:
+        if skip:
+            rows.append({"notebook": nb, "file": str(f.relative_to(ROOT)), "skipped": skip})
+            print(f"{nb} {f.name}: skipped ({skip})", flush=True)
+            continue
+        print(f"{nb} {f.name}: {'checking' if args.check else 'running'} ...", flush=True)
+        r = run_demo(nb, f, output_root, args.check)
+        rows.append(r)
+        print(f"  {'ok' if r['exit_code'] == 0 else 'FAILED: ' + r['error']} ({r['seconds']:.0f} s)"
+              + (f"\n{r['output']}" if args.check else ""), flush=True)
+    failed = [r for r in rows if r.get("exit_code")]
+    if not args.check:
+        command = "make demos" if os.environ.get("MAKELEVEL") and argv is None and len(sys.argv) == 1 \
+            else " ".join(["bench/demos.py", *(sys.argv[1:] if argv is None else argv)])
+        text = record(rows, matmul_gflops(), started, output_root, command)
+        Path(args.doc).write_text(text)
+        print(text)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
