@@ -13,7 +13,7 @@ from rst_lib.utils.files import write_json
 from rst_lib.workbook.index import run_rows
 from rst_lib.workbook.live_runs import finish_run, record_start
 from rst_lib.workbook.notebooks import ensure_run_dir
-from rst_lib.workbook.params import PROJECT_ROOT, notebook_parameters
+from rst_lib.workbook.params import PROJECT_ROOT, parameter_specs
 from rst_lib.workbook.runs import run_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def test_a_live_run_records_itself_finishes_and_reports_like_a_batch_run(tmp_pat
     copy = _working_copy(tmp_path / "01_search-work.ipynb")
     monkeypatch.setenv("JPY_SESSION_NAME", str(copy))  # what Jupyter server gives the kernel
     outputs = tmp_path / "outputs"
-    namespace = {name: None for name in notebook_parameters(PROJECT_ROOT / "notebooks" / "01_search.ipynb")}
+    namespace = {name: None for name in parameter_specs(PROJECT_ROOT / "notebooks" / "01_search.ipynb")}
     namespace.update(name="live", keep_ratio=0.2, data_dir=str(tmp_path), cfg=object())
     run_dir = ensure_run_dir(None, "01_search", "live", namespace, outputs=outputs)
     info = json.loads((run_dir / "run.json").read_text())

@@ -26,7 +26,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..utils.files import read_json, write_json
 from .index import refresh_index
-from .params import PROJECT_ROOT, find_notebook, notebook_parameters
+from .params import PROJECT_ROOT, find_notebook, parameter_specs
 from .runs import FINISHED, render_run_report
 
 LIVE = "live"  # run.json's "kernel" value for a run started in a live kernel
@@ -63,7 +63,7 @@ def record_start(run_dir: str | os.PathLike, notebook: str, namespace: dict,
     if (run_dir / "run.json").exists():
         return False
     template = find_notebook(notebook)
-    names = list(notebook_parameters(template))
+    names = list(parameter_specs(template))
     params = {k: _jsonable(namespace[k]) for k in names if k in namespace}
     params["run_dir"] = str(run_dir.resolve())
     shown = template.relative_to(PROJECT_ROOT) if template.is_relative_to(PROJECT_ROOT) else template
