@@ -139,7 +139,8 @@ def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
             robust[survivors] = autoattack_robust(model, x[:n][survivors], y[:n][survivors],
                                                    cfg.eval_eps_value, cfg.threat_model,
                                                    cfg.autoattack, device, cfg.seed,
-                                                   cfg.eval_batch_size, progress, journal)
+                                                   cfg.eval_batch_size, progress, journal,
+                                                   precision=cfg.autoattack_precision)
         out["autoattack_acc"] = _fraction(robust)
         out["autoattack"] = {"version": cfg.autoattack, "examples": n,
                              "on": "inputs PGD did not break (per-example worst case)"}
