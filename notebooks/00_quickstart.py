@@ -29,41 +29,44 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill overrides them; `rst-workbook params 00_quickstart` explains each)
-name = None                 # run name: the folder is <name>-<time> (None: the notebook's name)
-run_dir = None              # the run folder (None: a new one under outputs/<notebook>/) [path]
-progress = True             # progress bars
-seed = 0                    # seed of the random weights, the validation split and the attacks
-device = "auto"             # auto | cpu | cuda | cuda:N
+name = None                   # run name: the folder is <name>-<time> (None: the notebook's name)
+run_dir = None                # the run folder (None: a new one under outputs/<notebook>/) [path]
+progress = True               # progress bars
+seed = 0                      # seed of the random weights, the validation split and the attacks
+device = "auto"               # auto | cpu | cuda | cuda:N
+precision = "fp32"            # fp32 | bf16 | fp16 (loss-scaled): autocast of the training steps, their attacks, the per-epoch check
 # --- data
-dataset = "mnist5k"         # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
-val_fraction = 0.02         # training split held out to pick the best epoch (RBRN 2 %); 0: pick on test [fraction]
-eval_examples = None        # validation examples of the per-epoch check (None: all) [examples]
-final_examples = None       # test examples of the final numbers (None: all) [examples]
+dataset = "mnist5k"           # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
+val_fraction = 0.02           # training split held out to pick the best epoch (RBRN 2 %); 0: pick on test [fraction]
+eval_examples = None          # validation examples of the per-epoch check (None: all) [examples]
+final_examples = None         # test examples of the final numbers (None: all) [examples]
 # --- model
-model = "conv4"             # conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2
-width = 0.5                 # channel multiplier
-keep_ratio = 0.1            # fraction of the weights KEPT (RBRN's --prune-rate) [fraction]
-end_with_bn = False         # RBRN's last BatchNorm on the logits
+model = "conv4"               # conv2/4/6/8, mlp, resnet18/34/50, preact_resnet18, wide_resnet, vgg16, mobilenet_v2
+width = 0.5                   # channel multiplier
+keep_ratio = 0.1              # fraction of the weights KEPT (RBRN's --prune-rate) [fraction]
+end_with_bn = False           # RBRN's last BatchNorm on the logits
 # --- optimization
-epochs = 6                  # training epochs [epochs]
-lr = 0.2                    # base learning rate
-warmup_epochs = 0           # linear LR warm-up [epochs]
+epochs = 6                    # training epochs [epochs]
+lr = 0.2                      # base learning rate
+warmup_epochs = 0             # linear LR warm-up [epochs]
 # --- training attack
-train_attack = "pgd"        # pgd | fgsm_rs | fgsm_carried (RBRN fast) | free | trades | none (natural)
-eps = 0.3                   # attack budget ('8/255' works) [pixels in [0, 1]]
-eps_warmup_epochs = 2       # the training attack's eps (and step) ramps up from 0 [epochs]
-alpha = 0.1                 # training attack step (FGSM-RS: 1.25 x eps) [pixels in [0, 1]]
-steps = 3                   # PGD / TRADES steps of the training attack
+train_attack = "pgd"          # pgd | fgsm_rs | fgsm_carried (RBRN fast) | free | trades | none (natural)
+eps = 0.3                     # attack budget ('8/255' works) [pixels in [0, 1]]
+eps_warmup_epochs = 2         # the training attack's eps (and step) ramps up from 0 [epochs]
+alpha = 0.1                   # training attack step (FGSM-RS: 1.25 x eps) [pixels in [0, 1]]
+steps = 3                     # PGD / TRADES steps of the training attack
 # --- evaluation
-eval_alpha = 0.0375         # PGD step of the evaluation (None: alpha) [pixels in [0, 1]]
-eval_steps = 20             # PGD steps of the evaluation
-eval_early_stop = True      # PGD stops on an input once it is misclassified (RST; stronger and cheaper)
-autoattack = "fast"         # none | fast (APGD-CE + APGD-T) | standard: final AutoAttack
-autoattack_examples = 1000  # test examples of the final AutoAttack [examples]
-masking_checks = True       # the gradient-masking checks of Carlini et al. (2019) on the final ticket
-masking_examples = 500      # test inputs of the masking checks (None: all) [examples]
-masking_more_steps = 100    # PGD steps of the 'more steps' check
-masking_restarts = 5        # restarts of the 'restarts' check
+eval_alpha = 0.0375           # PGD step of the evaluation (None: alpha) [pixels in [0, 1]]
+eval_steps = 20               # PGD steps of the evaluation
+eval_early_stop = True        # PGD stops on an input once it is misclassified (RST; stronger and cheaper)
+autoattack = "fast"           # none | fast (APGD-CE + APGD-T) | standard: final AutoAttack
+autoattack_examples = 1000    # test examples of the final AutoAttack [examples]
+autoattack_precision = "fp32"  # fp32 (as eval_precision) | bf16 (bf16 search, every adversarial example confirmed on the fp32 model): autocast of AutoAttack's search for adversarial examples
+eval_batch_size = 500         # evaluation batch [examples]
+masking_checks = True         # the gradient-masking checks of Carlini et al. (2019) on the final ticket
+masking_examples = 500        # test inputs of the masking checks (None: all) [examples]
+masking_more_steps = 100      # PGD steps of the 'more steps' check
+masking_restarts = 5          # restarts of the 'restarts' check
 
 # %%
 from IPython.display import Markdown, display

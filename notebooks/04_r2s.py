@@ -98,6 +98,7 @@ eval_restarts = 1             # PGD restarts of the evaluation
 eval_early_stop = True        # PGD stops on an input once it is misclassified (RST; stronger and cheaper)
 autoattack = "fast"           # none | fast (APGD-CE + APGD-T) | standard: final AutoAttack
 autoattack_examples = 1000    # test examples of the final AutoAttack [examples]
+autoattack_precision = "fp32"  # fp32 (as eval_precision) | bf16 (bf16 search, every adversarial example confirmed on the fp32 model): autocast of AutoAttack's search for adversarial examples
 # --- monitoring
 collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse [epochs]
 stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
@@ -145,7 +146,7 @@ if r2s_autoattack:
     n_aa = min(cfg.autoattack_examples, result["n"])
     result["autoattack_rand_acc"] = autoattack_accuracy(
         switch, data.test, cfg.eval_eps_value, cfg.threat_model, "rand", n_aa, device,
-        seed=cfg.seed)
+        seed=cfg.seed, precision=cfg.autoattack_precision)
     result["autoattack_rand_examples"] = n_aa
     result["autoattack_rand_subset"] = subset_record(len(data.test), n_aa)
     print(f"AutoAttack (rand) on the switch: {accuracy_text(result['autoattack_rand_acc'], n_aa)}")

@@ -96,6 +96,7 @@ eval_restarts = 1             # PGD restarts of the evaluation
 eval_early_stop = True        # PGD stops on an input once it is misclassified (RST; stronger and cheaper)
 autoattack = "fast"           # none | fast (APGD-CE + APGD-T) | standard: final AutoAttack
 autoattack_examples = 1000    # test examples of the final AutoAttack [examples]
+autoattack_precision = "fp32"  # fp32 (as eval_precision) | bf16 (bf16 search, every adversarial example confirmed on the fp32 model): autocast of AutoAttack's search for adversarial examples
 # --- monitoring
 collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse [epochs]
 stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
@@ -152,7 +153,8 @@ if autoattack != "none":
     # images, AutoAttack on what PGD left (per-example worst case, as a search reports it)
     aa_vs_pgd = autoattack_versus_pgd(net, data.test, e, a, cfg.threat_model, autoattack,
                                       autoattack_examples, max(pgd_steps), cfg.eval_restarts,
-                                      device=device, seed=cfg.seed, progress=progress)
+                                      device=device, seed=cfg.seed, progress=progress,
+                                      precision=cfg.autoattack_precision)
     table.append({"attack": f"AutoAttack ({autoattack})", "test_acc": aa_vs_pgd["autoattack_acc"],
                   "examples": aa_vs_pgd["examples"]})
 display(Markdown(f"eps = {e:.4g} ({cfg.threat_model}), PGD step {a:.4g}; 95 % intervals\n\n"

@@ -165,6 +165,8 @@ class RunConfig:
     eval_early_stop: bool = param(True, "PGD stops on an input once it is misclassified (RST; stronger and cheaper)")
     autoattack: str = param("fast", "final AutoAttack", choices={"none": None, "fast": "APGD-CE + APGD-T", "standard": None})
     autoattack_examples: int = param(1000, "test examples of the final AutoAttack", "examples")
+    autoattack_precision: str = param("fp32", "autocast of AutoAttack's search for adversarial examples", choices={
+        "fp32": "as eval_precision", "bf16": "bf16 search, every adversarial example confirmed on the fp32 model"})
     # --- monitoring
     collapse_patience: int = param(2, "epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse", "epochs")
     stop_on_collapse: bool = param(True, "stop a collapsed run (the reason goes to metrics.json)")

@@ -147,7 +147,8 @@ def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle, device
         survivors = pgd_all[:n_aa]
         robust = worst_case_flags(model, x[:n_aa], y[:n_aa], survivors, cfg.eval_eps_value,
                                   cfg.threat_model, cfg.autoattack, device, cfg.seed,
-                                  cfg.eval_batch_size, progress, journal)
+                                  cfg.eval_batch_size, progress, journal,
+                                  precision=cfg.autoattack_precision)
         out["autoattack_acc"] = _fraction(robust)
         out["autoattack"] = {"version": cfg.autoattack, "examples": n_aa,
                              "on": "inputs PGD did not break (per-example worst case)",
@@ -167,14 +168,15 @@ def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle, device
 def worst_case_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pgd_ok: torch.Tensor,
                      eps: float, threat_model: str, version: str, device, seed: int,
                      batch_size: int, progress: bool = False,
-                     journal: Journal | None = None) -> torch.Tensor:
+                     journal: Journal | None = None, precision: str = "fp32") -> torch.Tensor:
     """Per input: robust to PGD AND to AutoAttack's ``version``? AutoAttack runs only on the
     inputs PGD did not break (``pgd_ok``): an input counts as robust only if both fail (the
     per-example worst case), and no AutoAttack time goes to inputs already lost."""
     robust = pgd_ok.clone()
     if pgd_ok.any():
         robust[pgd_ok] = autoattack_robust(model, x[pgd_ok], y[pgd_ok], eps, threat_model,
-                                           version, device, seed, batch_size, progress, journal)
+                                           version, device, seed, batch_size, progress, journal,
+                                           precision=precision)
     return robust
 
 
@@ -235,7 +237,8 @@ def autoattack_versus_pgd(model: nn.Module, dataset: Dataset, eps: float, alpha:
                           threat_model: str = "linf", version: str = "fast",
                           n_examples: int | None = 1000, steps: int = 20, restarts: int = 1,
                           early_stop: bool = False, device: str | torch.device = "cpu",
-                          seed: int = 0, batch_size: int = 250, progress: bool = False) -> dict:
+                          seed: int = 0, batch_size: int = 250, progress: bool = False,
+                          precision: str = "fp32") -> dict:
     """AutoAttack and PGD-``steps`` on the SAME images, the first ``n_examples`` of the
     split's fixed order (those a search with ``autoattack_examples = n_examples`` runs
     AutoAttack on), measured as :func:`final_evaluation` does: AutoAttack on the inputs
@@ -248,7 +251,7 @@ def autoattack_versus_pgd(model: nn.Module, dataset: Dataset, eps: float, alpha:
     clean_ok, pgd_ok = _correct_flags(model, x, y, attack, batch_size, device, seed,
                                       progress=progress, desc=f"PGD-{steps}")
     robust = worst_case_flags(model, x, y, pgd_ok, eps, threat_model, version, device, seed,
-                              batch_size, progress)
+                              batch_size, progress, precision=precision)
     return {"examples": len(x), "clean_acc": _fraction(clean_ok), "pgd_acc": _fraction(pgd_ok),
             "autoattack_acc": _fraction(robust), "pgd": f"PGD-{steps}", "autoattack": version,
             "subset": subset_record(len(dataset), n_examples)}
@@ -258,7 +261,7 @@ def autoattack_accuracy(model: nn.Module, dataset: Dataset, eps: float, threat_m
                         version: str = "standard", n_examples: int | None = 1000,
                         device: str | torch.device = "cpu", seed: int = 0,
                         batch_size: int = 250, progress: bool = False,
-                        journal: Journal | None = None) -> float:
+                        journal: Journal | None = None, precision: str = "fp32") -> float:
     """Robust accuracy under AutoAttack on the first ``n_examples`` of the fixed order of the
     split ``dataset`` (:func:`~rst_lib.data.datasets.evaluation_indices`): the images a
     search with ``autoattack_examples = n_examples`` runs AutoAttack on. AutoAttack alone;
@@ -274,7 +277,7 @@ def autoattack_accuracy(model: nn.Module, dataset: Dataset, eps: float, threat_m
     """
     x, y = input_tensors(dataset, n_examples)
     return _fraction(autoattack_robust(model, x, y, eps, threat_model, version, device, seed,
-                                        batch_size, progress, journal))
+                                        batch_size, progress, journal, precision=precision))
 
 
 def _fraction(flags: torch.Tensor) -> float:

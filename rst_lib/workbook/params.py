@@ -328,13 +328,13 @@ _NO_KEEP = {k: [n for n in v if n != "keep_ratio"] for k, v in _SEARCH.items()}
 # Which parameters each notebook lists, by section (every name is declared above or in
 # RunConfig; the cell shows each with the schema's default and help).
 NOTEBOOK_PARAMETERS: dict[str, dict[str, list[str]]] = {
-    "00_quickstart": {"run": _HEAD + ["seed", "device"], "data": ["dataset", "val_fraction",
+    "00_quickstart": {"run": _HEAD + ["seed", "device", "precision"], "data": ["dataset", "val_fraction",
                       "eval_examples", "final_examples"],
                       "model": ["model", "width", "keep_ratio", "end_with_bn"],
                       "optimization": ["epochs", "lr", "warmup_epochs"],
                       "training attack": ["train_attack", "eps", "eps_warmup_epochs", "alpha", "steps"],
                       "evaluation": ["eval_alpha", "eval_steps", "eval_early_stop", "autoattack", "autoattack_examples",
-                                     "masking_checks", "masking_examples", "masking_more_steps",
+                                     "autoattack_precision", "eval_batch_size", "masking_checks", "masking_examples", "masking_more_steps",
                                      "masking_restarts"]},
     "01_search": {"run": _HEAD + ["resume"] + RUN_SECTIONS["run"], **{
         k: v for k, v in RUN_SECTIONS.items() if k != "run"},
