@@ -20,7 +20,10 @@ Top-k rule: ``k`` of the ``n`` scores of a layer are kept, ranked by ``|score|``
 edge-popup / RST / RBRN; :func:`keep_count` says how many (``keep_rule``: ``round`` =
 ``round(keep_ratio * n)``, at least 1, the workbook's; ``getsubnet`` = ``n - int((1 - keep_ratio)
 * n)``, what the seeds' ``GetSubnet`` keeps). Per-layer keep ratios come from one global ratio
-by :func:`allocate_keep_ratios` (``keep_allocation``: ``closed_form`` or RBRN's ``rbrn`` walk). Exactly ``k`` entries are kept
+by :func:`allocate_keep_ratios` (``keep_allocation``: ``closed_form``, RBRN's ``rbrn`` walk or
+RigL's Erdos-Renyi-Kernel ``erk``). With ``keep_scope: global`` (:class:`GlobalRanking`) the
+per-layer counts only add up to the budget and the scores of all layers compete for it.
+Exactly ``k`` entries are kept
 even when scores tie; among tied scores the winners are the ones ``torch.topk`` returns
 (on all entries or on the band of :func:`topk_mask`; deterministic for a given device and
 build). Continuous random score inits make ties
@@ -31,6 +34,7 @@ sign(score), where d loss / d mask = d loss / d masked_weight * weight.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -48,6 +52,7 @@ GRANULARITIES = allowed("granularity")  # declared with the parameter
 # ratio becomes per-layer ratios (see allocate_keep_ratios): declared with the parameters.
 KEEP_RULES = allowed("keep_rule")
 KEEP_ALLOCATIONS = allowed("keep_allocation")
+KEEP_SCOPES = allowed("keep_scope")
 
 
 def score_shape(weight_shape: torch.Size, granularity: str) -> tuple[int, ...]:
@@ -143,29 +148,53 @@ class TopKMask(nn.Module):
         # top-k). None until first used (saves a byte per weight); then a bool buffer in
         # the state dict.
         self.register_buffer("discarded", None, persistent=True)
+        # IteRand (rerandomize.py): the optimizer step at which each weight was last re-drawn
+        # (0: never). None until the first re-draw; then an int32 buffer in the state dict, so
+        # a resumed run and the ticket (which stores it instead of the weights) know it.
+        self.register_buffer("redrawn_at", None, persistent=True)
+        self.init_keep_ratio = self.keep_ratio  # the ratio the weight scale was drawn with
+        # keep_scope global: the GlobalRanking this layer competes in (None: top-k in the layer)
+        self.ranking: GlobalRanking | None = None
+        # a mask set with set_mask keeps exactly its count (also 0: a layer emptied by a
+        # global ranking), whatever the ratio or the other layers say
+        self.fixed_count: int | None = None
         self._mask: torch.Tensor | None = None
         self._mask_key: tuple | None = None
         self.mask_computations = 0  # how often top-k ran (tests and benchmarks read it)
 
     @property
-    def k(self) -> int:
+    def budget(self) -> int:
+        """The scores this layer's ratio keeps (with a global ranking: its share of the total)."""
+        if self.fixed_count is not None:
+            return self.fixed_count
         return keep_count(self.keep_ratio, self.scores.numel(), self.keep_rule)
 
+    @property
+    def k(self) -> int:
+        """The scores this layer keeps now (with a global ranking: as the scores rank)."""
+        if self.ranking is not None and self.fixed_count is None:
+            return int(self.mask().sum())
+        return self.budget
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args):
-        # A state with a discard record creates the buffer; a full (strict) state without one
-        # means nothing was discarded (e.g. saved before the first discard).
-        key = prefix + "discarded"
-        if self.discarded is None and key in state_dict:
-            self.discarded = torch.zeros(self.scores.shape, dtype=torch.bool,
-                                         device=self.scores.device)
-        elif self.discarded is not None and key not in state_dict and strict:
-            self.discarded = None
+        # A state with a discard (re-draw) record creates the buffer; a full (strict) state
+        # without one means nothing was discarded (re-drawn), e.g. saved before the first.
+        for name, dtype in (("discarded", torch.bool), ("redrawn_at", torch.int32)):
+            key = prefix + name
+            if getattr(self, name) is None and key in state_dict:
+                setattr(self, name, torch.zeros(state_dict[key].shape, dtype=dtype,
+                                                device=self.scores.device))
+            elif getattr(self, name) is not None and key not in state_dict and strict:
+                setattr(self, name, None)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args)
 
     def mask(self) -> torch.Tensor:
         """The boolean mask (1 byte per score), recomputed only when the scores change."""
+        if self.ranking is not None and self.fixed_count is None:
+            return self.ranking.mask_of(self)
         s = self.scores
-        key = (s._version, s.data_ptr(), s.device, s.dtype, self.keep_ratio, self.keep_rule)
+        key = (s._version, s.data_ptr(), s.device, s.dtype, self.keep_ratio, self.keep_rule,
+               self.fixed_count)
         if self._mask is None or self._mask_key != key:
             with torch.no_grad():
                 self._mask = topk_mask(s.detach().abs().flatten(), self.k).view(s.shape)
@@ -177,14 +206,17 @@ class TopKMask(nn.Module):
         """Make this layer keep exactly ``mask`` (bool/0-1 tensor of the weight's shape)."""
         mask = mask.to(dtype=self.scores.dtype, device=self.scores.device).reshape(self.scores.shape)
         kept = int(mask.sum().item())
-        if kept < 1:
+        if kept < 1 and self.ranking is None:
             raise ValueError("a mask must keep at least one weight")
         with torch.no_grad():
             # scores 1 for kept, 0 for dropped: top-k with k == kept is then exactly `mask`.
             self.scores.copy_(mask)
         # round(kept / n * n) == kept: k round-trips (the getsubnet rule's truncation of
         # (1 - kept / n) * n could land one below n - kept, so a set mask counts by round)
-        self.keep_ratio, self.keep_rule = kept / mask.numel(), "round"
+        self.keep_ratio, self.keep_rule = max(kept, 1) / mask.numel(), "round"
+        # The count is pinned: a globally ranked layer (which may keep 0) leaves the ranking
+        # and keeps exactly this mask, so a ticket reloads with its masks whatever they are.
+        self.fixed_count = kept
 
     def discard_lowest(self, fraction: float) -> None:
         """RST's ``discard_low_score``: the lowest ``int(fraction * n)`` |scores| of this layer
@@ -310,19 +342,26 @@ def set_keep_ratios(model: nn.Module, ratios: dict[str, float]) -> None:
     layers = dict(masked_layers(model))
     for name, r in ratios.items():
         check_keep_ratio(r, f"keep ratio of {name}")
-        get_mask_param(layers[name]).keep_ratio = float(r)
+        mask = get_mask_param(layers[name])
+        mask.keep_ratio, mask.fixed_count = float(r), None
 
 
 def allocate_keep_ratios(sizes: list[int], keep_ratio: float, p: float = 1.0,
-                         allocation: str = "closed_form") -> list[float]:
+                         allocation: str = "closed_form",
+                         shapes: list[tuple[int, ...]] | None = None) -> list[float]:
     """Per-layer keep ratios (in the order of ``sizes``) for a global ``keep_ratio`` with RBRN's
     adaptive rule ``r_l ~ n_l ** (p - 1)``: ``closed_form`` (:func:`closed_form_keep_ratios`,
-    the workbook's) or ``rbrn`` (:func:`rbrn_keep_ratios`, RBRN's own walk)."""
+    the workbook's) or ``rbrn`` (:func:`rbrn_keep_ratios`, RBRN's own walk); or ``erk``
+    (:func:`erk_keep_ratios`, which needs the layers' ``shapes`` and ignores ``p``)."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p={p!r} is invalid: it must be in [0, 1]")
     check_keep_ratio(keep_ratio)
     if allocation == "rbrn":
         return rbrn_keep_ratios(sizes, keep_ratio, p)
+    if allocation == "erk":
+        if shapes is None:
+            raise ValueError("the erk allocation needs the layers' weight shapes")
+        return erk_keep_ratios(shapes, keep_ratio)
     if allocation != "closed_form":
         raise ValueError(f"allocation {allocation!r} is invalid: valid allocations are "
                          f"{', '.join(KEEP_ALLOCATIONS)}")
@@ -379,6 +418,111 @@ def rbrn_keep_ratios(sizes: list[int], keep_ratio: float, p: float) -> list[floa
             c = total / np.sum(np.power(ordered[idx + 1:], p))
         ratios[i] = float(r)
     return ratios
+
+
+def erk_keep_ratios(shapes: list[tuple[int, ...]], keep_ratio: float) -> list[float]:
+    """RigL's Erdos-Renyi-Kernel densities (Evci et al. 2020, ``rigl/sparse_utils.py``
+    ``get_sparsities_erdos_renyi`` with ``include_kernel``, power scale 1), step for step in
+    float64. Layer l's density is ``eps * sum(shape_l) / prod(shape_l)`` (conv: ``(n_in + n_out +
+    k_h + k_w) / (n_in n_out k_h k_w)``; linear: ``(n_in + n_out) / (n_in n_out)``), with ``eps``
+    solved so the kept counts add up to RigL's uniform total ``sum(n_l - floor((1 - k) n_l))``.
+    While the largest density exceeds 1, every layer at the largest raw density is made dense
+    (density 1; its count comes off the budget) and ``eps`` is solved again over the rest.
+    These are the only dense layers (RigL keeps a first layer dense only through its own
+    custom map: here ``dense_first``, which leaves the layer out of the masks altogether)."""
+    sparsity = 1.0 - float(keep_ratio)
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    raw = [float(np.sum(shape)) / float(np.prod(shape)) for shape in shapes]
+    dense: set[int] = set()
+    while True:
+        rhs = 0.0
+        divisor = 0.0
+        for i, n in enumerate(sizes):
+            n_zeros = int(np.floor(sparsity * n))
+            if i in dense:
+                rhs -= n_zeros
+            else:
+                rhs += n - n_zeros
+                divisor += raw[i] * n
+        if divisor == 0:  # every layer dense: the budget is the whole network
+            break
+        eps = rhs / divisor
+        max_raw = max(raw[i] for i in range(len(sizes)) if i not in dense)
+        if max_raw * eps <= 1:
+            break
+        dense |= {i for i in range(len(sizes)) if i not in dense and raw[i] == max_raw}
+    return [1.0 if i in dense else float(eps * raw[i]) for i in range(len(sizes))]
+
+
+class GlobalRanking:
+    """``keep_scope: global``: the scores of all masked layers compete for one budget.
+
+    The budget is the sum of the layers' own counts (their allocated ratios and keep rule),
+    so a global search keeps exactly as many scores as the per-layer search it is compared
+    with, and a keep-ratio schedule (which sets the layers' ratios) moves the budget.
+    ``min_fraction``: each layer first keeps its ``ceil(min_fraction * n_l)`` best scores (a
+    floor, so no layer is emptied); the rest of the budget goes to the highest |scores| among
+    all scores not already kept, wherever they are. Every layer's mask is thus the top-k_l of
+    its own |scores|; the k_l follow from the scores, and are recomputed, like a layer's
+    mask, only when some layer's scores change. Ties are broken as :func:`topk_mask` breaks
+    them (continuous score inits make them practically impossible).
+    """
+
+    def __init__(self, layers: list[TopKMask], min_fraction: float = 0.0):
+        self.layers = list(layers)
+        self.min_fraction = float(min_fraction)
+        self._masks: dict[int, torch.Tensor] = {}
+        self._key: tuple | None = None
+        self.mask_computations = 0
+
+    def floors(self) -> list[int]:
+        """Scores each layer keeps whatever the others score."""
+        return [min(p.scores.numel(), math.ceil(self.min_fraction * p.scores.numel()))
+                if self.min_fraction > 0 else 0 for p in self.ranked()]
+
+    def ranked(self) -> list[TopKMask]:
+        """The layers still ranked (a layer given a fixed mask with set_mask leaves)."""
+        return [p for p in self.layers if p.fixed_count is None]
+
+    def mask_of(self, layer: TopKMask) -> torch.Tensor:
+        ranked = self.ranked()
+        key = tuple((p.scores._version, p.scores.data_ptr(), p.scores.device, p.keep_ratio,
+                     p.keep_rule) for p in ranked) + (self.min_fraction,)
+        if self._key != key or id(layer) not in self._masks:
+            self._masks = dict(zip(map(id, ranked), self.compute(ranked)))
+            self._key = key
+            self.mask_computations += 1
+        return self._masks[id(layer)]
+
+    def compute(self, ranked: list[TopKMask]) -> list[torch.Tensor]:
+        budget = sum(p.budget for p in ranked)
+        floors = self.floors()
+        if sum(floors) > budget:
+            raise ValueError(f"the per-layer floors (keep_min_fraction={self.min_fraction}) keep "
+                             f"{sum(floors)} scores, more than the budget of {budget}")
+        with torch.no_grad():
+            values = [p.scores.detach().abs().flatten() for p in ranked]
+            reserved = [topk_mask(v, m) if m else torch.zeros_like(v, dtype=torch.bool)
+                        for v, m in zip(values, floors)]
+            # |score| >= 0: a reserved entry at -1 ranks below every other score
+            rest = torch.cat([torch.where(r, -1.0, v) for v, r in zip(values, reserved)])
+            chosen = topk_mask(rest, budget - sum(floors))
+            masks, start = [], 0
+            for p, v, r in zip(ranked, values, reserved):
+                masks.append((chosen[start:start + v.numel()] | r).view(p.scores.shape))
+                start += v.numel()
+        return masks
+
+
+def rank_globally(model: nn.Module, min_fraction: float = 0.0) -> GlobalRanking | None:
+    """Make every masked layer of ``model`` compete in one :class:`GlobalRanking`."""
+    layers = [get_mask_param(m) for _, m in masked_layers(model)]
+    if not layers:
+        return None
+    ranking = GlobalRanking(layers, min_fraction)
+    for layer in layers:
+        layer.ranking = ranking
+    return ranking
 
 
 def keep_ratios(model: nn.Module) -> dict[str, float]:
