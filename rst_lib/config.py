@@ -245,6 +245,9 @@ class RunConfig:
         if self.keep_min_fraction and self.keep_scope != "global":
             raise ConfigError("keep_min_fraction belongs to keep_scope='global' (with per-layer "
                               "ranking every layer keeps its allocated share)")
+        if self.keep_allocation == "erk" and self.adaptive_p != 1.0:
+            raise ConfigError(f"adaptive_p={self.adaptive_p!r} is RBRN's per-layer rule; "
+                              "keep_allocation='erk' has its own (leave adaptive_p at 1.0)")
         if self.keep_allocation == "erk" and self.keep_ratio_schedule == "staged" \
                 and self.keep_ratio_stages > 1:
             raise ConfigError("keep_allocation='erk' with keep_ratio_schedule='staged' is not "
