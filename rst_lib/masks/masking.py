@@ -21,7 +21,8 @@ edge-popup / RST / RBRN; :func:`keep_count` says how many (``keep_rule``: ``roun
 ``round(keep_ratio * n)``, at least 1, the workbook's; ``getsubnet`` = ``n - int((1 - keep_ratio)
 * n)``, what the seeds' ``GetSubnet`` keeps). Per-layer keep ratios come from one global ratio
 by :func:`allocate_keep_ratios` (``keep_allocation``: ``closed_form``, RBRN's ``rbrn`` walk or
-RigL's Erdos-Renyi-Kernel ``erk``). With ``keep_scope: global`` (:class:`GlobalRanking`) the
+RigL's Erdos-Renyi-Kernel ``erk``, in :mod:`.allocation`). With ``keep_scope: global``
+(:class:`~rst_lib.masks.ranking.GlobalRanking`) the
 per-layer counts only add up to the budget and the scores of all layers compete for it.
 Exactly ``k`` entries are kept
 even when scores tie; among tied scores the winners are the ones ``torch.topk`` returns
@@ -34,11 +35,9 @@ sign(score), where d loss / d mask = d loss / d masked_weight * weight.
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from typing import Iterator
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -46,12 +45,14 @@ from torch.nn.utils import parametrize
 from ..config import allowed
 from ..errors import check_keep_ratio
 from .topk import topk_mask
+# The per-layer allocations live in .allocation (re-exported: one place to import masks from).
+from .allocation import (KEEP_ALLOCATIONS, allocate_keep_ratios, closed_form_keep_ratios,  # noqa: F401
+                         erk_keep_ratios, rbrn_keep_ratios)
 
 GRANULARITIES = allowed("granularity")  # declared with the parameter
 # How many scores of a layer a keep ratio keeps (see keep_count), and how one global keep
 # ratio becomes per-layer ratios (see allocate_keep_ratios): declared with the parameters.
 KEEP_RULES = allowed("keep_rule")
-KEEP_ALLOCATIONS = allowed("keep_allocation")
 KEEP_SCOPES = allowed("keep_scope")
 
 
@@ -154,7 +155,7 @@ class TopKMask(nn.Module):
         self.register_buffer("redrawn_at", None, persistent=True)
         self.init_keep_ratio = self.keep_ratio  # the ratio the weight scale was drawn with
         # keep_scope global: the GlobalRanking this layer competes in (None: top-k in the layer)
-        self.ranking: GlobalRanking | None = None
+        self.ranking = None  # a ranking.GlobalRanking
         # a mask set with set_mask keeps exactly its count (also 0: a layer emptied by a
         # global ranking), whatever the ratio or the other layers say
         self.fixed_count: int | None = None
@@ -344,185 +345,6 @@ def set_keep_ratios(model: nn.Module, ratios: dict[str, float]) -> None:
         check_keep_ratio(r, f"keep ratio of {name}")
         mask = get_mask_param(layers[name])
         mask.keep_ratio, mask.fixed_count = float(r), None
-
-
-def allocate_keep_ratios(sizes: list[int], keep_ratio: float, p: float = 1.0,
-                         allocation: str = "closed_form",
-                         shapes: list[tuple[int, ...]] | None = None) -> list[float]:
-    """Per-layer keep ratios (in the order of ``sizes``) for a global ``keep_ratio`` with RBRN's
-    adaptive rule ``r_l ~ n_l ** (p - 1)``: ``closed_form`` (:func:`closed_form_keep_ratios`,
-    the workbook's) or ``rbrn`` (:func:`rbrn_keep_ratios`, RBRN's own walk); or ``erk``
-    (:func:`erk_keep_ratios`, which needs the layers' ``shapes`` and ignores ``p``)."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p={p!r} is invalid: it must be in [0, 1]")
-    check_keep_ratio(keep_ratio)
-    if allocation == "rbrn":
-        return rbrn_keep_ratios(sizes, keep_ratio, p)
-    if allocation == "erk":
-        if shapes is None:
-            raise ValueError("the erk allocation needs the layers' weight shapes")
-        return erk_keep_ratios(shapes, keep_ratio)
-    if allocation != "closed_form":
-        raise ValueError(f"allocation {allocation!r} is invalid: valid allocations are "
-                         f"{', '.join(KEEP_ALLOCATIONS)}")
-    return closed_form_keep_ratios(sizes, keep_ratio, p)
-
-
-def closed_form_keep_ratios(sizes: list[int], keep_ratio: float, p: float = 1.0) -> list[float]:
-    """Layer l keeps ratio ``r_l = c * n_l ** (p - 1)`` (``n_l`` = its number of weights), capped
-    at 1, with ``c`` chosen so that ``sum(r_l * n_l) = keep_ratio * sum(n_l)``. Layers that
-    hit the cap keep everything and the remaining budget is re-solved over the others
-    (smaller layers are capped first, since ``p - 1 <= 0``). ``p = 1`` is the uniform rule
-    (exactly ``keep_ratio`` everywhere); ``p = 0`` gives every layer the same number of kept
-    weights."""
-    if p == 1.0:
-        return [float(keep_ratio)] * len(sizes)
-    budget = keep_ratio * sum(sizes)
-    ratios: list[float | None] = [None] * len(sizes)
-    while True:
-        free = [i for i, r in enumerate(ratios) if r is None]
-        if not free:
-            break
-        capped_total = sum(sizes[i] for i, r in enumerate(ratios) if r == 1.0)
-        c = (budget - capped_total) / sum(sizes[i] ** p for i in free)
-        over = [i for i in free if c * sizes[i] ** (p - 1) > 1.0]
-        if not over:
-            for i in free:
-                ratios[i] = c * sizes[i] ** (p - 1)
-            break
-        for i in over:
-            ratios[i] = 1.0
-    return [float(r) for r in ratios]
-
-
-def rbrn_keep_ratios(sizes: list[int], keep_ratio: float, p: float) -> list[float]:
-    """RBRN's ``set_model_prune_rate`` (``code/arch/net_utils.py``) step for step (numpy float64
-    and numpy's sums, so the ratios are the same doubles). Walking the layers from the smallest
-    (stable: equal sizes in module order), each gets ``c * n ** (p - 1)`` capped at 1; its
-    ``int(r * n)`` is taken off the budget ``int(keep_ratio * N)`` and ``c`` is re-solved over
-    the layers left. The truncations make ``c`` drift: equal layers get slightly increasing
-    ratios, and even ``p = 1`` is not exactly uniform."""
-    if not sizes:
-        return []
-    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
-    ordered = [sizes[i] for i in order]
-    total = int(keep_ratio * np.sum(ordered))
-    c = keep_ratio * np.sum(ordered) / np.sum(np.power(ordered, p))
-    ratios = [0.0] * len(sizes)
-    for idx, i in enumerate(order):
-        r = c * np.power(ordered[idx], p - 1.0)
-        if r > 1:
-            r = 1.0
-        total -= int(r * ordered[idx])
-        if idx + 1 < len(ordered):  # RBRN divides by an empty sum after the last layer (unused)
-            c = total / np.sum(np.power(ordered[idx + 1:], p))
-        ratios[i] = float(r)
-    return ratios
-
-
-def erk_keep_ratios(shapes: list[tuple[int, ...]], keep_ratio: float) -> list[float]:
-    """RigL's Erdos-Renyi-Kernel densities (Evci et al. 2020, ``rigl/sparse_utils.py``
-    ``get_sparsities_erdos_renyi`` with ``include_kernel``, power scale 1), step for step in
-    float64. Layer l's density is ``eps * sum(shape_l) / prod(shape_l)`` (conv: ``(n_in + n_out +
-    k_h + k_w) / (n_in n_out k_h k_w)``; linear: ``(n_in + n_out) / (n_in n_out)``), with ``eps``
-    solved so the kept counts add up to RigL's uniform total ``sum(n_l - floor((1 - k) n_l))``.
-    While the largest density exceeds 1, every layer at the largest raw density is made dense
-    (density 1; its count comes off the budget) and ``eps`` is solved again over the rest.
-    These are the only dense layers (RigL keeps a first layer dense only through its own
-    custom map: here ``dense_first``, which leaves the layer out of the masks altogether)."""
-    sparsity = 1.0 - float(keep_ratio)
-    sizes = [int(np.prod(shape)) for shape in shapes]
-    raw = [float(np.sum(shape)) / float(np.prod(shape)) for shape in shapes]
-    dense: set[int] = set()
-    while True:
-        rhs = 0.0
-        divisor = 0.0
-        for i, n in enumerate(sizes):
-            n_zeros = int(np.floor(sparsity * n))
-            if i in dense:
-                rhs -= n_zeros
-            else:
-                rhs += n - n_zeros
-                divisor += raw[i] * n
-        if divisor == 0:  # every layer dense: the budget is the whole network
-            break
-        eps = rhs / divisor
-        max_raw = max(raw[i] for i in range(len(sizes)) if i not in dense)
-        if max_raw * eps <= 1:
-            break
-        dense |= {i for i in range(len(sizes)) if i not in dense and raw[i] == max_raw}
-    return [1.0 if i in dense else float(eps * raw[i]) for i in range(len(sizes))]
-
-
-class GlobalRanking:
-    """``keep_scope: global``: the scores of all masked layers compete for one budget.
-
-    The budget is the sum of the layers' own counts (their allocated ratios and keep rule),
-    so a global search keeps exactly as many scores as the per-layer search it is compared
-    with, and a keep-ratio schedule (which sets the layers' ratios) moves the budget.
-    ``min_fraction``: each layer first keeps its ``ceil(min_fraction * n_l)`` best scores (a
-    floor, so no layer is emptied); the rest of the budget goes to the highest |scores| among
-    all scores not already kept, wherever they are. Every layer's mask is thus the top-k_l of
-    its own |scores|; the k_l follow from the scores, and are recomputed, like a layer's
-    mask, only when some layer's scores change. Ties are broken as :func:`topk_mask` breaks
-    them (continuous score inits make them practically impossible).
-    """
-
-    def __init__(self, layers: list[TopKMask], min_fraction: float = 0.0):
-        self.layers = list(layers)
-        self.min_fraction = float(min_fraction)
-        self._masks: dict[int, torch.Tensor] = {}
-        self._key: tuple | None = None
-        self.mask_computations = 0
-
-    def floors(self) -> list[int]:
-        """Scores each layer keeps whatever the others score."""
-        return [min(p.scores.numel(), math.ceil(self.min_fraction * p.scores.numel()))
-                if self.min_fraction > 0 else 0 for p in self.ranked()]
-
-    def ranked(self) -> list[TopKMask]:
-        """The layers still ranked (a layer given a fixed mask with set_mask leaves)."""
-        return [p for p in self.layers if p.fixed_count is None]
-
-    def mask_of(self, layer: TopKMask) -> torch.Tensor:
-        ranked = self.ranked()
-        key = tuple((p.scores._version, p.scores.data_ptr(), p.scores.device, p.keep_ratio,
-                     p.keep_rule) for p in ranked) + (self.min_fraction,)
-        if self._key != key or id(layer) not in self._masks:
-            self._masks = dict(zip(map(id, ranked), self.compute(ranked)))
-            self._key = key
-            self.mask_computations += 1
-        return self._masks[id(layer)]
-
-    def compute(self, ranked: list[TopKMask]) -> list[torch.Tensor]:
-        budget = sum(p.budget for p in ranked)
-        floors = self.floors()
-        if sum(floors) > budget:
-            raise ValueError(f"the per-layer floors (keep_min_fraction={self.min_fraction}) keep "
-                             f"{sum(floors)} scores, more than the budget of {budget}")
-        with torch.no_grad():
-            values = [p.scores.detach().abs().flatten() for p in ranked]
-            reserved = [topk_mask(v, m) if m else torch.zeros_like(v, dtype=torch.bool)
-                        for v, m in zip(values, floors)]
-            # |score| >= 0: a reserved entry at -1 ranks below every other score
-            rest = torch.cat([torch.where(r, -1.0, v) for v, r in zip(values, reserved)])
-            chosen = topk_mask(rest, budget - sum(floors))
-            masks, start = [], 0
-            for p, v, r in zip(ranked, values, reserved):
-                masks.append((chosen[start:start + v.numel()] | r).view(p.scores.shape))
-                start += v.numel()
-        return masks
-
-
-def rank_globally(model: nn.Module, min_fraction: float = 0.0) -> GlobalRanking | None:
-    """Make every masked layer of ``model`` compete in one :class:`GlobalRanking`."""
-    layers = [get_mask_param(m) for _, m in masked_layers(model)]
-    if not layers:
-        return None
-    ranking = GlobalRanking(layers, min_fraction)
-    for layer in layers:
-        layer.ranking = ranking
-    return ranking
 
 
 def keep_ratios(model: nn.Module) -> dict[str, float]:

@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 
 from ..masks import inits
 
-from ..masks import masking
+from ..masks import masking, ranking
 from ..config import RunConfig, allowed, default
 from ..errors import ConfigError, check_choice, check_keep_ratio
 from .layers import Normalize
@@ -74,7 +74,7 @@ class ModelConfig:
         keep_allocation: how ``keep_ratio`` and ``adaptive_p`` become per-layer ratios
             (:func:`masking.allocate_keep_ratios`).
         keep_scope: ``layer`` (top-k in each layer) or ``global`` (the layers' counts only add
-            up to the budget; all scores compete for it: :class:`masking.GlobalRanking`).
+            up to the budget; all scores compete for it: :class:`~rst_lib.masks.ranking.GlobalRanking`).
         keep_min_fraction: with ``global``, the fraction of its scores each layer keeps at least.
         weight_init: see :data:`inits.WEIGHT_INITS` (``signed_constant`` = RST,
             ``binary`` = RBRN).
@@ -257,7 +257,7 @@ def build_model(cfg: ModelConfig, structure_only: bool = False) -> RandomNetwork
         if not structure_only:
             inits.init_scores_(mask.scores, cfg.score_init, g_score, cfg.score_init_scale, fan_scaled)
     if cfg.keep_scope == "global" and cfg.keep_ratio is not None:
-        masking.rank_globally(model, cfg.keep_min_fraction)
+        ranking.rank_globally(model, cfg.keep_min_fraction)
     return model
 
 
