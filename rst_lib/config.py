@@ -115,7 +115,12 @@ class RunConfig:
     adaptive_p: float = param(1.0, "RBRN's p: a layer keeps ~ size^(p-1); 1: the same ratio everywhere")
     granularity: str = param("weight", "what one score gates", choices=("weight", "kernel", "filter", "row"))
     keep_rule: str = param("round", "kept scores of a layer", choices={"round": "round(k n), at least 1", "getsubnet": "n - int((1 - k) n), the seeds' GetSubnet"})
-    keep_allocation: str = param("closed_form", "per-layer keep ratios from keep_ratio and adaptive_p", choices={"closed_form": "one solve", "rbrn": "RBRN's set_model_prune_rate walk"})
+    keep_allocation: str = param("closed_form", "per-layer keep ratios from keep_ratio (and adaptive_p)", choices={"closed_form": "one solve", "rbrn": "RBRN's set_model_prune_rate walk", "erk": "Erdos-Renyi-Kernel, RigL; ignores adaptive_p"})
+    keep_scope: str = param("layer", "where scores compete for the kept places", choices={"layer": "top-k in each layer", "global": "top-k over all masked layers; the allocation sets only the total"})
+    keep_min_fraction: float = param(0.0, "global scope: each layer keeps at least this fraction of its scores (0: a layer may be emptied)", "fraction")
+    rerand_freq: int = param(0, "IteRand: re-draw pruned weights before every N-th optimizer step (0: off)", "steps")
+    rerand_rate: float = param(1.0, "IteRand: the lowest-scored fraction of the pruned weights that may be re-drawn", "fraction")
+    rerand_lambda: float = param(0.1, "IteRand: probability that each of those is re-drawn at an event (their bernoulli mode)", "fraction")
     keep_ratio_schedule: str = param("none", "", choices={"none": None, "staged": "RBRN pr_steps", "geometric": "per epoch"})
     keep_ratio_stages: int = param(1, "staged: stage k of S keeps keep_ratio^(k/S); the cosine LR restarts")
     keep_ratio_warmup: int = param(0, "geometric: dense epochs before shrinking", "epochs")
@@ -235,6 +240,30 @@ class RunConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: it must be >= 0")
         check_keep_ratio(self.keep_ratio)
+        if not 0.0 <= self.keep_min_fraction <= self.keep_ratio:
+            raise ConfigError(f"keep_min_fraction={self.keep_min_fraction!r} is invalid: it must be "
+                              f"in [0, keep_ratio={self.keep_ratio}] (a floor above the average "
+                              "cannot be met)")
+        if self.keep_min_fraction and self.keep_scope != "global":
+            raise ConfigError("keep_min_fraction belongs to keep_scope='global' (with per-layer "
+                              "ranking every layer keeps its allocated share)")
+        if self.keep_allocation == "erk" and self.adaptive_p != 1.0:
+            raise ConfigError(f"adaptive_p={self.adaptive_p!r} is RBRN's per-layer rule; "
+                              "keep_allocation='erk' has its own (leave adaptive_p at 1.0)")
+        if self.keep_allocation == "erk" and self.keep_ratio_schedule == "staged" \
+                and self.keep_ratio_stages > 1:
+            raise ConfigError("keep_allocation='erk' with keep_ratio_schedule='staged' is not "
+                              "available (the stages re-allocate from layer sizes, ERK needs "
+                              "the layers' shapes): use closed_form or rbrn, or a geometric schedule")
+        if self.rerand_freq and self.task != "search":
+            raise ConfigError(f"rerand_freq={self.rerand_freq} (IteRand) re-draws the weights of a "
+                              f"search; task={self.task!r} trains the weights themselves: set "
+                              "rerand_freq: 0")
+        if self.rerand_freq < 0:
+            raise ConfigError(f"rerand_freq={self.rerand_freq!r} is invalid: it must be >= 0 (0: off)")
+        for name in ("rerand_rate", "rerand_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: it must be in [0, 1]")
         for name in ("eps", "alpha", "eval_eps", "eval_alpha"):
             value = getattr(self, name)
             if value is None and name.startswith("eval_"):

@@ -262,3 +262,51 @@ def test_export_writes_checked_onnx(tmp_path):
     out = export_ticket(tmp_path / "t", tmp_path / "e", images=8)
     log = json.loads((out / "export_log.json").read_text())
     assert log["onnx"]["written"] and log["onnx"]["check"]["ok"] and (out / "model.onnx").is_file()
+
+
+# RobustBench's model_info/cifar10/Linf/*.json fields (e.g. Addepalli2022Efficient_RN18.json,
+# which also has "unreliable"; older entries have "footnote")
+ROBUSTBENCH_FIELDS = {"link", "name", "authors", "additional_data", "number_forward_passes",
+                      "dataset", "venue", "architecture", "eps", "clean_acc", "reported",
+                      "autoattack_acc", "footnote"}
+
+
+def _evaluated_ticket(folder: Path, version="standard", examples=10_000, dataset="cifar10"):
+    model = create_model("conv2", 10, 3, image_size=32, width=0.125, keep_ratio=0.2)
+    save_ticket(model, folder / "ticket.pt")
+    final = {"split": "test", "examples": 10_000, "clean_acc": 0.6123, "pgd_acc": 0.41,
+             "eps": 8 / 255, "threat_model": "linf", "autoattack_acc": 0.3949,
+             "autoattack": {"version": version, "examples": examples}}
+    (folder / "metrics.json").write_text(json.dumps(
+        {"config": {"name": "rt-conv2", "dataset": dataset}, "final": final}))
+    return model
+
+
+def test_export_writes_a_robustbench_entry_after_standard_autoattack_on_the_whole_split(tmp_path):
+    from rst_lib.interop import export_ticket
+    model = _evaluated_ticket(tmp_path / "t")
+    out = export_ticket(tmp_path / "t", tmp_path / "e", images=4, onnx=False)
+    entry = json.loads((out / "robustbench_entry.json").read_text())
+    assert set(entry) == ROBUSTBENCH_FIELDS
+    assert entry["eps"] == "8/255" and entry["dataset"] == "cifar10"
+    assert (entry["clean_acc"], entry["autoattack_acc"]) == ("61.23", "39.49")
+    assert entry["additional_data"] is False and entry["number_forward_passes"] == 1
+    assert f"{masking.mask_summary(model)['kept']:,}" in entry["footnote"]
+    assert "RobustBench entry written" in (out / "export_log.txt").read_text()
+    assert (out / "model_card.json").is_file()
+
+
+@pytest.mark.parametrize("change,why", [({"version": "fast"}, "AutoAttack standard"),
+                                        ({"examples": 1000}, "all 10000"),
+                                        ({"dataset": "mnist5k"}, "no mnist5k board")])
+def test_no_robustbench_entry_without_that_evaluation_and_the_log_says_why(tmp_path, change, why):
+    from rst_lib.interop.export import robustbench_entry
+    model = _evaluated_ticket(tmp_path / "t", **change)
+    entry, reason = robustbench_entry(tmp_path / "t" / "ticket.pt", model)
+    assert entry is None and why in reason
+    if "version" in change:  # once through the export itself: no file, one line in the log
+        from rst_lib.interop import export_ticket
+        out = export_ticket(tmp_path / "t", tmp_path / "e", images=4, onnx=False)
+        assert not (out / "robustbench_entry.json").exists()
+        lines = [l for l in (out / "export_log.txt").read_text().splitlines() if "RobustBench" in l]
+        assert len(lines) == 1 and lines[0].startswith("no RobustBench entry:") and why in lines[0]

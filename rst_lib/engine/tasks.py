@@ -84,18 +84,34 @@ def describe_model(cfg: RunConfig) -> dict:
 
     The same :func:`run_model_config` and :func:`build_model` as a run, with
     ``structure_only`` (no value drawn): a 21 M-weight ResNet34 in a fraction of a second.
+    With ``keep_scope: global`` the per-layer counts depend on the scores: the network is
+    then built with its values and the counts are those of the initial scores (a search moves
+    them; only the total is fixed), said in ``"note"``; each layer's allocated share of the
+    budget is its ``"budget"``.
     """
     mcfg = run_model_config(cfg, dataset_shape(cfg.dataset, cfg.data_dir))
     if cfg.task in ("dense", "bnn"):
         mcfg = dataclasses.replace(mcfg, keep_ratio=None, bnn=cfg.task == "bnn")
-    model = build_model(mcfg, structure_only=True)
+    ranked = mcfg.keep_scope == "global" and mcfg.keep_ratio is not None
+    model = build_model(mcfg, structure_only=not ranked)
     summary = masking.mask_summary(model)
-    layers = [{"name": name, "shape": list(masking.raw_weight(layer).shape),
-               "weights": summary["layers"][name]["total"], "kept": summary["layers"][name]["kept"],
-               "keep_ratio": masking.get_mask_param(layer).keep_ratio}
-              for name, layer in masking.masked_layers(model)]
-    return {"config": cfg.to_dict(), "network": mcfg.to_dict(), "layers": layers,
-            "total_weights": summary["total"], "total_kept": summary["kept"]}
+    layers = []
+    for name, layer in masking.masked_layers(model):
+        row, p = summary["layers"][name], masking.get_mask_param(layer)
+        layers.append({"name": name, "shape": list(masking.raw_weight(layer).shape),
+                       "weights": row["total"], "kept": row["kept"],
+                       "keep_ratio": row["keep_ratio"] if ranked else p.keep_ratio})
+        if ranked:
+            layers[-1]["budget"] = p.budget * (row["total"] // p.scores.numel())
+    described = {"config": cfg.to_dict(), "network": mcfg.to_dict(), "layers": layers,
+                 "total_weights": summary["total"], "total_kept": summary["kept"]}
+    if ranked:
+        floor = (f"; each layer keeps at least {mcfg.keep_min_fraction:g} of its scores"
+                 if mcfg.keep_min_fraction else "; no floor: a layer may be emptied")
+        described["note"] = (f"keep_scope global: the per-layer counts are those of the initial "
+                             f"scores (seed {mcfg.seed}); a search moves them, only the total "
+                             f"{summary['kept']:,} is fixed{floor}")
+    return described
 
 
 def build_task(cfg: RunConfig, data: DataBundle | None = None, device=None):

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 
-from ..masks import masking
+from ..masks import masking, rerandomize
 from ..config import ConfigError, RunConfig
 from ..data.datasets import DataBundle, fixed_subset
 from ..data.loaders import make_loader, set_epoch
@@ -88,6 +88,7 @@ def train_epoch(ctx: EpochContext, loader, epoch: int) -> dict:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch + i / n_batches)
         eps = cfg.eps * eps_factor(cfg, epoch + i / n_batches)
         ctx.step.set_eps(eps, cfg.alpha * eps / cfg.eps if cfg.eps else cfg.alpha)
+        rerandomize.at_step(ctx.model, cfg, epoch * n_batches + i + 1)  # IteRand, if on
         loss, logits = ctx.step(ctx, x, y, index, eps, (epoch, i))
         value = loss.item()
         if cfg.loss_jump_factor and running is not None and value > cfg.loss_jump_factor * running:

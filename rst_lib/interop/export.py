@@ -193,6 +193,76 @@ def model_card(ticket: Path, model: RandomNetwork, payload: dict) -> dict:
     return card
 
 
+# RobustBench's CIFAR boards evaluate on the whole test split: 10,000 images each.
+ROBUSTBENCH_TEST_SPLITS = {"cifar10": 10_000, "cifar100": 10_000}
+ROBUSTBENCH_ENTRY = "robustbench_entry.json"
+ARCHITECTURE_NAMES = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50",
+                      "preact_resnet18": "PreActResNet-18", "wide_resnet": "WideResNet",
+                      "vgg16": "VGG-16", "mobilenet_v2": "MobileNetV2"}
+
+
+def _robustbench_eps(eps: float, threat: str) -> str:
+    """RobustBench writes an L-inf budget as a fraction of 255 ("8/255"), an L2 one plainly."""
+    if threat == "linf" and abs(eps * 255 - round(eps * 255)) < 1e-6:
+        return f"{round(eps * 255)}/255"
+    return f"{eps:g}"
+
+
+def robustbench_entry(ticket: Path, model: RandomNetwork) -> tuple[dict | None, str]:
+    """A leaderboard entry in the shape of RobustBench's ``model_info/<dataset>/<threat>/*.json``
+    (link, name, authors, additional_data, number_forward_passes, dataset, venue,
+    architecture, eps, clean_acc, reported, autoattack_acc, footnote), or None and why not.
+
+    Written only when the run's ``metrics.json`` holds a final evaluation with AutoAttack
+    ``standard`` on the whole test split of a dataset RobustBench has a board for (its
+    entries are that evaluation; anything less would read as one). Accuracies are percent
+    strings with two decimals, as there; ``reported`` is the run's own AutoAttack number
+    (nothing else was reported); ``link``, ``authors`` and ``venue`` are left for the
+    submitter to fill in."""
+    metrics = read_json(ticket.parent / "metrics.json")
+    final = metrics.get("final") if isinstance(metrics.get("final"), dict) else {}
+    run = metrics.get("config") if isinstance(metrics.get("config"), dict) else {}
+    aa = final.get("autoattack") if isinstance(final.get("autoattack"), dict) else {}
+    dataset = run.get("dataset")
+    if not final:
+        return None, "no final evaluation in the run's metrics.json"
+    if aa.get("version") != "standard" or final.get("autoattack_acc") is None:
+        return None, (f"AutoAttack was {aa.get('version') or 'not run'}, RobustBench's entries "
+                      "are AutoAttack standard (set autoattack: standard)")
+    if dataset not in ROBUSTBENCH_TEST_SPLITS:
+        return None, f"RobustBench has no {dataset} board (only {', '.join(ROBUSTBENCH_TEST_SPLITS)} here)"
+    full = ROBUSTBENCH_TEST_SPLITS[dataset]
+    if not final.get("examples") == aa.get("examples") == full:
+        return None, (f"evaluated on {final.get('examples')} test images ({aa.get('examples')} "
+                      f"with AutoAttack), RobustBench's {dataset} entries on all {full} (set "
+                      "final_examples: null and autoattack_examples >= 10000)")
+    summary = masking.mask_summary(model)
+    cfg = model.config
+    arch = ARCHITECTURE_NAMES.get(cfg.name, cfg.name) + (f" (width {cfg.width:g})" if cfg.width != 1 else "")
+    threat = final.get("threat_model", "linf")
+    autoattack = f"{100 * final['autoattack_acc']:.2f}"
+    entry = {
+        "link": "",
+        "name": run.get("name") or ticket.parent.name,
+        "authors": "",
+        "additional_data": False,
+        "number_forward_passes": 1,
+        "dataset": dataset,
+        "venue": "",
+        "architecture": arch,
+        "eps": _robustbench_eps(float(final["eps"]), threat),
+        "clean_acc": f"{100 * final['clean_acc']:.2f}",
+        "reported": autoattack,
+        "autoattack_acc": autoattack,
+        "footnote": (f"Subnetwork of a randomly initialized {arch} whose weights were never "
+                     f"trained: {summary['kept']:,} of {summary['total']:,} masked weights kept "
+                     f"(keep ratio {summary['keep_ratio']:.4g}, weight seed {cfg.seed}); "
+                     f"{threat.upper() if threat == 'l2' else 'Linf'} AutoAttack standard on "
+                     f"the {full:,} test images (rst-workbook)."),
+    }
+    return entry, f"{ROBUSTBENCH_ENTRY}: AutoAttack standard on the whole {dataset} test split"
+
+
 def export_ticket(ticket: str | os.PathLike, out_dir: str | os.PathLike, images: int = 64,
                   onnx: bool = True) -> Path:
     """Export the ticket (file or folder) into ``out_dir`` (new or empty). Returns ``out_dir``."""
@@ -242,6 +312,12 @@ def export_ticket(ticket: str | os.PathLike, out_dir: str | os.PathLike, images:
             raise ExportError(f"export of {str(path)!r} does not reproduce the ticket: "
                               + _log_text(log).replace("\n", "; "))
         write_json(tmp / "model_card.json", model_card(path, model, payload))
+        entry, why = robustbench_entry(path, model)
+        if entry is not None:
+            write_json(tmp / ROBUSTBENCH_ENTRY, entry)
+        log["robustbench"] = {"written": entry is not None, "note": why}
+        write_json(tmp / "export_log.json", log)
+        write_text(tmp / "export_log.txt", _log_text(log))
     return out_dir
 
 
@@ -273,8 +349,12 @@ def _log_text(log: dict) -> str:
                      f"{'ok' if c['ok'] else 'MISMATCH'}")
     elif onnx:
         lines.append(onnx.get("note", "onnx: not written"))
+    rb = log.get("robustbench")
+    if rb:
+        lines.append(f"RobustBench entry written: {rb['note']}" if rb["written"]
+                     else f"no RobustBench entry: {rb['note']}")
     return "\n".join(lines)
 
 
 __all__ = ["ExportError", "architecture", "bake_masks", "compare_logits", "export_ticket",
-           "model_card", "TicketError"]
+           "model_card", "robustbench_entry", "TicketError"]

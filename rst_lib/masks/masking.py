@@ -20,7 +20,11 @@ Top-k rule: ``k`` of the ``n`` scores of a layer are kept, ranked by ``|score|``
 edge-popup / RST / RBRN; :func:`keep_count` says how many (``keep_rule``: ``round`` =
 ``round(keep_ratio * n)``, at least 1, the workbook's; ``getsubnet`` = ``n - int((1 - keep_ratio)
 * n)``, what the seeds' ``GetSubnet`` keeps). Per-layer keep ratios come from one global ratio
-by :func:`allocate_keep_ratios` (``keep_allocation``: ``closed_form`` or RBRN's ``rbrn`` walk). Exactly ``k`` entries are kept
+by :func:`allocate_keep_ratios` (``keep_allocation``: ``closed_form``, RBRN's ``rbrn`` walk or
+RigL's Erdos-Renyi-Kernel ``erk``, in :mod:`.allocation`). With ``keep_scope: global``
+(:class:`~rst_lib.masks.ranking.GlobalRanking`) the
+per-layer counts only add up to the budget and the scores of all layers compete for it.
+Exactly ``k`` entries are kept
 even when scores tie; among tied scores the winners are the ones ``torch.topk`` returns
 (on all entries or on the band of :func:`topk_mask`; deterministic for a given device and
 build). Continuous random score inits make ties
@@ -34,7 +38,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -42,12 +45,15 @@ from torch.nn.utils import parametrize
 from ..config import allowed
 from ..errors import check_keep_ratio
 from .topk import topk_mask
+# The per-layer allocations live in .allocation (re-exported: one place to import masks from).
+from .allocation import (KEEP_ALLOCATIONS, allocate_keep_ratios, closed_form_keep_ratios,  # noqa: F401
+                         erk_keep_ratios, rbrn_keep_ratios)
 
 GRANULARITIES = allowed("granularity")  # declared with the parameter
 # How many scores of a layer a keep ratio keeps (see keep_count), and how one global keep
 # ratio becomes per-layer ratios (see allocate_keep_ratios): declared with the parameters.
 KEEP_RULES = allowed("keep_rule")
-KEEP_ALLOCATIONS = allowed("keep_allocation")
+KEEP_SCOPES = allowed("keep_scope")
 
 
 def score_shape(weight_shape: torch.Size, granularity: str) -> tuple[int, ...]:
@@ -143,29 +149,53 @@ class TopKMask(nn.Module):
         # top-k). None until first used (saves a byte per weight); then a bool buffer in
         # the state dict.
         self.register_buffer("discarded", None, persistent=True)
+        # IteRand (rerandomize.py): the optimizer step at which each weight was last re-drawn
+        # (0: never). None until the first re-draw; then an int32 buffer in the state dict, so
+        # a resumed run and the ticket (which stores it instead of the weights) know it.
+        self.register_buffer("redrawn_at", None, persistent=True)
+        self.init_keep_ratio = self.keep_ratio  # the ratio the weight scale was drawn with
+        # keep_scope global: the GlobalRanking this layer competes in (None: top-k in the layer)
+        self.ranking = None  # a ranking.GlobalRanking
+        # a mask set with set_mask keeps exactly its count (also 0: a layer emptied by a
+        # global ranking), whatever the ratio or the other layers say
+        self.fixed_count: int | None = None
         self._mask: torch.Tensor | None = None
         self._mask_key: tuple | None = None
         self.mask_computations = 0  # how often top-k ran (tests and benchmarks read it)
 
     @property
-    def k(self) -> int:
+    def budget(self) -> int:
+        """The scores this layer's ratio keeps (with a global ranking: its share of the total)."""
+        if self.fixed_count is not None:
+            return self.fixed_count
         return keep_count(self.keep_ratio, self.scores.numel(), self.keep_rule)
 
+    @property
+    def k(self) -> int:
+        """The scores this layer keeps now (with a global ranking: as the scores rank)."""
+        if self.ranking is not None and self.fixed_count is None:
+            return int(self.mask().sum())
+        return self.budget
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args):
-        # A state with a discard record creates the buffer; a full (strict) state without one
-        # means nothing was discarded (e.g. saved before the first discard).
-        key = prefix + "discarded"
-        if self.discarded is None and key in state_dict:
-            self.discarded = torch.zeros(self.scores.shape, dtype=torch.bool,
-                                         device=self.scores.device)
-        elif self.discarded is not None and key not in state_dict and strict:
-            self.discarded = None
+        # A state with a discard (re-draw) record creates the buffer; a full (strict) state
+        # without one means nothing was discarded (re-drawn), e.g. saved before the first.
+        for name, dtype in (("discarded", torch.bool), ("redrawn_at", torch.int32)):
+            key = prefix + name
+            if getattr(self, name) is None and key in state_dict:
+                setattr(self, name, torch.zeros(state_dict[key].shape, dtype=dtype,
+                                                device=self.scores.device))
+            elif getattr(self, name) is not None and key not in state_dict and strict:
+                setattr(self, name, None)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args)
 
     def mask(self) -> torch.Tensor:
         """The boolean mask (1 byte per score), recomputed only when the scores change."""
+        if self.ranking is not None and self.fixed_count is None:
+            return self.ranking.mask_of(self)
         s = self.scores
-        key = (s._version, s.data_ptr(), s.device, s.dtype, self.keep_ratio, self.keep_rule)
+        key = (s._version, s.data_ptr(), s.device, s.dtype, self.keep_ratio, self.keep_rule,
+               self.fixed_count)
         if self._mask is None or self._mask_key != key:
             with torch.no_grad():
                 self._mask = topk_mask(s.detach().abs().flatten(), self.k).view(s.shape)
@@ -177,14 +207,17 @@ class TopKMask(nn.Module):
         """Make this layer keep exactly ``mask`` (bool/0-1 tensor of the weight's shape)."""
         mask = mask.to(dtype=self.scores.dtype, device=self.scores.device).reshape(self.scores.shape)
         kept = int(mask.sum().item())
-        if kept < 1:
+        if kept < 1 and self.ranking is None:
             raise ValueError("a mask must keep at least one weight")
         with torch.no_grad():
             # scores 1 for kept, 0 for dropped: top-k with k == kept is then exactly `mask`.
             self.scores.copy_(mask)
         # round(kept / n * n) == kept: k round-trips (the getsubnet rule's truncation of
         # (1 - kept / n) * n could land one below n - kept, so a set mask counts by round)
-        self.keep_ratio, self.keep_rule = kept / mask.numel(), "round"
+        self.keep_ratio, self.keep_rule = max(kept, 1) / mask.numel(), "round"
+        # The count is pinned: a globally ranked layer (which may keep 0) leaves the ranking
+        # and keeps exactly this mask, so a ticket reloads with its masks whatever they are.
+        self.fixed_count = kept
 
     def discard_lowest(self, fraction: float) -> None:
         """RST's ``discard_low_score``: the lowest ``int(fraction * n)`` |scores| of this layer
@@ -310,75 +343,8 @@ def set_keep_ratios(model: nn.Module, ratios: dict[str, float]) -> None:
     layers = dict(masked_layers(model))
     for name, r in ratios.items():
         check_keep_ratio(r, f"keep ratio of {name}")
-        get_mask_param(layers[name]).keep_ratio = float(r)
-
-
-def allocate_keep_ratios(sizes: list[int], keep_ratio: float, p: float = 1.0,
-                         allocation: str = "closed_form") -> list[float]:
-    """Per-layer keep ratios (in the order of ``sizes``) for a global ``keep_ratio`` with RBRN's
-    adaptive rule ``r_l ~ n_l ** (p - 1)``: ``closed_form`` (:func:`closed_form_keep_ratios`,
-    the workbook's) or ``rbrn`` (:func:`rbrn_keep_ratios`, RBRN's own walk)."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p={p!r} is invalid: it must be in [0, 1]")
-    check_keep_ratio(keep_ratio)
-    if allocation == "rbrn":
-        return rbrn_keep_ratios(sizes, keep_ratio, p)
-    if allocation != "closed_form":
-        raise ValueError(f"allocation {allocation!r} is invalid: valid allocations are "
-                         f"{', '.join(KEEP_ALLOCATIONS)}")
-    return closed_form_keep_ratios(sizes, keep_ratio, p)
-
-
-def closed_form_keep_ratios(sizes: list[int], keep_ratio: float, p: float = 1.0) -> list[float]:
-    """Layer l keeps ratio ``r_l = c * n_l ** (p - 1)`` (``n_l`` = its number of weights), capped
-    at 1, with ``c`` chosen so that ``sum(r_l * n_l) = keep_ratio * sum(n_l)``. Layers that
-    hit the cap keep everything and the remaining budget is re-solved over the others
-    (smaller layers are capped first, since ``p - 1 <= 0``). ``p = 1`` is the uniform rule
-    (exactly ``keep_ratio`` everywhere); ``p = 0`` gives every layer the same number of kept
-    weights."""
-    if p == 1.0:
-        return [float(keep_ratio)] * len(sizes)
-    budget = keep_ratio * sum(sizes)
-    ratios: list[float | None] = [None] * len(sizes)
-    while True:
-        free = [i for i, r in enumerate(ratios) if r is None]
-        if not free:
-            break
-        capped_total = sum(sizes[i] for i, r in enumerate(ratios) if r == 1.0)
-        c = (budget - capped_total) / sum(sizes[i] ** p for i in free)
-        over = [i for i in free if c * sizes[i] ** (p - 1) > 1.0]
-        if not over:
-            for i in free:
-                ratios[i] = c * sizes[i] ** (p - 1)
-            break
-        for i in over:
-            ratios[i] = 1.0
-    return [float(r) for r in ratios]
-
-
-def rbrn_keep_ratios(sizes: list[int], keep_ratio: float, p: float) -> list[float]:
-    """RBRN's ``set_model_prune_rate`` (``code/arch/net_utils.py``) step for step (numpy float64
-    and numpy's sums, so the ratios are the same doubles). Walking the layers from the smallest
-    (stable: equal sizes in module order), each gets ``c * n ** (p - 1)`` capped at 1; its
-    ``int(r * n)`` is taken off the budget ``int(keep_ratio * N)`` and ``c`` is re-solved over
-    the layers left. The truncations make ``c`` drift: equal layers get slightly increasing
-    ratios, and even ``p = 1`` is not exactly uniform."""
-    if not sizes:
-        return []
-    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
-    ordered = [sizes[i] for i in order]
-    total = int(keep_ratio * np.sum(ordered))
-    c = keep_ratio * np.sum(ordered) / np.sum(np.power(ordered, p))
-    ratios = [0.0] * len(sizes)
-    for idx, i in enumerate(order):
-        r = c * np.power(ordered[idx], p - 1.0)
-        if r > 1:
-            r = 1.0
-        total -= int(r * ordered[idx])
-        if idx + 1 < len(ordered):  # RBRN divides by an empty sum after the last layer (unused)
-            c = total / np.sum(np.power(ordered[idx + 1:], p))
-        ratios[i] = float(r)
-    return ratios
+        mask = get_mask_param(layers[name])
+        mask.keep_ratio, mask.fixed_count = float(r), None
 
 
 def keep_ratios(model: nn.Module) -> dict[str, float]:

@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 
 from ..masks import inits
 
-from ..masks import masking
+from ..masks import masking, ranking
 from ..config import RunConfig, allowed, default
 from ..errors import ConfigError, check_choice, check_keep_ratio
 from .layers import Normalize
@@ -73,6 +73,9 @@ class ModelConfig:
         keep_rule: kept scores of a layer at its ratio (:func:`masking.keep_count`).
         keep_allocation: how ``keep_ratio`` and ``adaptive_p`` become per-layer ratios
             (:func:`masking.allocate_keep_ratios`).
+        keep_scope: ``layer`` (top-k in each layer) or ``global`` (the layers' counts only add
+            up to the budget; all scores compete for it: :class:`~rst_lib.masks.ranking.GlobalRanking`).
+        keep_min_fraction: with ``global``, the fraction of its scores each layer keeps at least.
         weight_init: see :data:`inits.WEIGHT_INITS` (``signed_constant`` = RST,
             ``binary`` = RBRN).
         scale_fan: fan multiplied by the layer's keep ratio in the weight scale (RBRN).
@@ -103,6 +106,8 @@ class ModelConfig:
     granularity: str = default("granularity")
     keep_rule: str = default("keep_rule")
     keep_allocation: str = default("keep_allocation")
+    keep_scope: str = default("keep_scope")
+    keep_min_fraction: float = default("keep_min_fraction")
     weight_init: str = default("weight_init")
     scale_fan: bool = default("scale_fan")
     score_init: str = default("score_init")
@@ -172,13 +177,16 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"model_kwargs {', '.join(unknown)} unknown for model {cfg.name!r}: "
                           f"valid model_kwargs are {valid}")
     for name in ("weight_init", "score_init", "score_fan_mode", "granularity", "norm",
-                 "keep_rule", "keep_allocation"):
+                 "keep_rule", "keep_allocation", "keep_scope"):
         check_choice(name, getattr(cfg, name), allowed(name))  # declared with RunConfig's field
     if not 0.0 <= cfg.adaptive_p <= 1.0:
         raise ConfigError(f"adaptive_p={cfg.adaptive_p!r} is invalid: it must be in [0, 1] "
                           "(1 = the same keep ratio in every layer)")
     if cfg.keep_ratio is not None:  # None: a dense network
         check_keep_ratio(cfg.keep_ratio)
+        if not 0.0 <= cfg.keep_min_fraction <= cfg.keep_ratio:
+            raise ConfigError(f"keep_min_fraction={cfg.keep_min_fraction!r} is invalid: it must be "
+                              f"in [0, keep_ratio={cfg.keep_ratio}]")
     for key in ("num_classes", "in_channels", "image_size"):
         if int(getattr(cfg, key)) < 1:
             raise ConfigError(f"{key}={getattr(cfg, key)!r} is invalid: it must be >= 1")
@@ -224,7 +232,8 @@ def build_model(cfg: ModelConfig, structure_only: bool = False) -> RandomNetwork
     masked_idx = [i for i, d in enumerate(dense) if not d]
     ratios = dict(zip(masked_idx, masking.allocate_keep_ratios(
         [layers[i][1].weight.numel() for i in masked_idx], cfg.keep_ratio, cfg.adaptive_p,
-        cfg.keep_allocation) if masked_idx else []))
+        cfg.keep_allocation, shapes=[tuple(layers[i][1].weight.shape) for i in masked_idx])
+        if masked_idx else []))
     # Two generators: the weights depend only on the seed (and the shapes), never on the
     # score init, so tickets of different keep ratios can share one random network.
     g_weight = torch.Generator().manual_seed(cfg.seed)
@@ -247,6 +256,8 @@ def build_model(cfg: ModelConfig, structure_only: bool = False) -> RandomNetwork
                       or (cfg.score_fan_mode == "only_last" and is_last))
         if not structure_only:
             inits.init_scores_(mask.scores, cfg.score_init, g_score, cfg.score_init_scale, fan_scaled)
+    if cfg.keep_scope == "global" and cfg.keep_ratio is not None:
+        ranking.rank_globally(model, cfg.keep_min_fraction)
     return model
 
 

@@ -10,6 +10,11 @@ weight), or the Elias-Fano code of the positions of the kept (or, above one half
 pruned) weights: about ``2 + log2(1 / keep_ratio)`` bits per kept weight, i.e. 0.32 bits per
 weight at a keep ratio of 0.05, close to the n*H(p) bits of information in such a mask.
 
+A search with IteRand (``rerand_freq``) re-draws weights as it goes; its ticket (version 3)
+stores, instead of those weights, for each kept weight the event that last re-drew it
+(:func:`~rst_lib.masks.rerandomize.redraw_recipe`, checked at save time by rebuilding), and
+loading re-draws them from the seed. Pruned weights are not rebuilt: the mask zeroes them.
+
 Loading rebuilds the network from its config, regenerates the random weights from the
 seed, applies the masks and the stored state, and therefore reproduces the saved model's
 outputs exactly. Files are read with ``torch.load(weights_only=True)``: only tensors and
@@ -25,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..masks import masking
+from ..masks import masking, rerandomize
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..utils.files import TORCH_LOAD_ERRORS, model_file, torch_save
@@ -34,7 +39,8 @@ from .registry import ModelConfig, RandomNetwork, build_model
 
 FORMAT = "rst-ticket"
 VERSION = 2          # 2: masks as {"encoding": ...} dicts (bits or Elias-Fano)
-READABLE = (1, 2)    # 1: masks as packed bits only
+REDRAWN_VERSION = 3  # 3: version 2 + "redraws", the recipe of IteRand's re-drawn kept weights
+READABLE = (1, 2, 3)  # 1: masks as packed bits only
 
 
 class TicketError(ConfigError):
@@ -42,31 +48,63 @@ class TicketError(ConfigError):
     unsafe). A bad ticket is a bad parameter: it is reported before any compute."""
 
 
-def _is_score_key(key: str) -> bool:
-    return key.endswith(".scores")
+def _is_regenerated_key(key: str) -> bool:
+    # scores: the mask is the result; redrawn_at: the ticket's "redraws" recipe says it
+    return key.endswith(".scores") or key.endswith(".redrawn_at")
+
+
+def _redraw_recipes(model: RandomNetwork, reference: RandomNetwork) -> dict[str, dict]:
+    """The layers whose kept weights the seed rebuilds after IteRand's re-draws: name ->
+    recipe (``{}`` when no kept weight was re-drawn). A layer qualifies only if rebuilding
+    ``reference`` (a fresh build, changed in place here) from the recipe gives exactly its
+    kept weights: weights trained or loaded from elsewhere are stored as they are."""
+    cfg = model.config
+    recipes = {}
+    weight_masks = masking.weight_masks(model)
+    fresh_layers = dict(masking.masked_layers(reference))
+    for index, (name, layer) in enumerate(masking.masked_layers(model)):
+        weight = masking.raw_weight(layer)
+        if masking.get_mask_param(layer).redrawn_at is None or weight.requires_grad:
+            continue
+        kept = weight_masks[name].flatten().cpu()
+        recipe = rerandomize.redraw_recipe(layer, kept)
+        if recipe is not None:
+            rerandomize.apply_redraw_recipe(fresh_layers[name], index, recipe, kept, cfg.seed,
+                                            cfg.weight_init, cfg.scale_fan)
+        rebuilt = masking.raw_weight(fresh_layers[name]).flatten()[kept]
+        if torch.equal(rebuilt, weight.detach().cpu().flatten()[kept]):
+            recipes[name] = recipe or {}
+    return recipes
 
 
 def ticket_payload(model: RandomNetwork, meta: dict | None = None) -> dict:
     cfg: ModelConfig = model.config
-    reference = build_model(cfg).state_dict()
+    fresh = build_model(cfg)
+    reference = fresh.state_dict()
     state = {}
     for key, value in model.state_dict().items():
-        if _is_score_key(key):
+        if _is_regenerated_key(key):
             continue
         value = value.detach().cpu()
         ref = reference.get(key)
         if ref is not None and ref.shape == value.shape and torch.equal(ref, value):
             continue  # regenerated from the seed on load
         state[key] = value.clone()
+    recipes = _redraw_recipes(model, fresh)  # after the loop: it re-draws `fresh` in place
+    for name in recipes:
+        state.pop(f"{name}.parametrizations.weight.original", None)
     masks = masking.get_masks(model)
-    return {
+    payload = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": REDRAWN_VERSION if recipes else VERSION,
         "model_config": json.dumps(cfg.to_dict()),
         "masks": {name: encode_mask(m) for name, m in masks.items()},
         "state": state,
         "meta": json.dumps(meta or {}),
     }
+    if recipes:
+        payload["redraws"] = {name: r for name, r in recipes.items() if r}
+    return payload
 
 
 def save_ticket(model: RandomNetwork, path: str | os.PathLike, meta: dict | None = None) -> Path:
@@ -137,6 +175,12 @@ def load_ticket(path: str | os.PathLike, device: str | torch.device = "cpu",
     model = build_model(cfg)
     try:
         masks = ticket_masks(payload)
+        redraws = payload.get("redraws", {})
+        for index, (name, layer) in enumerate(masking.masked_layers(model)):
+            if name in redraws:
+                kept = masks[name].expand(masking.raw_weight(layer).shape).flatten()
+                rerandomize.apply_redraw_recipe(layer, index, redraws[name], kept, cfg.seed,
+                                                cfg.weight_init, cfg.scale_fan)
         masking.set_masks(model, masks)
     except (ValueError, RuntimeError, IndexError, KeyError, TypeError) as e:
         raise TicketError(f"ticket {str(path)!r}: {e}") from None

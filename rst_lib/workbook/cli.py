@@ -333,6 +333,8 @@ def model_text(description: dict) -> str:
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(5)]
     fmt = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
     lines += ["", fmt(head)] + [fmt(r) for r in rows]
+    if description.get("note"):
+        lines += ["", description["note"]]
     return "\n".join(lines)
 
 

@@ -317,7 +317,8 @@ def _sections(cls, starts: dict[str, str]) -> dict[str, list[str]]:
 RUN_SECTIONS = _sections(RunConfig, _SECTION_STARTS)
 _MODEL = [n for n in RUN_SECTIONS["model"] if n not in ("granularity", "keep_rule", "keep_allocation", "keep_ratio_schedule",
           "keep_ratio_stages", "keep_ratio_warmup", "keep_ratio_steps", "discard", "discard_every",
-          "discard_rate", "discard_progressive", "dense_first", "dense_last")]
+          "discard_rate", "discard_progressive", "dense_first", "dense_last", "keep_scope",
+          "keep_min_fraction", "rerand_freq", "rerand_rate", "rerand_lambda")]
 _SEARCH = {"data": RUN_SECTIONS["data"], "model": _MODEL,
            "optimization": RUN_SECTIONS["optimization"],
            "training attack": RUN_SECTIONS["training attack"],
