@@ -4,6 +4,7 @@ Ground truth: checkpoints written by the seeds' own code with that code's output
 read in place (tests/upstream.py says where). Only the cases that read a seed file skip when
 it is absent, and not in CI (``CI=true``), where a missing seed file FAILS.
 """
+from pathlib import Path
 import json
 import os
 import subprocess

@@ -24,7 +24,7 @@ import yaml
 
 from rst_lib.data.locations import DatasetUnavailable
 from rst_lib.errors import ConfigError
-from rst_lib.workbook.run_check import check_notebook_run, check_params
+from rst_lib.workbook.run_check import check_notebook_run, check_sweep_cell
 from rst_lib.workbook.sweep_files import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def check_file(path: Path, output_root: Path) -> list[str]:
     if path.parent.name == "sweeps":
         sweep = load_sweep(path, output_root=output_root)
         return [f"{cell.label}: {line}" for cell in sweep.cells
-                for line in check_params(cell.notebook, cell.params)]
+                for line in check_sweep_cell(cell)]
     return check_notebook_run(notebook_for(path), path, output_root=output_root).lines
 
 

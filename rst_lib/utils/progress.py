@@ -40,7 +40,10 @@ class tqdm(auto_tqdm):  # noqa: N801 - a drop-in for tqdm.auto.tqdm
         self.handle = display(self.container, display_id=True)
         self.displayed = True
 
-    def display(self, *args, check_delay=True, **kwargs):  # tqdm.notebook's redraw
+    def display(self, *args, **kwargs):  # tqdm.notebook's redraw (a terminal bar: tqdm's own)
+        if not self.widget_bar:  # tqdm.std's display takes no check_delay
+            return super().display(*args, **kwargs)
+        check_delay = kwargs.pop("check_delay", True)
         if check_delay and self.delay > 0 and not self.displayed:
             self.show()  # a delayed bar appears now (through the handle)
         return super().display(*args, check_delay=False, **kwargs)

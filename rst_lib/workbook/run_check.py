@@ -79,3 +79,19 @@ def check_params(notebook: str | os.PathLike, params: dict) -> list[str]:
     if "model" not in specs and "dataset" not in specs:
         lines.append("no data and no network: this notebook reads finished runs")
     return lines
+
+
+def check_sweep_cell(cell) -> list[str]:
+    """The checks of one sweep cell (:class:`~rst_lib.workbook.sweep_files.SweepCell`), as
+    the sweep makes them before it starts: a ticket, tickets or weights that an earlier
+    stage's cells make (``from_stage``) do not exist yet and are checked when the cell
+    starts, after those cells; everything else is checked now."""
+    from .sweep_files import UNRESOLVED
+    params = cell.params
+    if cell.depends_on:
+        params = {**params, **{k: v for k, v in UNRESOLVED.items() if k in params}}
+    lines = check_params(cell.notebook, params)
+    if cell.depends_on:
+        lines.append(f"reads: {', '.join(cell.depends_on)} (made by this sweep first; "
+                     "checked when the cell starts)")
+    return lines
