@@ -397,6 +397,14 @@ def test_claims_smoke_study_commits_its_records_and_08_renders_from_them(tmp_pat
         if c["counted"] == "yes":
             assert c["pairs"] == 2, c["key"]
         assert c["verdict"] in (HOLDS, FAILS, INCONCLUSIVE)
+        if c["interval"] is None:  # no interval (one pair, or nothing to bound it): no verdict
+            assert c["verdict"] == INCONCLUSIVE, c["key"]
+        elif c["verdict"] == HOLDS:  # "holds" only with the interval past the declared margin
+            lo, hi = c["interval"]
+            margin = c["margin_points"] / 100
+            kind = c["kind"].split(",")[0]
+            assert (lo > margin if kind == SUPERIORITY else lo > -margin
+                    if kind == NON_INFERIORITY else -margin < lo <= hi < margin), c
         assert all(str(study) in r for r in c["runs"])
 
 
