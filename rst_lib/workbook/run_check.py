@@ -86,11 +86,8 @@ def check_sweep_cell(cell) -> list[str]:
     the sweep makes them before it starts: a ticket, tickets or weights that an earlier
     stage's cells make (``from_stage``) do not exist yet and are checked when the cell
     starts, after those cells; everything else is checked now."""
-    from .sweep_files import UNRESOLVED
-    params = cell.params
-    if cell.depends_on:
-        params = {**params, **{k: v for k, v in UNRESOLVED.items() if k in params}}
-    lines = check_params(cell.notebook, params)
+    from .sweep_files import checkable_params
+    lines = check_params(cell.notebook, checkable_params(cell.params, cell.depends_on))
     if cell.depends_on:
         lines.append(f"reads: {', '.join(cell.depends_on)} (made by this sweep first; "
                      "checked when the cell starts)")

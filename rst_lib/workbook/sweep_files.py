@@ -149,6 +149,15 @@ UNRESOLVED = {"ticket": None, "tickets": [], "pretrained": None}
 STAGE_KEYS = ("stage", "notebook", "params", "set", "grid", "seeds", "cells")
 
 
+def checkable_params(params: dict, depends_on: list) -> dict:
+    """A cell's parameters as they can be checked before the sweep runs: a ticket, tickets or
+    weights that earlier cells make (``depends_on`` not empty) do not exist yet, so they are
+    left out (checked when the cell starts)."""
+    if not depends_on:
+        return params
+    return {**params, **{k: v for k, v in UNRESOLVED.items() if k in params}}
+
+
 def load_sweep(path: str | os.PathLike, overrides=(), output_root: str | os.PathLike | None = None,
                validate: bool = True, base: str | os.PathLike | None = None) -> Sweep:
     """Read a sweep file (see the module docstring), expand it and check every cell.
@@ -263,8 +272,7 @@ def _stage_cells(spec: dict, path: Path, where: str, name: str, root: Path, over
             params, depends, choices = resolve_references(params, earlier, f"{where}, cell {cname}")
             params = normalize_params(notebook, params, absolute_path(root))
             if validate:  # a referenced ticket does not exist yet: checked when the cell starts
-                validate_notebook_params(notebook, {**params, **{k: v for k, v in UNRESOLVED.items()
-                                                                 if k in params and depends}})
+                validate_notebook_params(notebook, checkable_params(params, depends))
         except ConfigError as e:
             raise ConfigError(f"sweep {name}, cell {cname}: {e}") from None
         record = (study / str(stage) / cname) if study and stage else (study / cname if study else None)
