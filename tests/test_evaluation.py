@@ -56,6 +56,6 @@ def test_gradient_masking_checks(data):
                                      steps=5, more_steps=10, restarts=2, progress=False)
     assert honest["eps_curve"][-1][1] <= 0.1
     assert any("eps=1" in f for f in masked["flags"])  # cannot reach 0 with the whole image
-    assert any("random noise" in f for f in masked["flags"]) or \
-        masked["accuracy"]["pgd"] >= masked["accuracy"]["noise"] - 0.02
+    # quantized inputs give PGD no gradient, so random noise does at least as well as PGD
+    assert any("random noise" in f for f in masked["flags"]), masked
     assert len(masked["flags"]) > len(honest["flags"])

@@ -15,6 +15,7 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rst_lib import save_ticket  # noqa: E402
 from rst_lib.analysis.mask_plots import mask_explorer  # noqa: E402
 from rst_lib.analysis.plots import plot_comparison  # noqa: E402
 from rst_lib.engine.checks import check_masking_parameters, describe_checks  # noqa: E402
@@ -78,20 +79,23 @@ def _namespace(**kw):
     return ns
 
 
-def test_relative_paths_mean_the_project_root_in_a_kernel_inside_it(tmp_path, monkeypatch):
-    ticket = next((PROJECT_ROOT / "outputs").glob("*/*/ticket.pt"), None)
+def test_relative_paths_mean_the_project_root_in_a_kernel_inside_it(tmp_path, monkeypatch, tiny_model):
+    # a ticket of its own under outputs/ (a fresh clone has no run folder yet)
+    folder = PROJECT_ROOT / "outputs" / f".test-kernel-paths-{os.getpid()}"
+    save_ticket(tiny_model(), folder / "ticket.pt")
     monkeypatch.delenv("RST_DATA_DIR", raising=False)
-    for cwd in (NB, PROJECT_ROOT):
-        monkeypatch.chdir(cwd)
-        ns = _namespace(run_dir="outputs/x", data_cache_dir="cache")
-        config_from(ns)
-        assert ns["run_dir"] == str(PROJECT_ROOT / "outputs" / "x")
-        assert os.environ["RST_DATA_DIR"] == str(PROJECT_ROOT / "data")
-        if ticket:
-            rel = str(ticket.parent.relative_to(PROJECT_ROOT))
-            ns = _namespace(tickets=[rel])
+    try:
+        for cwd in (NB, PROJECT_ROOT):
+            monkeypatch.chdir(cwd)
+            ns = _namespace(run_dir="outputs/x", data_cache_dir="cache")
             config_from(ns)
-            assert ns["tickets"] == [str(ticket.parent)]
+            assert ns["run_dir"] == str(PROJECT_ROOT / "outputs" / "x")
+            assert os.environ["RST_DATA_DIR"] == str(PROJECT_ROOT / "data")
+            ns = _namespace(tickets=[str(folder.relative_to(PROJECT_ROOT))])
+            config_from(ns)
+            assert ns["tickets"] == [str(folder)]
+    finally:
+        shutil.rmtree(folder)
     monkeypatch.chdir(tmp_path)  # outside the project: the kernel's own folder
     (tmp_path / "here").mkdir()
     ns = _namespace(runs_root="here")
@@ -178,7 +182,7 @@ def test_check_rows_say_what_they_ran():
 
 
 def test_explorer_draws_at_creation_and_redraws_on_every_change(tiny_model):
-    pytest.importorskip("ipywidgets")
+    import ipywidgets  # noqa: F401  a dependency: missing, the test fails (never skips)
     tickets = {"keep 0.2": tiny_model(0.2), "keep 0.5": tiny_model(0.5)}
     box = mask_explorer(tickets)
     (layer, top), picks, out = box.children[0].children, box.children[1], box.children[2]
