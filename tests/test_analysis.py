@@ -14,6 +14,8 @@ from rst_lib.analysis.transfer import check_same_network, transfer_matrix
 from rst_lib import RunConfig, train
 from rst_lib.masks import masking
 from rst_lib.analysis.controls import compare_models, natural_control, random_mask_control
+from rst_lib.config import default
+from tiny import TINY
 from rst_lib.data.loaders import make_loader, shard_order
 from rst_lib.engine.evaluation import recalibrate_bn
 from rst_lib.engine.tasks import build_task
@@ -324,9 +326,8 @@ def test_mask_summary_table_rows():
     assert linear["empty_kernels"] is None and linear["top_pattern"] is None
 
 
-CFG = dict(model="conv2", width=0.125, keep_ratio=0.2, epochs=1, train_examples=256,
-           eval_examples=64, final_examples=100, autoattack="none", eps=0.1, alpha=0.125,
-           eval_alpha=0.025, eval_steps=3, batch_size=64)
+# the tiny base with the schema's own training attack and no last BN
+CFG = TINY | dict(end_with_bn=False, train_attack=default("train_attack"), final_examples=100, eval_steps=3)
 
 
 def test_random_mask_control_is_the_untrained_network_with_recalibrated_bn(data):

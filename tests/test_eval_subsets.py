@@ -12,6 +12,8 @@ from rst_lib.data.datasets import evaluation_order, fixed_subset, load_dataset
 from rst_lib.models.registry import ModelConfig
 from rst_lib.workbook import per_class_table
 
+from tiny import TINY
+
 CLASSES = [f"c{i}" for i in range(10)]
 
 
@@ -70,8 +72,8 @@ def test_final_autoattack_examples_and_per_class_numbers(tmp_path):
 
 # --- issue 26: one definition of a per-class row; one set of images per number ---------
 
-TINY_EVAL = dict(model="conv2", width=0.125, keep_ratio=0.2, eps=0.1, eval_alpha=0.05,
-                 eval_steps=2, autoattack="fast", eval_batch_size=50)
+TINY_EVAL = {k: TINY[k] for k in ("model", "width", "keep_ratio", "eps", "eval_steps")} | dict(
+    eval_alpha=0.05, autoattack="fast", eval_batch_size=50)
 
 
 def _tiny_model(data):

@@ -13,11 +13,10 @@ from rst_lib import RunConfig, train
 from rst_lib.config import ConfigError
 from rst_lib.masks import masking, rerandomize
 from rst_lib.models.tickets import load_ticket, read_ticket, save_ticket
+from tiny import TINY as TINY_BASE
 
-TINY = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-            train_examples=256, eval_examples=64, batch_size=32, train_attack="fgsm_rs",
-            eps=0.1, alpha=0.125, eval_alpha=0.025, eval_steps=2, autoattack="none",
-            final_examples=64, epochs=2, rerand_freq=3, rerand_lambda=0.5, weight_init="kaiming_normal")
+TINY = TINY_BASE | dict(batch_size=32, final_examples=64, epochs=2, rerand_freq=3, rerand_lambda=0.5,
+                       weight_init="kaiming_normal")
 
 FRESH_PROCESS = """
 import json, sys, torch

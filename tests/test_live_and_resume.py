@@ -15,13 +15,12 @@ import torch
 
 from rst_lib import RunConfig, train
 from rst_lib.workbook.index import run_progress
+from tiny import TINY
 
 # Tiny, deterministic; AutoAttack in batches of 8 so it has many units to be killed between.
-CFG = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.3, end_with_bn=True,
-           train_examples=256, eval_examples=64, batch_size=64, train_attack="fgsm_rs",
-           eps=0.1, alpha=0.125, eval_eps=0.02, eval_alpha=0.005, eval_steps=3, lr=0.1, epochs=2,
-           final_examples=160, autoattack="fast", autoattack_examples=160, eval_batch_size=8,
-           seed=3)
+CFG = TINY | dict(keep_ratio=0.3, eval_eps=0.02, eval_alpha=0.005, eval_steps=3, lr=0.1, epochs=2,
+                 final_examples=160, autoattack="fast", autoattack_examples=160, eval_batch_size=8,
+                 seed=3)
 
 CHILD = """
 import json, sys, torch

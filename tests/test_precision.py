@@ -40,9 +40,7 @@ from rst_lib.engine.tuning import CompileFallbackWarning, CompiledNetwork, resol
 from tiny import TINY_PGD
 
 CPU = torch.device("cpu")
-STEP = dict(dataset="mnist5k", model="conv2", width=0.125, keep_ratio=0.2, end_with_bn=True,
-            batch_size=64, train_attack="pgd", steps=3, eps=0.1, alpha=0.025, lr=0.1, epochs=1,
-            eps_warmup_epochs=0, lr_schedule="constant")
+STEP = TINY_PGD | dict(lr_schedule="constant")  # one PGD-3 training step
 
 
 def _overlap(a: dict, b: dict) -> float:
