@@ -2,8 +2,20 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from fractions import Fraction
 from typing import Iterable
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """A setting that runs but is probably not what was meant: one line on stderr, once per
+    process (a run validates its parameters more than once)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"warning: {message}", file=sys.stderr)
 
 
 class ConfigError(ValueError):

@@ -105,3 +105,15 @@ def test_trainer_parameter_errors(tmp_path):
         RunConfig(task="finetune", ticket="nope.pt").validate()
     with pytest.raises(ConfigError, match="adaptive_p=2"):
         RunConfig(adaptive_p=2).validate()
+
+
+def test_an_eps_warm_up_longer_than_the_run_is_one_warning_line_once(capsys):
+    cfg = RunConfig(epochs=1, eps_warmup_epochs=2.5, eps=0.3)
+    cfg.validate()
+    cfg.validate()  # validated again (CLI, then kernel): still one line
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: eps_warmup_epochs=2.5 >= epochs=1: the training attack never reaches "
+                   "eps=0.3 (at most 40% of it); use fewer warm-up epochs or more epochs"]
+    RunConfig(epochs=3, eps_warmup_epochs=2.5).validate()
+    RunConfig(epochs=1, eps_warmup_epochs=2.5, train_attack="none").validate()
+    assert capsys.readouterr().err == ""

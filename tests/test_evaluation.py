@@ -59,3 +59,15 @@ def test_gradient_masking_checks(data):
     # quantized inputs give PGD no gradient, so random noise does at least as well as PGD
     assert any("random noise" in f for f in masked["flags"]), masked
     assert len(masked["flags"]) > len(honest["flags"])
+
+
+def test_masking_eps_curve_rises_and_stays_in_the_pixel_range(tiny_model, data):
+    """eps 0.3 x factor 4 would be 1.2: past the whole-image eps of 1 (and the pixel range),
+    listed before it. The curve is increasing and ends at the whole-image eps."""
+    from rst_lib.engine.checks import gradient_masking_report
+    model = tiny_model(0.2).eval()
+    small = [(x[:, 8:20, 8:20], y) for x, y in (data.test[i] for i in range(16))]
+    report = gradient_masking_report(model, small, 0.3, 0.1, n_examples=16, steps=1,
+                                     more_steps=2, restarts=2, progress=False)
+    eps = [e for e, _ in report["eps_curve"]]
+    assert eps == sorted(eps) and len(set(eps)) == len(eps) and eps[-1] == 1.0, eps

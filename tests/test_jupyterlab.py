@@ -113,9 +113,9 @@ def lab(tmp_path_factory):
     (home / "config").mkdir()
     (home / "config" / "jupyter_server_config.json").write_text(json.dumps(server_config))
     settings = home / "settings"
-    # every cell in the page (no windowing: the checks read the whole notebook), no news popup
-    for ext, values in (("notebook-extension/tracker", {"windowingMode": "none"}),
-                        ("apputils-extension/notification", {"fetchNews": "false"})):
+    # every cell in the page (no windowing: the checks read the whole notebook); the news
+    # question is left to the installed configuration (make install answers it)
+    for ext, values in (("notebook-extension/tracker", {"windowingMode": "none"}),):
         f = settings / "@jupyterlab" / f"{ext}.jupyterlab-settings"
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps(values))
@@ -153,6 +153,28 @@ def test_the_installed_venv_enables_the_read_only_templates_extension():
     config = json.loads((Path(sys.prefix) / CONFIG_FILE).read_text())
     assert config["ServerApp"]["jpserver_extensions"] == {EXTENSION: True}
     assert extension_status() == "enabled"
+
+
+def test_jupyterlab_as_installed_asks_no_news_question(lab):
+    """JupyterLab's first start asks whether to fetch Jupyter's news unless fetchNews is
+    decided: the venv's overrides (make install) decide it, the user's settings are empty."""
+    url, token = lab[0], lab[1]
+    got = json.loads(urllib.request.urlopen(
+        f"{url}/lab/api/settings/@jupyterlab/apputils-extension:notification?token={token}",
+        timeout=30).read())
+    # overrides become the schema's defaults; the user's own settings stay empty
+    defaults = {k: v.get("default") for k, v in got["schema"]["properties"].items()}
+    assert defaults["fetchNews"] == "false" and defaults["checkForUpdates"] is False, defaults
+    assert got["settings"] == {}
+
+
+def test_quiet_news_keeps_other_overrides(tmp_path):
+    from rst_lib.workbook.jupyter_contents import LAB_OVERRIDES, quiet_news
+    (tmp_path / LAB_OVERRIDES).parent.mkdir(parents=True)
+    (tmp_path / LAB_OVERRIDES).write_text(json.dumps({"x:y": {"a": 1}}))
+    settings = json.loads(quiet_news(tmp_path).read_text())
+    assert settings["x:y"] == {"a": 1}
+    assert settings["@jupyterlab/apputils-extension:notification"]["fetchNews"] == "false"
 
 
 def test_the_install_check_sees_a_disabled_extension(tmp_path):

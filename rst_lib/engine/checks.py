@@ -70,8 +70,9 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
 
     Measured on the same ``n_examples`` test inputs: clean, uniform random noise at eps,
     FGSM, PGD-``steps``, PGD-``more_steps``, PGD-``steps`` with ``restarts`` restarts, PGD at
-    eps * each factor in ``eps_factors`` and at ``large_eps`` (default 1.0: the whole image
-    can be replaced, accuracy must reach ~0), optionally AutoAttack.
+    eps * each factor in ``eps_factors`` below ``large_eps`` and at ``large_eps`` (default 1.0:
+    the whole image can be replaced, accuracy must reach ~0), in increasing eps, optionally
+    AutoAttack.
 
     ``early_stop``: every PGD stops on an input once it is misclassified (the run's
     ``eval_early_stop``; an input counts as broken if any iterate breaks it).
@@ -127,6 +128,8 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
     curve = []
     for f in eps_factors:
         e = eps * f
+        if e >= large_eps:  # past the whole-image eps (an L-inf eps above 1 leaves the pixel range)
+            continue
         curve.append((e, acc(f"eps={e:.6g}", {"pgd": pgd(e, max(alpha * f, 1e-6), steps)})["pgd_acc"]))
     curve.append((large_eps, acc(f"large eps={large_eps:g}",
                                  {"pgd": pgd(large_eps, large_eps / 4, steps)})["pgd_acc"]))

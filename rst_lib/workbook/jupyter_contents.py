@@ -128,6 +128,26 @@ def enable(prefix: str | os.PathLike = sys.prefix) -> Path:
     return path
 
 
+LAB_OVERRIDES = Path("share", "jupyter", "lab", "settings", "overrides.json")
+# JupyterLab asks on first start whether to fetch Jupyter's news from the internet (and checks
+# for updates): a question about the network, unrelated to the workbook, on machines that are
+# often offline. Answered "no" for this venv; a user can switch it on in Settings.
+NO_NEWS = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false",
+                                                            "checkForUpdates": False}}
+
+
+def quiet_news(prefix: str | os.PathLike = sys.prefix) -> Path:
+    """Merge :data:`NO_NEWS` into the venv's JupyterLab settings overrides (other plugins'
+    overrides kept)."""
+    path = Path(prefix) / LAB_OVERRIDES
+    settings = json.loads(path.read_text()) if path.is_file() else {}
+    for plugin, values in NO_NEWS.items():
+        settings.setdefault(plugin, {}).update(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+    return path
+
+
 # Run in a fresh interpreter of the venv: the server's own merge of every config dir
 # (jupyter_config_path, JUPYTER_CONFIG_PATH first) and its own import check of the module.
 _PROBE = """
@@ -159,6 +179,7 @@ def extension_status(python: str | os.PathLike = sys.executable, env: dict | Non
 def main() -> int:
     """``make install``: enable the extension in this venv and check that it is active."""
     path = enable()
+    quiet_news()
     status = extension_status()
     if status != "enabled":
         print(f"ERROR: wrote {path}, but the server extension {EXTENSION} is not active, so "
