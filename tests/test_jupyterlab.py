@@ -177,6 +177,39 @@ def test_quiet_news_keeps_other_overrides(tmp_path):
     assert settings["@jupyterlab/apputils-extension:notification"]["fetchNews"] == "false"
 
 
+def test_a_template_opens_with_a_banner_that_a_saved_copy_leaves_out():
+    """JupyterLab's read-only notice does not say how to get a copy: the template is handed
+    out with a first cell that does; a copy saved from it (Save As) is written without it."""
+    from rst_lib.workbook.jupyter_contents import BANNER_KEY, protect_templates
+
+    class Contents:  # the contents manager's two calls, in memory
+        saved = {}
+
+        def get(self, path, content=True):
+            return {"type": "notebook", "content": nbformat.v4.new_notebook(
+                cells=[nbformat.v4.new_code_cell("x = 1")]), "path": path}
+
+        def save(self, model, path):
+            self.saved[path] = json.loads(json.dumps(model["content"]))
+            return model
+
+        def delete_file(self, path):
+            pass
+
+        def rename_file(self, old, new):
+            pass
+
+    cm = Contents()
+    protect_templates(cm, ROOT)
+    opened = cm.get("notebooks/05_mask_patterns.ipynb")
+    first = opened["content"]["cells"][0]
+    assert opened["writable"] is False and first["metadata"][BANNER_KEY]
+    assert "rst-workbook new 05_mask_patterns" in first["source"]
+    assert cm.get("work/05-copy.ipynb")["content"]["cells"][0]["source"] == "x = 1"  # copies: none
+    cm.save(opened, "work/05-copy.ipynb")
+    assert [c["source"] for c in cm.saved["work/05-copy.ipynb"]["cells"]] == ["x = 1"]
+
+
 def test_the_install_check_sees_a_disabled_extension(tmp_path):
     """The install step's check can fail: a config dir of higher priority that disables the
     extension (JUPYTER_CONFIG_PATH comes first) is seen; enabling it there is seen too."""
@@ -359,6 +392,7 @@ def test_working_copy_in_jupyterlab_runs_draws_and_leaves_the_project_clean(lab,
         assert tab.filter(has_text="05_mask_patterns.ipynb").first.evaluate(
             "t => !t.classList.contains('jp-mod-dirty')"), "a template is modified on opening"
         assert page.get_by_text("notebook is read-only").count() >= 1
+        assert page.get_by_text("rst-workbook new 05_mask_patterns").count() >= 1  # the banner
         page.keyboard.press("Control+s")
         page.wait_for_timeout(2000)
         browser.close()

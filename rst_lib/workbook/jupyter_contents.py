@@ -80,7 +80,19 @@ def protect_templates(cm, root: Path) -> None:
             model["writable"] = False
         if model.get("type") == "notebook" and isinstance(model.get("content"), dict):
             with_kernel_language_info(model["content"])
+            if template(path):
+                with_template_banner(model["content"], Path(path).stem)
         return model
+
+    save = cm.save
+
+    @functools.wraps(save)
+    def save_without_banner(model, path, *args, **kwargs):
+        # a template saved as a working copy (File > Save Notebook As...) leaves the banner out
+        if model.get("type") == "notebook" and isinstance(model.get("content"), dict):
+            without_template_banner(model["content"])
+        return save(model, path, *args, **kwargs)
+    cm.save = save_without_banner
 
     get = cm.get
     if inspect.iscoroutinefunction(get):
@@ -92,9 +104,34 @@ def protect_templates(cm, root: Path) -> None:
         def guarded_get(path, *args, **kwargs):
             return mark(get(path, *args, **kwargs), path)
     cm.get = guarded_get
-    cm.save = refuse_writes(cm.save)
+    cm.save = refuse_writes(cm.save)  # the banner-stripping save, refused for templates
     cm.delete_file = refuse_writes(cm.delete_file)
     cm.rename_file = refuse_move(cm.rename_file)
+
+
+BANNER_KEY = "rst_workbook_banner"  # cell metadata of the banner: never saved
+
+
+def with_template_banner(notebook: dict, stem: str) -> dict:
+    """``notebook`` with a first cell telling that it is a read-only template and how to get a
+    copy to work in (JupyterLab's own read-only notice does not say); shown, never saved."""
+    cells = notebook.setdefault("cells", [])
+    if not (cells and cells[0].get("metadata", {}).get(BANNER_KEY)):
+        cells.insert(0, {"cell_type": "markdown", "id": "rst-workbook-template-banner",
+                         "metadata": {BANNER_KEY: True, "editable": False, "deletable": False},
+                         "source": f"**A read-only template of the project.** Run it here as it "
+                                   f"is, or explore in your own copy: in a terminal "
+                                   f"`.venv/bin/rst-workbook new {stem}` (writes "
+                                   f"`work/{stem}-work.ipynb`), or *File > Save Notebook As...* "
+                                   f"into `work/`."})
+    return notebook
+
+
+def without_template_banner(notebook: dict) -> dict:
+    """``notebook`` without the cell :func:`with_template_banner` added."""
+    notebook["cells"] = [c for c in notebook.get("cells", [])
+                         if not c.get("metadata", {}).get(BANNER_KEY)]
+    return notebook
 
 
 def with_kernel_language_info(notebook: dict) -> dict:
