@@ -16,7 +16,6 @@ from typing import Any, Iterable
 
 import yaml
 
-
 from .errors import (ConfigError, check_choice, check_keep_ratio, did_you_mean,  # noqa: F401
                      parse_number, warn_once)  # ConfigError re-exported
 
@@ -121,10 +120,10 @@ class RunConfig:
     rerand_freq: int = param(0, "IteRand: re-draw pruned weights before every N-th optimizer step (0: off)", "steps")
     rerand_rate: float = param(1.0, "IteRand: the lowest-scored fraction of the pruned weights that may be re-drawn", "fraction")
     rerand_lambda: float = param(0.1, "IteRand: probability that each of those is re-drawn at an event (their bernoulli mode)", "fraction")
-    keep_ratio_schedule: str = param("none", "", choices={"none": None, "staged": "RBRN pr_steps", "geometric": "per epoch"})
+    keep_ratio_schedule: str = param("none", "", choices={"none": None, "staged": "RBRN pr_steps", "geometric": "per epoch", "biprop": "global: 0.5 kept to keep_ratio, biprop main.py"})
     keep_ratio_stages: int = param(1, "staged: stage k of S keeps keep_ratio^(k/S); the cosine LR restarts")
     keep_ratio_warmup: int = param(0, "geometric: dense epochs before shrinking", "epochs")
-    keep_ratio_steps: int = param(0, "geometric: epochs to shrink from 1 to keep_ratio", "epochs")
+    keep_ratio_steps: int = param(0, "geometric: epochs to shrink from 1 to keep_ratio; biprop: its prune_rate_epoch", "epochs")
     discard: bool = param(False, "RST discard mode: the lowest scores stop getting gradient")
     discard_every: int = param(10, "RST --discard_epoch: epochs between discards", "epochs")
     discard_rate: float = param(0.1, "RST --discard_rate: scores discarded per discard", "fraction")
@@ -208,13 +207,16 @@ class RunConfig:
             raise ConfigError(f"normalization={self.normalization!r} is the seeds' CIFAR normalization: "
                               f"it needs dataset cifar10, cifar100 or imagefolder, not {self.dataset!r} "
                               "(use normalization: dataset)")
-        if self.keep_ratio_schedule == "geometric" and self.keep_ratio_steps < 1:
-            raise ConfigError("keep_ratio_schedule='geometric' needs keep_ratio_steps >= 1 (epochs "
-                              "to shrink from 1 to keep_ratio)")
-        if self.keep_ratio_schedule != "geometric" and (self.keep_ratio_steps
-                                                        or self.keep_ratio_warmup):
-            raise ConfigError("keep_ratio_steps and keep_ratio_warmup belong to "
-                              "keep_ratio_schedule='geometric'")
+        ramp = self.keep_ratio_schedule in ("geometric", "biprop")  # over keep_ratio_steps epochs
+        if ramp and self.keep_ratio_steps < 1 or not ramp and self.keep_ratio_steps or \
+                self.keep_ratio_schedule != "geometric" and self.keep_ratio_warmup:
+            raise ConfigError("keep_ratio_steps (>= 1: the epochs of the ramp) belongs to keep_ratio_schedule "
+                              "'geometric' or 'biprop', keep_ratio_warmup to 'geometric'")
+        if self.keep_ratio_schedule == "biprop" and not (self.keep_scope == "global" and self.keep_ratio
+                                                         <= 0.5 and self.keep_ratio_steps < self.epochs):
+            raise ConfigError("keep_ratio_schedule='biprop' ramps a global ranking from 0.5 kept to keep_ratio "
+                              "over keep_ratio_steps epochs: it needs keep_scope='global', keep_ratio <= 0.5 "
+                              "(biprop skips the ramp above) and keep_ratio_steps < epochs (an epoch at the target)")
         if not 1 <= self.keep_ratio_stages <= self.epochs:
             raise ConfigError(f"keep_ratio_stages={self.keep_ratio_stages!r} is invalid: it must be "
                               f"in [1, epochs={self.epochs}]")
@@ -292,8 +294,7 @@ class RunConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: it must be > 0")
         if self.weight_decay < 0 or self.momentum < 0 or self.lr_gamma <= 0:
-            raise ConfigError("weight_decay and momentum must be >= 0 and lr_gamma > 0, got "
-                              f"{self.weight_decay!r}, {self.momentum!r}, {self.lr_gamma!r}")
+            raise ConfigError(f"weight_decay and momentum must be >= 0 and lr_gamma > 0, got {self.weight_decay!r}, {self.momentum!r}, {self.lr_gamma!r}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ConfigError(f"device={self.device!r} is invalid: use auto, cpu, cuda or cuda:N")
         if self.num_workers != "auto" and not (isinstance(self.num_workers, int)

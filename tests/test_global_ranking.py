@@ -140,3 +140,52 @@ def test_the_floor_is_checked_before_any_compute():
         RunConfig(keep_ratio=0.1, keep_min_fraction=0.05).validate()
     with pytest.raises(ConfigError, match="keep_scope"):
         RunConfig(keep_scope="network").validate()
+
+
+def test_a_floor_equal_to_the_keep_ratio_is_refused_by_the_rule_the_mask_applies():
+    # ceil floors against a rounded budget: f == keep_ratio passes a check of f <= keep_ratio
+    # and then fails at the first mask. check_run now applies the mask's own rule
+    # (GlobalRanking.check_floors) to this data's network, before any compute.
+    from rst_lib.engine.tasks import check_run
+    from rst_lib.masks.ranking import GlobalRanking
+    cfg = RunConfig(model="conv4", dataset="cifar10", keep_ratio=0.2, keep_scope="global",
+                    keep_min_fraction=0.2)
+    cfg.validate()  # the schema's range check alone lets it through
+    with pytest.raises(ConfigError, match=r"keep_min_fraction=0.2 is too large.*at most 0.1999"):
+        check_run(cfg)
+    with pytest.raises(ConfigError, match="keep_min_fraction=0.2 is too large"):
+        create_model("conv4", 10, 3, image_size=32, keep_ratio=0.2, keep_scope="global",
+                     keep_min_fraction=0.2)  # the mask's rule, at build
+    # what check_run accepts, the masks keep: the largest floor it names builds and ranks
+    ok = cfg.replace(keep_min_fraction=0.1999)
+    check_run(ok)
+    model = create_model("conv4", 10, 3, image_size=32, keep_ratio=0.2, keep_scope="global",
+                         keep_min_fraction=0.1999)
+    ranking = masking.get_mask_param(next(iter(dict(masking.masked_layers(model)).values()))).ranking
+    assert isinstance(ranking, GlobalRanking)
+    assert masking.mask_summary(model)["kept"] == budget_of(model)
+
+
+def test_biprop_ramp_is_its_main_py_formula_and_the_layers_shares_are_recorded(tmp_path):
+    # biprop main.py: epoch e < P prunes s + (0.5 - s)(1 - e/P)^3 (s = 1 - keep); epoch P: keep
+    from rst_lib import train
+    from rst_lib.engine.schedules import at_target_sparsity, biprop_keep_ratio, keep_ratios_at
+    from tiny import TINY
+    cfg = RunConfig(**{**TINY, "keep_ratio": 0.1, "keep_scope": "global", "epochs": 3,
+                       "keep_ratio_schedule": "biprop", "keep_ratio_steps": 2}).validate()
+    assert biprop_keep_ratio(cfg, 0) == pytest.approx(0.5)
+    assert biprop_keep_ratio(cfg, 1) == pytest.approx(1 - (0.9 + (0.5 - 0.9) * 0.5 ** 3))  # 0.15
+    assert biprop_keep_ratio(cfg, 2) == 0.1
+    assert [at_target_sparsity(cfg, e) for e in range(3)] == [False, False, True]
+    final = {"a": 0.1, "b": 0.1}
+    assert keep_ratios_at(cfg, final, {"a": 10, "b": 20}, 0) == {"a": 0.5, "b": 0.5}
+    assert keep_ratios_at(cfg, final, {"a": 10, "b": 20}, 2) == final
+    result = train(cfg, tmp_path, progress=False)
+    kept = [row["keep_ratio"] for row in result.history]
+    assert kept == pytest.approx([0.5, 0.15, 0.1], abs=2e-3)
+    shares = [row["layer_keep_ratio"] for row in result.history]
+    assert set(shares[0]) == {n for n, _ in masking.masked_layers(result.model)}
+    for bad in ({"keep_scope": "layer"}, {"keep_ratio": 0.6}, {"keep_ratio_steps": 3},
+                {"keep_ratio_steps": 0}):
+        with pytest.raises(ConfigError, match="keep_ratio"):
+            cfg.replace(**bad)

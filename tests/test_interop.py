@@ -272,20 +272,30 @@ ROBUSTBENCH_FIELDS = {"link", "name", "authors", "additional_data", "number_forw
                       "autoattack_acc", "footnote"}
 
 
-def _evaluated_ticket(folder: Path, version="standard", examples=10_000, dataset="cifar10"):
+def _evaluated_ticket(folder: Path, version="standard", examples=10_000, dataset="cifar10",
+                      eps=8 / 255, precision=None, searched=None):
+    """A ticket with a metrics.json as a run writes it; ``precision``: the configured
+    autoattack_precision (None: a run from before the field), ``searched``: the search
+    precision the final evaluation recorded (None: not recorded)."""
     model = create_model("conv2", 10, 3, image_size=32, width=0.125, keep_ratio=0.2)
     save_ticket(model, folder / "ticket.pt")
     final = {"split": "test", "examples": 10_000, "clean_acc": 0.6123, "pgd_acc": 0.41,
-             "eps": 8 / 255, "threat_model": "linf", "autoattack_acc": 0.3949,
+             "eps": eps, "threat_model": "linf", "autoattack_acc": 0.3949,
              "autoattack": {"version": version, "examples": examples}}
-    (folder / "metrics.json").write_text(json.dumps(
-        {"config": {"name": "rt-conv2", "dataset": dataset}, "final": final}))
+    if searched:
+        final["autoattack"]["search_precision"] = searched
+    config = {"name": "rt-conv2", "dataset": dataset}
+    if precision:
+        config["autoattack_precision"] = precision
+    (folder / "metrics.json").write_text(json.dumps({"config": config, "final": final}))
     return model
 
 
-def test_export_writes_a_robustbench_entry_after_standard_autoattack_on_the_whole_split(tmp_path):
+@pytest.mark.parametrize("precision", [{}, {"precision": "fp32"},
+                                       {"precision": "auto", "searched": "fp32"}])
+def test_export_writes_a_robustbench_entry_after_standard_autoattack_on_the_whole_split(tmp_path, precision):
     from rst_lib.interop import export_ticket
-    model = _evaluated_ticket(tmp_path / "t")
+    model = _evaluated_ticket(tmp_path / "t", **precision)
     out = export_ticket(tmp_path / "t", tmp_path / "e", images=4, onnx=False)
     entry = json.loads((out / "robustbench_entry.json").read_text())
     assert set(entry) == ROBUSTBENCH_FIELDS
@@ -299,13 +309,18 @@ def test_export_writes_a_robustbench_entry_after_standard_autoattack_on_the_whol
 
 @pytest.mark.parametrize("change,why", [({"version": "fast"}, "AutoAttack standard"),
                                         ({"examples": 1000}, "all 10000"),
-                                        ({"dataset": "mnist5k"}, "no mnist5k board")])
+                                        ({"dataset": "mnist5k"}, "no mnist5k board"),
+                                        ({"precision": "bf16"}, "precision was bf16"),
+                                        ({"precision": "auto", "searched": "bf16"}, "precision was bf16"),
+                                        ({"precision": "auto"}, "precision was not recorded"),
+                                        ({"eps": 4 / 255}, "boards are at linf 8/255"),
+                                        ({"dataset": "cifar100", "eps": 0.5}, "boards are at linf 8/255")])
 def test_no_robustbench_entry_without_that_evaluation_and_the_log_says_why(tmp_path, change, why):
     from rst_lib.interop.export import robustbench_entry
     model = _evaluated_ticket(tmp_path / "t", **change)
     entry, reason = robustbench_entry(tmp_path / "t" / "ticket.pt", model)
     assert entry is None and why in reason
-    if "version" in change:  # once through the export itself: no file, one line in the log
+    if "version" in change or "precision" in change:  # through the export: no file, one line
         from rst_lib.interop import export_ticket
         out = export_ticket(tmp_path / "t", tmp_path / "e", images=4, onnx=False)
         assert not (out / "robustbench_entry.json").exists()

@@ -1,4 +1,5 @@
-"""Schedules over epochs: learning rate, the training attack's eps, keep ratios, discard.
+"""Schedules over epochs: learning rate, the training attack's eps, keep ratios (RBRN's
+stages, geometric, biprop's ramp), discard.
 
 Each is a pure function of the config and the (fractional) epoch, so a resumed run
 follows the same schedule as an uninterrupted one.
@@ -77,6 +78,18 @@ def staged_keep_ratios(cfg: RunConfig, sizes: dict[str, int], epoch: int) -> dic
                                                         cfg.adaptive_p, cfg.keep_allocation)))
 
 
+def biprop_keep_ratio(cfg: RunConfig, epoch: int) -> float:
+    """biprop's ramp of a global ranking (``main.py``, "gradually increase pruning rate to
+    avoid layer collapse"; its ``prune_rate_epoch`` is ``keep_ratio_steps`` = P): epoch e < P
+    prunes ``s + (0.5 - s) (1 - e/P)^3`` of all weights, s = 1 - keep_ratio, so epoch 0 keeps
+    0.5 and the kept fraction falls cubically to ``keep_ratio``, reached at epoch P; set once
+    per epoch, as there (its threshold then follows the scores at every step)."""
+    if epoch >= cfg.keep_ratio_steps:
+        return cfg.keep_ratio
+    s = 1.0 - cfg.keep_ratio
+    return 1.0 - (s + (0.5 - s) * (1.0 - epoch / cfg.keep_ratio_steps) ** 3)
+
+
 def discard_fraction(cfg: RunConfig, epochs_done: int) -> float:
     """RST's cumulative discard fraction after ``epochs_done`` epochs:
     ``discard_rate * (epochs_done // discard_every)``, at most 1."""
@@ -92,6 +105,9 @@ def keep_ratios_at(cfg: RunConfig, final: dict[str, float], sizes: dict[str, int
         return scheduled_keep_ratios(final, epoch, cfg.keep_ratio_warmup, cfg.keep_ratio_steps)
     if cfg.keep_ratio_schedule == "staged" and cfg.keep_ratio_stages > 1:
         return staged_keep_ratios(cfg, sizes, epoch)
+    if cfg.keep_ratio_schedule == "biprop":  # a global budget: each layer at the ramp's ratio
+        return dict(final) if epoch >= cfg.keep_ratio_steps else dict.fromkeys(
+            final, biprop_keep_ratio(cfg, epoch))
     if cfg.discard_progressive:
         r = discard_fraction(cfg, epoch)
         return {k: max(0.9 - r, v) for k, v in final.items()}
@@ -105,6 +121,8 @@ def at_target_sparsity(cfg: RunConfig, epoch: int) -> bool:
         return epoch + 1 >= cfg.keep_ratio_warmup + cfg.keep_ratio_steps
     if cfg.keep_ratio_schedule == "staged":
         return int(epoch * cfg.keep_ratio_stages // cfg.epochs) + 1 >= cfg.keep_ratio_stages
+    if cfg.keep_ratio_schedule == "biprop":
+        return epoch >= cfg.keep_ratio_steps
     if cfg.discard_progressive:
         return 0.9 - discard_fraction(cfg, epoch) <= cfg.keep_ratio + 1e-12
     return True

@@ -27,6 +27,11 @@ def check_run(cfg: RunConfig) -> RunConfig:
     runs and sweeps."""
     cfg.validate()
     check_run_model(cfg)
+    if cfg.keep_scope == "global" and cfg.keep_min_fraction and cfg.task not in ("dense", "bnn"):
+        # the floors against the budget of this data's network, by the rule the mask applies
+        # (GlobalRanking.check_floors): built on the meta device, no value drawn
+        build_model(run_model_config(cfg, dataset_shape(cfg.dataset, cfg.data_dir)),
+                    structure_only=True)
     check_run_ticket(cfg)
     return cfg
 

@@ -315,7 +315,7 @@ def one_epoch(run: Run, state: RunState, epoch: int) -> dict:
                             dist=run.dist, num_classes=run.data.num_classes))
     row["eval_split"] = run.select_split
     row["eval_examples"] = run.select_examples
-    row["keep_ratio"] = masking.mask_summary(model)["keep_ratio"]
+    row.update(masking.kept_fractions(model, per_layer=cfg.keep_scope == "global"))
     row["epoch_seconds"] = time.time() - started
     return row
 

@@ -193,8 +193,10 @@ def model_card(ticket: Path, model: RandomNetwork, payload: dict) -> dict:
     return card
 
 
-# RobustBench's CIFAR boards evaluate on the whole test split: 10,000 images each.
+# RobustBench's CIFAR boards evaluate on the whole test split: 10,000 images each, at one
+# eps per threat model (its leaderboards: CIFAR-10 Linf 8/255 and L2 0.5, CIFAR-100 Linf 8/255).
 ROBUSTBENCH_TEST_SPLITS = {"cifar10": 10_000, "cifar100": 10_000}
+ROBUSTBENCH_EPS = {("cifar10", "linf"): 8 / 255, ("cifar10", "l2"): 0.5, ("cifar100", "linf"): 8 / 255}
 ROBUSTBENCH_ENTRY = "robustbench_entry.json"
 ARCHITECTURE_NAMES = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50",
                       "preact_resnet18": "PreActResNet-18", "wide_resnet": "WideResNet",
@@ -214,8 +216,9 @@ def robustbench_entry(ticket: Path, model: RandomNetwork) -> tuple[dict | None, 
     architecture, eps, clean_acc, reported, autoattack_acc, footnote), or None and why not.
 
     Written only when the run's ``metrics.json`` holds a final evaluation with AutoAttack
-    ``standard`` on the whole test split of a dataset RobustBench has a board for (its
-    entries are that evaluation; anything less would read as one). Accuracies are percent
+    ``standard``, searched in fp32, at the board's eps, on the whole test split of a dataset
+    RobustBench has a board for (its entries are that evaluation; anything less would read
+    as one). Accuracies are percent
     strings with two decimals, as there; ``reported`` is the run's own AutoAttack number
     (nothing else was reported); ``link``, ``authors`` and ``venue`` are left for the
     submitter to fill in."""
@@ -231,6 +234,19 @@ def robustbench_entry(ticket: Path, model: RandomNetwork) -> tuple[dict | None, 
                       "are AutoAttack standard (set autoattack: standard)")
     if dataset not in ROBUSTBENCH_TEST_SPLITS:
         return None, f"RobustBench has no {dataset} board (only {', '.join(ROBUSTBENCH_TEST_SPLITS)} here)"
+    # the search's arithmetic as the run recorded it (a resolved 'auto' in the final block),
+    # else as configured (runs from before bf16 existed searched in fp32)
+    searched = aa.get("search_precision") or run.get("autoattack_precision") or "fp32"
+    if searched != "fp32":
+        how = "was not recorded" if searched == "auto" else f"was {searched}"
+        return None, (f"AutoAttack's search precision {how}; RobustBench's entries are fp32 "
+                      "AutoAttack (set autoattack_precision: fp32)")
+    threat = final.get("threat_model", "linf")
+    board_eps = ROBUSTBENCH_EPS.get((dataset, threat))
+    if board_eps is None or abs(float(final.get("eps") or 0) - board_eps) > 1e-6:
+        boards = ", ".join(f"{t} {_robustbench_eps(e, t)}" for (d, t), e in ROBUSTBENCH_EPS.items() if d == dataset)
+        return None, (f"evaluated at {threat} eps {_robustbench_eps(float(final.get('eps') or 0), threat)}, "
+                      f"RobustBench's {dataset} boards are at {boards} (set eval_eps)")
     full = ROBUSTBENCH_TEST_SPLITS[dataset]
     if not final.get("examples") == aa.get("examples") == full:
         return None, (f"evaluated on {final.get('examples')} test images ({aa.get('examples')} "
@@ -239,7 +255,6 @@ def robustbench_entry(ticket: Path, model: RandomNetwork) -> tuple[dict | None, 
     summary = masking.mask_summary(model)
     cfg = model.config
     arch = ARCHITECTURE_NAMES.get(cfg.name, cfg.name) + (f" (width {cfg.width:g})" if cfg.width != 1 else "")
-    threat = final.get("threat_model", "linf")
     autoattack = f"{100 * final['autoattack_acc']:.2f}"
     entry = {
         "link": "",

@@ -368,6 +368,17 @@ def mask_summary(model: nn.Module) -> dict:
             "keep_ratio": kept / total if total else 1.0}
 
 
+def kept_fractions(model: nn.Module, per_layer: bool = False) -> dict:
+    """An epoch's record of the kept weights: ``keep_ratio`` of the masked part and, with
+    ``per_layer`` (a global ranking, whose layers' shares move with the scores),
+    ``layer_keep_ratio``: each layer's kept fraction by name."""
+    summary = mask_summary(model)
+    out = {"keep_ratio": summary["keep_ratio"]}
+    if per_layer:
+        out["layer_keep_ratio"] = {n: v["keep_ratio"] for n, v in summary["layers"].items()}
+    return out
+
+
 @contextmanager
 def frozen_masks(model: nn.Module):
     """Compute every masked weight once, with no graph to the scores, and reuse it.

@@ -7,8 +7,25 @@ import math
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .masking import TopKMask, get_mask_param, masked_layers
 from .topk import topk_mask
+
+
+def floor_count(min_fraction: float, n: int) -> int:
+    """The scores a layer of ``n`` keeps whatever the others score: ``ceil(min_fraction * n)``."""
+    return min(n, math.ceil(min_fraction * n)) if min_fraction > 0 else 0
+
+
+def largest_floor(ranking: "GlobalRanking") -> float:
+    """The largest ``keep_min_fraction`` (to 4 decimals, rounded down) whose floors fit the
+    budget of ``ranking``'s layers (their ratios as they are now)."""
+    layers = ranking.ranked()
+    budget, sizes = sum(p.budget for p in layers), [p.scores.numel() for p in layers]
+    f = math.floor(ranking.min_fraction * 1e4) / 1e4
+    while f > 0 and sum(floor_count(f, n) for n in sizes) > budget:
+        f = round(f - 1e-4, 4)
+    return max(f, 0.0)
 
 
 class GlobalRanking:
@@ -34,8 +51,20 @@ class GlobalRanking:
 
     def floors(self) -> list[int]:
         """Scores each layer keeps whatever the others score."""
-        return [min(p.scores.numel(), math.ceil(self.min_fraction * p.scores.numel()))
-                if self.min_fraction > 0 else 0 for p in self.ranked()]
+        return [floor_count(self.min_fraction, p.scores.numel()) for p in self.ranked()]
+
+    def check_floors(self) -> None:
+        """THE rule for ``keep_min_fraction`` (the mask and the up-front check both call it):
+        the floors, ``ceil(min_fraction * n_l)`` per layer, must fit in the budget, the sum of
+        the layers' own counts (``round(keep_ratio * n_l)`` with uniform allocation). A floor
+        equal to ``keep_ratio`` can fail by rounding: ceil floors against a rounded budget."""
+        budget, floors = sum(p.budget for p in self.ranked()), self.floors()
+        if sum(floors) > budget:
+            raise ConfigError(f"keep_min_fraction={self.min_fraction:g} is too large for this "
+                             f"network: its per-layer floors (ceil of the fraction of each layer's "
+                             f"scores) keep {sum(floors):,} scores, more than the budget of "
+                             f"{budget:,} the keep ratio allows; use a floor of at most "
+                             f"{largest_floor(self):g}")
 
     def ranked(self) -> list[TopKMask]:
         """The layers still ranked (a layer given a fixed mask with set_mask leaves)."""
@@ -52,11 +81,8 @@ class GlobalRanking:
         return self._masks[id(layer)]
 
     def compute(self, ranked: list[TopKMask]) -> list[torch.Tensor]:
-        budget = sum(p.budget for p in ranked)
-        floors = self.floors()
-        if sum(floors) > budget:
-            raise ValueError(f"the per-layer floors (keep_min_fraction={self.min_fraction}) keep "
-                             f"{sum(floors)} scores, more than the budget of {budget}")
+        self.check_floors()
+        budget, floors = sum(p.budget for p in ranked), self.floors()
         with torch.no_grad():
             values = [p.scores.detach().abs().flatten() for p in ranked]
             reserved = [topk_mask(v, m) if m else torch.zeros_like(v, dtype=torch.bool)
@@ -77,6 +103,7 @@ def rank_globally(model: nn.Module, min_fraction: float = 0.0) -> GlobalRanking 
     if not layers:
         return None
     ranking = GlobalRanking(layers, min_fraction)
+    ranking.check_floors()  # at build time: one clear line before any compute
     for layer in layers:
         layer.ranking = ranking
     return ranking
