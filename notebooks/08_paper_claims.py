@@ -20,7 +20,8 @@
 # Reads the run folders of a claims sweep (`params/sweeps/claims-*.yaml`: one stage per kind
 # of run — ticket searches, the dense baseline and its lr pilot, controls, finetunes, transfer,
 # R2S, RTT, the RBRN settings — each over several seeds; a study's committed records under
-# `studies/` where it has them) and tests each claim of the two papers.
+# `studies/` where it has them) and tests each claim of the two papers; a methods sweep
+# (`params/sweeps/methods-*.yaml`, docs/methods.md) is judged by the methods comparison's claims.
 #
 # **The verdict rule** (`rst_lib.analysis.claims`, docs/evaluation.md "Verdicts"): the two arms
 # are **paired by seed** (same random network, same test images); the interval is the t
@@ -47,7 +48,7 @@ from collections import Counter
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from rst_lib.analysis import CLAIMS, claims_table, collect_records, judge_claims, markdown_table, plot_claim
+from rst_lib.analysis import claims_for_sweep, claims_table, collect_records, judge_claims, markdown_table, plot_claim
 from rst_lib.workbook import (finish_run, ensure_run_dir, resolve_path_parameters, sweep_run_dirs, write_json,
                               write_summary)
 
@@ -55,10 +56,11 @@ resolve_path_parameters(globals())  # relative paths from the project root; miss
 if not sweep:
     raise ValueError("sweep is required: the claims sweep file, e.g. params/sweeps/claims-cifar10-cpu.yaml")
 run_dir = ensure_run_dir(run_dir, "08_paper_claims", name, globals())
-chosen = [c for c in CLAIMS if claims is None or c.key in claims]
-unknown = sorted(set(claims or []) - {c.key for c in CLAIMS})
+family = claims_for_sweep(sweep)  # by the sweep's name: the papers' claims, or methods-*: the methods comparison's
+chosen = [c for c in family if claims is None or c.key in claims]
+unknown = sorted(set(claims or []) - {c.key for c in family})
 if unknown:
-    raise ValueError(f"unknown claim(s) {unknown}; the claims are {[c.key for c in CLAIMS]}")
+    raise ValueError(f"unknown claim(s) {unknown}; the claims are {[c.key for c in family]}")
 cells = sweep_run_dirs(sweep, runs_root)
 records = collect_records(cells)
 print(f"{len(records)} finished runs of the {len(cells)} cells of {sweep}"

@@ -6,6 +6,7 @@ from ..utils.lazy import lazy_exports
 # importing the package stays cheap (no torch, papermill or scipy until needed)
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ".mask_stats": ("mask_stats",),
+    ".method_claims": ("CLAIM_FAMILIES", "claims_for_sweep", "method_claims"),
     ".claims": ("CLAIMS", "claims_table", "collect_records", "judge_claims", "plot_claim", "verdict"),
     ".controls": ("compare_models", "natural_control", "random_mask_control"),
     ".mask_plots": ("mask_explorer", "plot_filter_map", "plot_kept_histogram",
