@@ -185,6 +185,7 @@ def test_biprop_ramp_is_its_main_py_formula_and_the_layers_shares_are_recorded(t
     assert kept == pytest.approx([0.5, 0.15, 0.1], abs=2e-3)
     shares = [row["layer_keep_ratio"] for row in result.history]
     assert set(shares[0]) == {n for n, _ in masking.masked_layers(result.model)}
+    assert "biprop's ramp: epoch 1 keeps 0.5" in describe_model(cfg)["note"]  # rst-workbook model
     for bad in ({"keep_scope": "layer"}, {"keep_ratio": 0.6}, {"keep_ratio_steps": 3},
                 {"keep_ratio_steps": 0}):
         with pytest.raises(ConfigError, match="keep_ratio"):

@@ -113,6 +113,9 @@ def describe_model(cfg: RunConfig) -> dict:
     if ranked:
         floor = (f"; each layer keeps at least {mcfg.keep_min_fraction:g} of its scores"
                  if mcfg.keep_min_fraction else "; no floor: a layer may be emptied")
+        if cfg.keep_ratio_schedule == "biprop":
+            floor += (f"; biprop's ramp: epoch 1 keeps 0.5 of the weights, epoch "
+                      f"{cfg.keep_ratio_steps + 1} on keeps this total")
         described["note"] = (f"keep_scope global: the per-layer counts are those of the initial "
                              f"scores (seed {mcfg.seed}); a search moves them, only the total "
                              f"{summary['kept']:,} is fixed{floor}")
