@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rst_lib.analysis.claims import CLAIMS
-from rst_lib.analysis.method_claims import CLAIM_FAMILIES, claims_for_sweep
+from rst_lib.analysis.method_claims import CLAIM_FAMILIES, UNIFORM, claims_for_sweep
 from rst_lib.analysis.verdicts import FAILS, HOLDS, INCONCLUSIVE, NON_INFERIORITY, SUPERIORITY
 from rst_lib.config import RunConfig, load_params
 from rst_lib.workbook.sweep_files import load_sweep
@@ -32,6 +32,10 @@ def test_each_arm_reads_exactly_one_cell_per_seed_of_the_shipped_sweep(name, tmp
     family = claims_for_sweep(sweep_file)
     assert family is CLAIM_FAMILIES[name]
     sweep = load_sweep(sweep_file, output_root=tmp_path, validate=False)
+    # the arms select the same cells from the runs' resolved parameters and from the sweep's
+    # own settings (what 08 reads as the seeds the study declares)
+    assert [resolved(c)[k] for c in sweep.cells for k in UNIFORM] == \
+        [c.params[k] for c in sweep.cells for k in UNIFORM]
     records = [{"stage": c.stage, "seed": c.params["seed"], "params": resolved(c),
                 "metrics": {"robust": 0.0}} for c in sweep.cells]
     seeds = {r["seed"] for r in records}
