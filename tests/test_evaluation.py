@@ -71,3 +71,28 @@ def test_masking_eps_curve_rises_and_stays_in_the_pixel_range(tiny_model, data):
                                      more_steps=2, restarts=2, progress=False)
     eps = [e for e, _ in report["eps_curve"]]
     assert eps == sorted(eps) and len(set(eps)) == len(eps) and eps[-1] == 1.0, eps
+
+
+def test_masking_eps_curve_at_eps_is_the_checks_own_pgd(tiny_model, data):
+    """The curve's point at the evaluation eps is not run twice: it is the base check's PGD,
+    which a separate PGD run with the check's seeds and batches reproduces exactly."""
+    from rst_lib.attacks.gradient import PGD
+    from rst_lib.engine.checks import CHECK_BATCH, gradient_masking_report
+    from rst_lib.engine.evaluation import count_correct, input_tensors
+    from rst_lib.masks.masking import frozen_masks
+    from rst_lib.utils.devices import seeded_rng
+    from rst_lib.utils.journal import unit_seed
+    model = tiny_model(0.2).eval()
+    small = [(x[:, 8:20, 8:20], y) for x, y in (data.test[i] for i in range(300))]
+    report = gradient_masking_report(model, small, 0.1, 0.025, n_examples=300, steps=3,
+                                     more_steps=6, restarts=2, eps_factors=(0.5, 1.0),
+                                     progress=False, seed=3)
+    x, y = input_tensors(small, 300)
+    correct = 0
+    with frozen_masks(model):
+        for b, i in enumerate(range(0, len(x), CHECK_BATCH)):
+            xb, yb = x[i:i + CHECK_BATCH], y[i:i + CHECK_BATCH]
+            with seeded_rng(unit_seed(3, b), "cpu"):
+                correct += count_correct(model, PGD(model, 0.1, 0.025, 3)(xb, yb), yb)
+    assert report["eps_curve"][1] == (0.1, correct / len(x)) == (0.1, report["accuracy"]["pgd"])
+    assert 0 < correct < len(x)

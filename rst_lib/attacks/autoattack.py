@@ -15,6 +15,7 @@ from torch import nn
 from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 
 from ..config import allowed
+from .apgd_stop import stop_on_broken
 from ..masks.masking import frozen_masks
 from ..utils.devices import seeded_rng
 from ..utils.journal import Journal
@@ -44,8 +45,11 @@ def autoattack_class():
 
 
 def make_adversary(model: nn.Module, eps: float, threat_model: str, version: str, device,
-                   seed: int):
-    """An AutoAttack object configured for ``version`` (its ``attacks_to_run`` in order)."""
+                   seed: int, stop_broken: bool = True):
+    """An AutoAttack object configured for ``version`` (its ``attacks_to_run`` in order).
+
+    ``stop_broken``: its APGD attacks stop iterating an input once it is broken
+    (:mod:`~rst_lib.attacks.apgd_stop`; not for ``rand``, whose model answers at random)."""
     if version not in AUTOATTACK_VERSIONS:
         raise ValueError(f"version={version!r} is invalid: valid {', '.join(AUTOATTACK_VERSIONS)}")
     AutoAttack, flavour = autoattack_class()
@@ -66,6 +70,9 @@ def make_adversary(model: nn.Module, eps: float, threat_model: str, version: str
         adversary.apgd.n_restarts = 1
         adversary.apgd_targeted.n_restarts = 1
         adversary.apgd_targeted.n_target_classes = FAST_TARGET_CLASSES
+    if stop_broken and version != "rand" and not getattr(model, "stochastic", False):
+        stop_on_broken(adversary.apgd)
+        stop_on_broken(adversary.apgd_targeted)
     return adversary, flavour
 
 
@@ -117,7 +124,8 @@ def survives(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Te
 def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                       threat_model: str, version: str, device, seed: int,
                       batch_size: int = 250, progress: bool = False, journal: Journal | None = None,
-                      unit: str = "autoattack", precision: str = "fp32") -> torch.Tensor:
+                      unit: str = "autoattack", precision: str = "fp32",
+                      stop_broken: bool = True) -> torch.Tensor:
     """Per input: does it survive AutoAttack's ``version``? (bool, on the CPU)
 
     Runs AutoAttack's attacks one after the other, as AutoAttack does (each on the inputs
@@ -130,12 +138,14 @@ def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
     ``precision`` (``autoattack_precision``): ``bf16`` searches under bf16 autocast and counts
     an input as broken only if the fp32 model misclassifies the example found (the clean
     check is fp32 too), so every break is a real one; ``fp32`` runs in the caller's context.
+    ``stop_broken``: APGD stops iterating an input once broken (:func:`make_adversary`).
     """
     device = torch.device(device)
     model = model.to(device).eval()
     if precision not in SEARCH_PRECISIONS:
         raise ValueError(f"precision={precision!r} is invalid: valid {', '.join(SEARCH_PRECISIONS)}")
-    adversary, flavour = make_adversary(model, eps, threat_model, version, device, seed)
+    adversary, flavour = make_adversary(model, eps, threat_model, version, device, seed,
+                                        stop_broken)
     attacks = list(adversary.attacks_to_run)
     journal = journal or Journal(None, "")
     starts = range(0, len(x), batch_size)

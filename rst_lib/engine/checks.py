@@ -130,6 +130,9 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
         e = eps * f
         if e >= large_eps:  # past the whole-image eps (an L-inf eps above 1 leaves the pixel range)
             continue
+        if f == 1.0:  # the base check's PGD: the same attack, seeds and batches, so the same number
+            curve.append((e, base["pgd_acc"]))
+            continue
         curve.append((e, acc(f"eps={e:.6g}", {"pgd": pgd(e, max(alpha * f, 1e-6), steps)})["pgd_acc"]))
     curve.append((large_eps, acc(f"large eps={large_eps:g}",
                                  {"pgd": pgd(large_eps, large_eps / 4, steps)})["pgd_acc"]))
