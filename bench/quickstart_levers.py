@@ -7,7 +7,8 @@ docs/quickstart.md "Seven minutes without native bf16").
 
 ``pass``: ms per digit of one attack pass (forward + backward to the input, cross-entropy,
 eval mode, masks frozen: what PGD and APGD repeat) of the quickstart's network (conv4, width
-0.5, 10 % kept) for each evaluation batch, in the default layout and in channels_last, and
+0.5, 10 % kept) for each evaluation batch, in the default layout, in channels_last and with
+oneDNN off (ATen's convolutions), and
 ``torch.compile``d at two batches (compile time printed apart), in ``--precision``.
 
 ``apgd``: AutoAttack fast on a ticket, on the digits PGD-20 leaves of the first ``--examples``
@@ -85,6 +86,12 @@ def cmd_pass(args) -> None:
             emit(kind="pass", layout=layout, compiled=False, batch=batch,
                  precision=args.precision, ms_per_digit=round(ms, 3))
     model = model.to(memory_format=torch.contiguous_format)
+    with torch.backends.mkldnn.flags(enabled=False):  # ATen's own convolutions instead of oneDNN
+        for batch in args.batches:
+            with frozen_masks(model):
+                ms = pass_ms(model, x_all[:batch], y_all[:batch], max(3, 2000 // batch), args.precision)
+            emit(kind="pass", layout="contiguous, mkldnn off", compiled=False, batch=batch,
+                 precision=args.precision, ms_per_digit=round(ms, 3))
     net = CompiledNetwork(model)
     for batch in args.compile_batches:
         x = x_all[:batch].contiguous()

@@ -19,7 +19,7 @@ from ..utils.devices import resolve_device, seeded_rng
 from ..utils.journal import fingerprint, open_journal, unit_seed
 from .evaluation import autoattack_accuracy, count_correct, input_tensors
 
-CHECK_BATCH = 250  # inputs per batch of a check (one progress step, one journal unit)
+CHECK_BATCH = 250  # default inputs per batch of a check (one progress step, one journal unit)
 
 # The 'more steps' check runs PGD at this fraction of the evaluation's step (Carlini et al.:
 # more iterations with a smaller step), so it needs steps / MORE_STEPS_STEP_FACTOR steps at
@@ -64,7 +64,8 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
                             eps_factors=(0.25, 0.5, 1.0, 2.0, 4.0), large_eps: float | None = None,
                             autoattack: str = "none", device: str | torch.device = "cpu",
                             seed: int = 0, progress: bool = True, early_stop: bool = False,
-                            run_dir: str | os.PathLike | None = None) -> dict:
+                            run_dir: str | os.PathLike | None = None,
+                            batch_size: int = CHECK_BATCH) -> dict:
     """Measure the signs of gradient masking (Carlini et al., 2019, "On Evaluating
     Adversarial Robustness", section 5) and flag each one that shows.
 
@@ -77,7 +78,8 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
     ``early_stop``: every PGD stops on an input once it is misclassified (the run's
     ``eval_early_stop``; an input counts as broken if any iterate breaks it).
 
-    Each check runs batch by batch (batch ``b`` seeded with ``unit_seed(seed, b)``) with a
+    Each check runs batch by batch (``batch_size`` inputs; batch ``b`` seeded with
+    ``unit_seed(seed, b)``) with a
     progress bar; with ``run_dir`` every batch's counts are recorded in
     ``run_dir/eval-state/masking_checks.json``, so a killed report resumes where it stopped
     with the numbers of an uninterrupted one.
@@ -93,18 +95,19 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
     large_eps = large_eps if large_eps is not None else (1.0 if threat_model == "linf" else 100.0)
     settings = dict(eps=eps, alpha=alpha, threat_model=threat_model, n=n, steps=steps,
                     more_steps=more_steps, restarts=restarts, eps_factors=list(eps_factors),
-                    large_eps=large_eps, autoattack=autoattack, seed=seed, early_stop=early_stop)
+                    large_eps=large_eps, autoattack=autoattack, seed=seed, early_stop=early_stop,
+                    batch_size=batch_size)
     journal = open_journal(run_dir, "masking_checks", fingerprint(model, settings))
 
     def acc(name: str, attacks: dict) -> dict:
         """Accuracy clean and under each attack, batch by batch (one journal unit each)."""
         correct = dict.fromkeys(["clean", *attacks], 0)
-        starts = range(0, n, CHECK_BATCH)
+        starts = range(0, n, batch_size)
         bar = tqdm(total=len(starts), desc=f"masking check: {name}", unit="batch",
                    leave=False, disable=not progress, initial=journal.count(f"{name}/"))
 
         def run(b: int, i: int) -> dict:
-            xb, yb = x[i:i + CHECK_BATCH].to(device), y[i:i + CHECK_BATCH].to(device)
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
             with seeded_rng(unit_seed(seed, b), device):
                 out = {"clean": count_correct(model, xb, yb)}
                 out.update({k: count_correct(model, a(xb, yb), yb) for k, a in attacks.items()})
@@ -139,7 +142,7 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
     accuracy = {k.removesuffix("_acc"): v for k, v in base.items() if k.endswith("_acc")}
     if autoattack != "none":
         accuracy["autoattack"] = autoattack_accuracy(model, dataset, eps, threat_model, autoattack,
-                                                     n_examples, device, seed, CHECK_BATCH,
+                                                     n_examples, device, seed, batch_size,
                                                      progress, journal)
     ran = describe_checks(eps, alpha, steps, more_steps, restarts)
     tol = 2.0 / n  # two examples: differences below this are noise
@@ -175,13 +178,15 @@ def final_checks(model: nn.Module, cfg: RunConfig, data: DataBundle, final: dict
     ``n_examples`` test inputs, with the run's evaluation attack), plus the AutoAttack
     check on the final numbers themselves: AutoAttack far below PGD on the same test
     examples (``final``, from :func:`final_evaluation`) means PGD overstates robustness.
-    ``run_dir``: record each batch there, so a killed check resumes (see above)."""
+    ``run_dir``: record each batch there, so a killed check resumes (see above). Batches of
+    ``cfg.eval_batch_size``, as the final evaluation's (the batch this CPU runs fastest)."""
     check_masking_parameters(cfg.eval_steps, cfg.eval_alpha_value, more_steps, restarts,
                              cfg.eval_restarts)
     report = gradient_masking_report(
         model, data.test, cfg.eval_eps_value, cfg.eval_alpha_value, cfg.threat_model,
         n_examples, cfg.eval_steps, more_steps, restarts, device=resolve_device(cfg.device),
-        seed=cfg.seed, progress=progress, early_stop=cfg.eval_early_stop, run_dir=run_dir)
+        seed=cfg.seed, progress=progress, early_stop=cfg.eval_early_stop, run_dir=run_dir,
+        batch_size=cfg.eval_batch_size)
     aa, pgd = final.get("autoattack_acc"), final.get("pgd_acc_on_autoattack_examples")
     if aa is not None and aa < pgd - 0.05:
         report["flags"].append(
