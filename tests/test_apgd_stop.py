@@ -59,3 +59,14 @@ def test_rand_version_keeps_the_original():
     model, _, _ = data()
     adversary, _ = make_adversary(model, 0.05, "linf", "rand", "cpu", 0)
     assert "attack_single_run" not in vars(adversary.apgd)
+
+
+def test_bf16_search_gives_the_same_robust_inputs():
+    """Under bf16 autocast the losses come in bf16 (the original stores them as they come)."""
+    model, x, y = data()
+    model.net.float()  # autocast works on float32 layers
+    model.forward = lambda x: model.net(x)
+    flags = [autoattack_robust(model, x, y, 0.05, "linf", "fast", "cpu", 0, 64,
+                               precision="bf16", stop_broken=stop) for stop in (False, True)]
+    assert 0 < int(flags[0].sum()) < len(x)
+    assert torch.equal(flags[0], flags[1])

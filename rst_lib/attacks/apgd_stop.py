@@ -133,13 +133,15 @@ def _single_run(self, x, y, x_init=None):
         broken = active[~pred_a]
         x_best_adv[broken] = x_adv[broken] + 0.
         with torch.no_grad():
-            y1 = loss_steps[i - 1].clone() if i > 0 else loss_best.clone()  # broken: unused
-            y1[active] = loss_a
+            # the losses of this step (a broken input's entry is unused); float32 as loss_steps,
+            # whatever autocast computed them in (bf16 values are exact in float32)
+            y1 = loss_steps[i - 1].clone() if i > 0 else loss_best.float()
+            y1[active] = loss_a.float()
             loss_steps[i] = y1 + 0
             ind = active[y1[active] > loss_best[active]]
             x_best[ind] = x_adv[ind].clone()
             grad_best[ind] = grad[ind].clone()
-            loss_best[ind] = y1[ind] + 0
+            loss_best[ind] = y1[ind].to(loss_best.dtype)
             counter3 += 1
             if counter3 == k:
                 fl_oscillation = self.check_oscillation(loss_steps, i, k, loss_best, k3=self.thr_decr)
