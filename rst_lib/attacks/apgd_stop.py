@@ -75,7 +75,8 @@ def _single_run(self, x, y, x_init=None):
     module docstring); the lines follow the original's order, so the two read side by side."""
     if self.norm not in ("Linf", "L2") or self.eot_iter != 1 or self.is_tf_model:
         return type(self).attack_single_run(self, x, y, x_init)  # the class's own (original)
-    checks = importlib.import_module(type(self).__module__.rsplit(".", 1)[0] + ".checks")
+    package = type(self).__module__.rsplit(".", 1)[0]  # pyautoattack, or fra31's autoattack
+    checks = importlib.import_module(package + ".checks")
     if len(x.shape) < self.ndims:
         x, y = x.unsqueeze(0), y.unsqueeze(0)
     if self.norm == "Linf":
@@ -118,7 +119,7 @@ def _single_run(self, x, y, x_init=None):
                 x_adv_1 = torch.clamp(torch.min(torch.max(
                     x_adv + (x_adv_1 - x_adv) * a + grad2 * (1 - a), x - self.eps), x + self.eps), 0.0, 1.0)
             else:
-                L2_norm = importlib.import_module(type(self).__module__.rsplit(".", 1)[0] + ".other_utils").L2_norm
+                L2_norm = importlib.import_module(package + ".other_utils").L2_norm
                 x_adv_1 = x_adv + step_size * self.normalize(grad)
                 x_adv_1 = torch.clamp(x + self.normalize(x_adv_1 - x) * torch.min(
                     self.eps * torch.ones_like(x).detach(), L2_norm(x_adv_1 - x, keepdim=True)), 0.0, 1.0)
