@@ -30,13 +30,13 @@ def data(n=256):
     return model, x, y
 
 
-@pytest.mark.parametrize("eps", [0.05, 0.08])
-def test_same_robust_inputs_with_fewer_passes(eps):
+@pytest.mark.parametrize("threat_model,eps", [("linf", 0.05), ("linf", 0.08), ("l2", 0.3)])
+def test_same_robust_inputs_with_fewer_passes(threat_model, eps):
     model, x, y = data()
     out = {}
     for stop in (False, True):
         model.seen = 0
-        out[stop] = (autoattack_robust(model, x, y, eps, "linf", "fast", "cpu", 0, 64,
+        out[stop] = (autoattack_robust(model, x, y, eps, threat_model, "fast", "cpu", 0, 64,
                                        stop_broken=stop), model.seen)
     (asis, seen_asis), (stopping, seen_stopping) = out[False], out[True]
     assert 0 < int(asis.sum()) < len(x)  # some inputs broken, some not: the test means something
