@@ -157,3 +157,14 @@ def test_cli_reports_parameter_errors_and_lists_parameters(capsys, tmp_path):
     assert cli.main(["params", str(NB / "04_r2s.ipynb")]) == 0
     out = capsys.readouterr().out
     assert "eot_samples" in out and "mode" in out
+
+
+def test_model_takes_a_notebooks_parameter_file_and_refuses_a_misspelt_name(capsys):
+    """`rst-workbook model -p params/01_search/cifar10-cpu.yaml`: the file's notebook-only
+    names (masking_examples, ...) do not shape the network and are accepted; a typo is not."""
+    for f in sorted((ROOT / "params" / "01_search").glob("*.yaml")):
+        assert cli.main(["model", "-p", str(f)]) == 0, f
+        assert "total" in capsys.readouterr().out
+    assert cli.main(["model", "-p", str(ROOT / "params/01_search/cifar10-cpu.yaml"),
+                     "-p", "maskin_examples=3"]) == 2
+    assert "did you mean 'masking_examples'" in capsys.readouterr().err

@@ -36,7 +36,7 @@ from ..errors import ConfigError, did_you_mean
 from ..interop.sources import PARAMS as IMPORT_PARAMS, SOURCES
 from ..utils.files import sigterm_as_interrupt
 from .cluster import EXECUTORS, SlurmOptions, add_arguments, cell_states, cli_options, status_lines
-from .params import PROJECT_ROOT, check_notebook_params, find_notebook, parameter_specs
+from .params import PROJECT_ROOT, check_notebook_params, find_notebook, parameter_specs, schema
 from .runs import RunExists
 from .sweep_files import load_sweep
 
@@ -268,7 +268,15 @@ def _list_params(args) -> int:
 
 
 def _model(args) -> int:
-    cfg = RunConfig.from_dict(_params(args.param, set(RunConfig.field_names())))
+    # a notebook's parameter file works as given: its notebook-only names (masking_examples,
+    # keep_ratios, ...) are known and do not shape the network; a misspelt name is refused
+    known = set(schema())
+    params = _params(args.param, known)
+    for name in params:
+        if name not in known:
+            raise ConfigError(f"unknown parameter {name!r}{did_you_mean(name, known)}")
+    run_fields = set(RunConfig.field_names())
+    cfg = RunConfig.from_dict({k: v for k, v in params.items() if k in run_fields})
     from ..engine.tasks import describe_model  # torch: the network is built on the meta device
     description = describe_model(cfg)
     print(json.dumps(description, indent=1) if args.json else model_text(description))
