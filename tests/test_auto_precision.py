@@ -225,3 +225,24 @@ def test_real_measurement_under_isa_caps(tmp_path):
     assert core["results"]["auto"]["chosen"] == "fp32", core
     native = _probe(tmp_path, None)
     assert native["results"]["auto"]["chosen"] in ("bf16", "fp32")
+
+
+def test_run_check_and_model_name_the_choice_and_why(fresh):
+    """What the issue checks first: `run 00_quickstart --check -p params/quickstart.yaml` on a
+    CPU without native bf16 names fp32 and why; `model` says the same."""
+    from rst_lib.engine.tasks import describe_model
+    from rst_lib.workbook.cli import model_text
+    from rst_lib.workbook.run_check import check_notebook_run
+    calls = fresh(native=False, fp32_ms=1.0, bf16_ms=10.0)
+    check = check_notebook_run(ROOT / "notebooks" / "00_quickstart.ipynb",
+                               ROOT / "params" / "quickstart.yaml", ["device=cpu"])
+    line = next(l for l in check.lines if l.startswith("precision:"))
+    assert line == ("precision: training fp32, AutoAttack search fp32 (auto: oneDNN reports no "
+                    "native bf16 on this CPU (emulated bf16 is several times slower than fp32))")
+    assert calls == []
+    fresh(native=True, fp32_ms=3.0, bf16_ms=1.0)  # a CPU with native, faster bf16: measured
+    params = load_params(ROOT / "params" / "quickstart.yaml", ["device=cpu"])
+    text = model_text(describe_model(RunConfig.from_dict(params, strict=False)))
+    assert text.splitlines()[-1].startswith(
+        "precision on this machine: training bf16, AutoAttack search bf16 (auto: measured bf16 "
+        "3.00x as fast as fp32")
