@@ -288,6 +288,19 @@ def precision_summary(record: dict) -> str:
     return f"{line} ({given}: {record['reason']})" if record["reason"] != "as set" else f"{line} (as set)"
 
 
+def resolve_for_network(cfg, model: nn.Module, device):
+    """``cfg`` with ``auto`` resolved for a network of the model registry (its ``config`` gives
+    the input shape), as :func:`resolve_run_precisions` does; another module: fp32. For
+    steps built outside ``train`` (which resolves once, before building them)."""
+    if cfg.precision != AUTO:  # what a step uses (an evaluation resolves its own)
+        return cfg
+    mc = getattr(model, "config", None)
+    if mc is None or not hasattr(mc, "in_channels"):
+        return dataclasses.replace(cfg, **{n: "fp32" for n in AUTO_PARAMS if getattr(cfg, n) == AUTO})
+    return resolve_run_precisions(cfg, model, (mc.in_channels, mc.image_size, mc.image_size),
+                                  device)[0]
+
+
 def resolve_for_model(precision: str, model: nn.Module, x: torch.Tensor, device,
                       batch: int, param: str = "autoattack_precision") -> str:
     """``precision`` for an evaluation of ``model`` on inputs like ``x`` (``auto`` resolved as a
