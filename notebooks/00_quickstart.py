@@ -34,7 +34,7 @@ run_dir = None                # the run folder (None: a new one under outputs/<n
 progress = True               # progress bars
 seed = 0                      # seed of the random weights, the validation split and the attacks
 device = "auto"               # auto | cpu | cuda | cuda:N
-precision = "fp32"            # fp32 | bf16 | fp16 (loss-scaled): autocast of the training steps, their attacks, the per-epoch check
+precision = "auto"            # auto (bf16 where native and measured faster, else fp32) | fp32 | bf16 | fp16 (loss-scaled): autocast of the training steps, their attacks, the per-epoch check
 # --- data
 dataset = "mnist5k"           # mnist5k (embedded) | cifar10 | cifar100 | svhn | mnist | imagefolder
 val_fraction = 0.02           # training split held out to pick the best epoch (RBRN 2 %); 0: pick on test [fraction]
@@ -61,7 +61,7 @@ eval_steps = 20               # PGD steps of the evaluation
 eval_early_stop = True        # PGD stops on an input once it is misclassified (RST; stronger and cheaper)
 autoattack = "fast"           # none | fast (APGD-CE + APGD-T) | standard: final AutoAttack
 autoattack_examples = 1000    # test examples of the final AutoAttack [examples]
-autoattack_precision = "fp32"  # fp32 (as eval_precision) | bf16 (bf16 search, every adversarial example confirmed on the fp32 model): autocast of AutoAttack's search for adversarial examples
+autoattack_precision = "auto"  # auto (bf16 where native and measured faster, else fp32) | fp32 (as eval_precision) | bf16 (bf16 search, every adversarial example confirmed on the fp32 model): autocast of AutoAttack's search for adversarial examples
 eval_batch_size = 500         # evaluation batch [examples]
 masking_checks = True         # the gradient-masking checks of Carlini et al. (2019) on the final ticket
 masking_examples = 500        # test inputs of the masking checks (None: all) [examples]

@@ -39,7 +39,7 @@ pretrained = None             # trained dense checkpoint to search in (robust tr
 seed = 0                      # seed of the random weights, the validation split and the attacks
 device = "auto"               # auto | cpu | cuda | cuda:N
 channels_last = "auto"        # auto (on for CUDA, off for CPU) | true | false: NHWC conv layout
-precision = "fp32"            # fp32 | bf16 | fp16 (loss-scaled): autocast of the training steps, their attacks, the per-epoch check
+precision = "auto"            # auto (bf16 where native and measured faster, else fp32) | fp32 | bf16 | fp16 (loss-scaled): autocast of the training steps, their attacks, the per-epoch check
 eval_precision = "fp32"       # fp32 | bf16 | fp16: autocast of the final test numbers (PGD, AutoAttack)
 compile = False               # torch.compile the network (masks stay eager); falls back to eager with one warning
 # --- data
@@ -118,7 +118,7 @@ eval_restarts = 1             # PGD restarts of the evaluation
 eval_early_stop = True        # PGD stops on an input once it is misclassified (RST; stronger and cheaper)
 autoattack = "fast"           # none | fast (APGD-CE + APGD-T) | standard: final AutoAttack
 autoattack_examples = 1000    # test examples of the final AutoAttack [examples]
-autoattack_precision = "fp32"  # fp32 (as eval_precision) | bf16 (bf16 search, every adversarial example confirmed on the fp32 model): autocast of AutoAttack's search for adversarial examples
+autoattack_precision = "auto"  # auto (bf16 where native and measured faster, else fp32) | fp32 (as eval_precision) | bf16 (bf16 search, every adversarial example confirmed on the fp32 model): autocast of AutoAttack's search for adversarial examples
 # --- monitoring
 collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse [epochs]
 stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)

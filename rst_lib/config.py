@@ -88,7 +88,7 @@ class RunConfig:
     seed: int = param(0, "seed of the random weights, the validation split and the attacks")
     device: str = param("auto", "auto | cpu | cuda | cuda:N")
     channels_last: bool | str = param("auto", "NHWC conv layout", choices={"auto": "on for CUDA, off for CPU", True: None, False: None})
-    precision: str = param("fp32", "autocast of the training steps, their attacks, the per-epoch check", choices={"fp32": None, "bf16": None, "fp16": "loss-scaled"})
+    precision: str = param("auto", "autocast of the training steps, their attacks, the per-epoch check", choices={"auto": "bf16 where native and measured faster, else fp32", "fp32": None, "bf16": None, "fp16": "loss-scaled"})
     eval_precision: str = param("fp32", "autocast of the final test numbers (PGD, AutoAttack)", choices=("fp32", "bf16", "fp16"))
     compile: bool = param(False, "torch.compile the network (masks stay eager); falls back to eager with one warning")
     # --- data
@@ -169,8 +169,9 @@ class RunConfig:
     eval_early_stop: bool = param(True, "PGD stops on an input once it is misclassified (RST; stronger and cheaper)")
     autoattack: str = param("fast", "final AutoAttack", choices={"none": None, "fast": "APGD-CE + APGD-T", "standard": None})
     autoattack_examples: int = param(1000, "test examples of the final AutoAttack", "examples")
-    autoattack_precision: str = param("fp32", "autocast of AutoAttack's search for adversarial examples", choices={
-        "fp32": "as eval_precision", "bf16": "bf16 search, every adversarial example confirmed on the fp32 model"})
+    autoattack_precision: str = param("auto", "autocast of AutoAttack's search for adversarial examples", choices={
+        "auto": "bf16 where native and measured faster, else fp32", "fp32": "as eval_precision",
+        "bf16": "bf16 search, every adversarial example confirmed on the fp32 model"})
     # --- monitoring
     collapse_patience: int = param(2, "epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse", "epochs")
     stop_on_collapse: bool = param(True, "stop a collapsed run (the reason goes to metrics.json)")

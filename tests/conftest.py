@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -12,6 +14,20 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _precision_cache(tmp_path_factory):
+    # precision: auto keeps its measurements in a per-machine cache: the suite uses its own
+    # (inherited by the kernels and subprocesses it starts), never the user's
+    path = tmp_path_factory.mktemp("precision-cache") / "precision.json"
+    before = os.environ.get("RST_PRECISION_CACHE")
+    os.environ["RST_PRECISION_CACHE"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("RST_PRECISION_CACHE", None)
+    else:
+        os.environ["RST_PRECISION_CACHE"] = before
 
 
 @pytest.fixture(autouse=True)

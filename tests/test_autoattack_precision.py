@@ -61,8 +61,8 @@ def test_out_of_ball_examples_are_refused():
 
 
 def test_the_precision_is_declared_once_and_checked():
-    assert SEARCH_PRECISIONS == ("fp32", "bf16")
-    assert RunConfig().autoattack_precision == "fp32"
+    assert SEARCH_PRECISIONS == ("fp32", "bf16")  # what an attack takes; auto is resolved before
+    assert RunConfig().autoattack_precision == "auto"
     with pytest.raises(Exception, match="autoattack_precision"):
         RunConfig(autoattack_precision="fp16").validate()
     model, (x, y) = TieAtBf16().eval(), inputs()

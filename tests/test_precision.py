@@ -32,6 +32,7 @@ from rst_lib.masks import masking
 from rst_lib.attacks.gradient import PGD
 from rst_lib.config import ConfigError
 from rst_lib.data.loaders import make_loader
+from rst_lib.engine import auto_precision
 from rst_lib.engine.precision import autocast_context, make_scaler
 from rst_lib.engine.tasks import build_task, make_optimizer, trainable_parameters
 from rst_lib.engine.batch_steps import EpochContext
@@ -82,8 +83,8 @@ def test_bf16_search_stays_as_close_to_fp32_as_the_search_noise(data):
 
 @pytest.mark.parametrize("eval_precision, final_dtype", [("fp32", torch.float32),
                                                          ("bf16", torch.bfloat16)])
-def test_bf16_run_keeps_fp32_state_and_reports_fp32_numbers(monkeypatch, data, eval_precision,
-                                                            final_dtype):
+def test_bf16_run_keeps_fp32_state_and_reports_fp32_numbers(monkeypatch, tmp_path, data,
+                                                            eval_precision, final_dtype):
     seen: list[tuple[str, torch.dtype]] = []
     phase = ["train"]
 
@@ -98,6 +99,11 @@ def test_bf16_run_keeps_fp32_state_and_reports_fp32_numbers(monkeypatch, data, e
         return real_final(*args, **kwargs)
 
     monkeypatch.setattr(rst_lib.engine.training, "final_evaluation", final_spy)
+    # an explicit bf16 is checked against a measurement (whose fp32 passes the hook would
+    # see): measured here as fast, so nothing but the run's own passes are recorded
+    monkeypatch.setattr(auto_precision, "measure_step", lambda *a: (2.0, 1.0))
+    monkeypatch.setattr(auto_precision, "_MEMO", {})
+    monkeypatch.setenv(auto_precision.CACHE_ENV, str(tmp_path / "precision.json"))
     handle = nn.modules.module.register_module_forward_hook(record)
     cfg = RunConfig(**TINY_PGD, precision="bf16", eval_precision=eval_precision).validate()
     try:
@@ -188,7 +194,7 @@ def test_channels_last_steps_feed_nhwc_inputs():
     ds = torch.utils.data.TensorDataset(torch.rand(32, 3, 12, 12, generator=g),
                                         torch.randint(0, 10, (32,), generator=g))
     cfg = RunConfig(channels_last=True, train_attack="fgsm_rs", eps=0.1, alpha=0.125,
-                    batch_size=16).validate()
+                    batch_size=16, precision="fp32").validate()  # fp32: no timed passes to see
     opt = make_optimizer(trainable_parameters(model), cfg)
     train_epoch(EpochContext.build(model, opt, cfg, CPU, len(ds), progress=False),
                 make_loader(ds, 16), 0)

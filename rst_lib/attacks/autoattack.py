@@ -29,7 +29,9 @@ FAST_TARGET_CLASSES = 3
 # and an input counts as broken only if the fp32 model misclassifies the example found: every
 # reported break is a real fp32 adversarial example inside the eps-ball, so the accuracy stays
 # an upper bound on the fp32 model's robust accuracy (a bf16 search can only miss breaks).
-SEARCH_PRECISIONS = allowed("autoattack_precision")
+# ("auto" is resolved to one of these by the engine before an attack runs: see
+# rst_lib.engine.auto_precision.)
+SEARCH_PRECISIONS = tuple(p for p in allowed("autoattack_precision") if p != "auto")
 
 
 def autoattack_class():

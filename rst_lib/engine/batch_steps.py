@@ -24,6 +24,7 @@ from ..attacks.gradient import lp_step, project
 from ..config import RunConfig
 from ..masks import masking
 from ..utils.devices import Distributed
+from .auto_precision import resolve_for_network
 from .precision import autocast_context, make_scaler
 from .tasks import make_train_attack
 from .tuning import resolve_channels_last, to_channels_last
@@ -155,7 +156,9 @@ class EpochContext:
         """``attack``: the inner attack (:func:`make_train_attack` on ``model`` for
         ``n_examples`` training examples when None). A ``fgsm_carried`` attack keeps state
         across epochs; :func:`~rst_lib.engine.training.train` builds it once per run.
-        ``scaler`` (:func:`make_scaler`) scales fp16 losses and lives across epochs."""
+        ``scaler`` (:func:`make_scaler`) scales fp16 losses and lives across epochs. A
+        ``cfg`` still holding ``auto`` (a step built outside ``train``) is resolved here."""
+        cfg = resolve_for_network(cfg, model, device)
         if attack is None:
             attack = make_train_attack(model, cfg, n_examples)
         return cls(cfg, model, optimizer, device, make_batch_step(cfg, attack),

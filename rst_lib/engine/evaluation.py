@@ -2,6 +2,7 @@
 (:mod:`rst_lib.attacks.autoattack`) on datasets, and a run's final evaluation."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass
 
@@ -20,6 +21,7 @@ from ..utils.devices import Distributed, resolve_device, seeded_rng
 from ..utils.journal import Journal, fingerprint, open_journal, unit_seed
 from ..masks.masking import frozen_masks
 from ..attacks.autoattack import autoattack_robust
+from .auto_precision import resolve_for_model
 from .precision import autocast_context
 
 
@@ -117,6 +119,9 @@ def final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
     gives the numbers of an uninterrupted one. Progress bars: one per attack, per batch.
     """
     device = device or resolve_device(cfg.device)
+    if cfg.autoattack_precision == "auto":  # as a run resolves it (a control, 06): concrete
+        cfg = dataclasses.replace(cfg, autoattack_precision=resolve_for_model(
+            "auto", model, data.test[0][0][None], device, cfg.eval_batch_size))
     split = len(data.test)
     n_test = len(evaluation_indices(split, cfg.final_examples))
     n_aa = len(evaluation_indices(split, cfg.autoattack_examples)) if cfg.autoattack != "none" else 0
@@ -151,6 +156,7 @@ def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle, device
                                   precision=cfg.autoattack_precision)
         out["autoattack_acc"] = _fraction(robust)
         out["autoattack"] = {"version": cfg.autoattack, "examples": n_aa,
+                             "search_precision": cfg.autoattack_precision,
                              "on": "inputs PGD did not break (per-example worst case)",
                              "subset": subset_record(split, n_aa)}
         out["pgd_acc_on_autoattack_examples"] = _fraction(survivors)
@@ -173,6 +179,7 @@ def worst_case_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pgd_ok:
     inputs PGD did not break (``pgd_ok``): an input counts as robust only if both fail (the
     per-example worst case), and no AutoAttack time goes to inputs already lost."""
     robust = pgd_ok.clone()
+    precision = resolve_for_model(precision, model, x, device, batch_size)  # auto: fp32 | bf16
     if pgd_ok.any():
         robust[pgd_ok] = autoattack_robust(model, x[pgd_ok], y[pgd_ok], eps, threat_model,
                                            version, device, seed, batch_size, progress, journal,
@@ -247,6 +254,7 @@ def autoattack_versus_pgd(model: nn.Module, dataset: Dataset, eps: float, alpha:
     ``autoattack_acc``, ``pgd`` (its name) and ``subset`` (which images)."""
     device = torch.device(device)
     x, y = input_tensors(dataset, n_examples)
+    precision = resolve_for_model(precision, model, x, device, batch_size)  # auto: fp32 | bf16
     attack = PGD(model, eps, alpha, steps, restarts, norm=threat_model, early_stop=early_stop)
     clean_ok, pgd_ok = _correct_flags(model, x, y, attack, batch_size, device, seed,
                                       progress=progress, desc=f"PGD-{steps}")
@@ -254,7 +262,7 @@ def autoattack_versus_pgd(model: nn.Module, dataset: Dataset, eps: float, alpha:
                               batch_size, progress, precision=precision)
     return {"examples": len(x), "clean_acc": _fraction(clean_ok), "pgd_acc": _fraction(pgd_ok),
             "autoattack_acc": _fraction(robust), "pgd": f"PGD-{steps}", "autoattack": version,
-            "subset": subset_record(len(dataset), n_examples)}
+            "autoattack_precision": precision, "subset": subset_record(len(dataset), n_examples)}
 
 
 def autoattack_accuracy(model: nn.Module, dataset: Dataset, eps: float, threat_model: str = "linf",
@@ -276,6 +284,7 @@ def autoattack_accuracy(model: nn.Module, dataset: Dataset, eps: float, threat_m
     ``journal`` (:class:`~rst_lib.utils.journal.Journal`): records each (attack, batch).
     """
     x, y = input_tensors(dataset, n_examples)
+    precision = resolve_for_model(precision, model, x, device, batch_size)  # auto: fp32 | bf16
     return _fraction(autoattack_robust(model, x, y, eps, threat_model, version, device, seed,
                                         batch_size, progress, journal, precision=precision))
 

@@ -1,6 +1,9 @@
 """Mixed precision: the ``precision`` and ``eval_precision`` run parameters.
 
-* ``fp32`` (default): no autocast. :func:`autocast_context` even switches off an autocast
+* ``auto`` (default of ``precision``): resolved once per run to ``bf16`` where the device runs
+  it natively and measurably faster, else ``fp32`` (:mod:`.auto_precision`); nothing here
+  autocasts ``auto`` itself.
+* ``fp32``: no autocast. :func:`autocast_context` even switches off an autocast
   the caller may have entered, so fp32 numbers are fp32 whatever surrounds them.
 * ``bf16``: ``torch.autocast(device, torch.bfloat16)``; no loss scaling (bf16 has the
   range of fp32). CUDA (Ampere or later) and CPU.
@@ -30,11 +33,19 @@ PRECISIONS = allowed("precision")  # declared with the parameter
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def check_concrete(precision: str, param: str = "precision") -> None:
+    """``auto`` must have been resolved (:mod:`.auto_precision`) before anything autocasts."""
+    check_choice(param, precision, PRECISIONS)
+    if precision == "auto":
+        raise ValueError(f"{param}='auto' reached autocast unresolved: resolve it first with "
+                         "rst_lib.engine.auto_precision.resolve_run_precisions")
+
+
 def check_supported(precision: str, device: torch.device | str, param: str = "precision") -> None:
     """A clear ConfigError, before any compute, if ``device`` cannot autocast to ``precision``."""
     check_choice(param, precision, PRECISIONS)
     device = torch.device(device)
-    if precision == "fp32":
+    if precision in ("fp32", "auto"):  # auto: fp32 wherever bf16 is not available
         return
     if not torch.amp.is_autocast_available(device.type):
         raise ConfigError(f"{param}={precision!r} needs torch.autocast on {device.type}, which "
@@ -48,7 +59,7 @@ def autocast_context(precision: str, device: torch.device | str):
     """The context of the forward passes (and attacks) of ``precision`` on ``device``.
 
     Backward passes and optimizer steps go outside it (as torch's AMP recipe has them)."""
-    check_choice("precision", precision, PRECISIONS)
+    check_concrete(precision)
     device_type = torch.device(device).type
     if precision == "fp32":
         if not torch.amp.is_autocast_available(device_type):
@@ -61,5 +72,5 @@ def autocast_context(precision: str, device: torch.device | str):
 def make_scaler(precision: str, device: torch.device | str) -> torch.amp.GradScaler:
     """A GradScaler, enabled for fp16 only: for fp32 and bf16 ``scale(loss)`` is ``loss``
     and ``step(optimizer)`` is ``optimizer.step()``, so one update code path serves all."""
-    check_choice("precision", precision, PRECISIONS)
+    check_concrete(precision)
     return torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")

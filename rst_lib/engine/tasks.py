@@ -13,6 +13,7 @@ from ..attacks.gradient import make_attack
 from ..config import ConfigError, RunConfig
 from ..data.datasets import DataBundle, DataShape, dataset_shape, load_dataset, normalization_stats
 from ..utils.devices import resolve_device
+from .auto_precision import needs_measurement, resolve_run_precisions
 from ..utils.files import TORCH_LOAD_ERRORS
 from ..models.registry import ModelConfig, build_model, check_run_model, conv_linear_layers
 from ..models.tickets import TicketError, check_run_ticket, load_ticket, read_ticket
@@ -92,7 +93,9 @@ def describe_model(cfg: RunConfig) -> dict:
     With ``keep_scope: global`` the per-layer counts depend on the scores: the network is
     then built with its values and the counts are those of the initial scores (a search moves
     them; only the total is fixed), said in ``"note"``; each layer's allocated share of the
-    budget is its ``"budget"``.
+    budget is its ``"budget"``. ``"precision"``: how a run on this machine resolves
+    ``precision`` and ``autoattack_precision`` (:func:`resolve_run_precisions`: from the cache,
+    or measured on the network built for real).
     """
     mcfg = run_model_config(cfg, dataset_shape(cfg.dataset, cfg.data_dir))
     if cfg.task in ("dense", "bnn"):
@@ -108,8 +111,13 @@ def describe_model(cfg: RunConfig) -> dict:
                        "keep_ratio": row["keep_ratio"] if ranked else p.keep_ratio})
         if ranked:
             layers[-1]["budget"] = p.budget * (row["total"] // p.scores.numel())
+    device = resolve_device(cfg.device)  # how this machine resolves precision: auto (a run's choice)
+    timed = build_model(mcfg).to(device) if needs_measurement(cfg, device) else model
+    _, precision = resolve_run_precisions(cfg, timed, (mcfg.in_channels, mcfg.image_size,
+                                                       mcfg.image_size), device)
     described = {"config": cfg.to_dict(), "network": mcfg.to_dict(), "layers": layers,
-                 "total_weights": summary["total"], "total_kept": summary["kept"]}
+                 "total_weights": summary["total"], "total_kept": summary["kept"],
+                 "precision": precision}
     if ranked:
         floor = (f"; each layer keeps at least {mcfg.keep_min_fraction:g} of its scores"
                  if mcfg.keep_min_fraction else "; no floor: a layer may be emptied")

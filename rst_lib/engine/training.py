@@ -37,7 +37,8 @@ from ..utils.files import TORCH_LOAD_ERRORS, torch_save, write_json
 from ..models.registry import RandomNetwork
 from .batch_steps import EpochContext
 from .collapse import CollapseWarning, collapse_message, is_collapsed
-from .precision import autocast_context, check_supported, make_scaler
+from .auto_precision import resolve_run_precisions
+from .precision import autocast_context, make_scaler
 from .schedules import at_target_sparsity, discard_fraction, eps_factor, keep_ratios_at, lr_factor
 from .tasks import build_task, check_run, make_optimizer, make_train_attack, trainable_parameters
 from ..models.tickets import save_ticket
@@ -105,8 +106,7 @@ def train_epoch(ctx: EpochContext, loader, epoch: int) -> dict:
 
 def _note_loss_jump(ctx: EpochContext, epoch: int, batch: int, value: float,
                     running: float) -> None:
-    msg = (f"loss jump at epoch {epoch + 1}, batch {batch}: {value:.4f} after a running mean "
-           f"of {running:.4f}")
+    msg = f"loss jump at epoch {epoch + 1}, batch {batch}: {value:.4f} after a running mean of {running:.4f}"
     warnings.warn(msg, LossJumpWarning, stacklevel=3)
     if ctx.notes is not None:
         ctx.notes.append(msg)
@@ -186,6 +186,7 @@ class Run:
     final_ratios: dict                # the keep ratios a keep-ratio schedule ends at
     layer_sizes: dict
     progress: bool
+    precision: dict                   # how auto precision was resolved (metrics.json)
     bar: tqdm | None = None           # the epoch bar (:func:`epoch_bar`)
     live: LiveLog | None = None       # TensorBoard events and progress.json
 
@@ -218,9 +219,9 @@ def prepare_run(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None
     if cfg.batch_size % dist.world_size:
         raise ConfigError(f"batch_size={cfg.batch_size} is the global batch: it must be divisible "
                           f"by the number of processes ({dist.world_size})")
-    check_supported(cfg.precision, device)
-    check_supported(cfg.eval_precision, device, "eval_precision")
     data, model = build_task(cfg, data, device)
+    cfg, precision = resolve_run_precisions(  # auto -> fp32 | bf16 once: cfg concrete from here
+        cfg, model, (data.in_channels, data.image_size, data.image_size), device, dist)
     if resolve_channels_last(cfg.channels_last, device):  # NHWC kernels follow the weights
         model = model.to(memory_format=torch.channels_last)
     train_part, val_part = data.validation_split(cfg.val_fraction, cfg.seed)
@@ -254,12 +255,12 @@ def prepare_run(cfg: RunConfig, run_dir, progress: bool, data: DataBundle | None
                          num_workers=cfg.num_workers, device=device)  # workers live all run
     return Run(cfg, run_dir, writer, device, dist, data, model, net, ctx, loader, select_loader,
                "val" if val_part is not None else "test", len(select_set), final_ratios,
-               layer_sizes, progress)
+               layer_sizes, progress, precision)
 
 
 def restore(run: Run, resume: bool) -> RunState:
-    """A fresh start, or the state of ``run_dir/last.pt`` when resuming (model, optimizer,
-    loss scaler and every random generator: the resumed run matches an uninterrupted one)."""
+    """A fresh start, or ``run_dir/last.pt``'s state when resuming (model, optimizer, loss
+    scaler, every random generator: the resumed run matches an uninterrupted one)."""
     state = RunState(notes=run.ctx.notes,  # one list: the epochs' warnings land in it
                      best={selection_metrics(run.cfg)[0]: -1.0})
     if run.select_split == "test":
@@ -408,8 +409,7 @@ def finish(run: Run, state: RunState) -> TrainResult:
 
 def _metrics(run: Run, state: RunState, status: str, final: dict | None = None,
              notes: list[str] | None = None) -> dict:
-    """metrics.json: ``history`` and ``best`` are on ``selection_split`` (val unless
-    val_fraction=0), ``final`` on the test split."""
+    """metrics.json: ``history``, ``best`` on ``selection_split``; ``final`` on the test split."""
     cfg = run.cfg
     return {"status": status, "config": cfg.to_dict(), "model_config": run.model.config.to_dict(),
             "mask": masking.mask_summary(run.model), "selection_split": state.best.get(
@@ -417,4 +417,4 @@ def _metrics(run: Run, state: RunState, status: str, final: dict | None = None,
             "history": state.history, "best": state.best, "final": final,
             "stopped": state.stopped, "warnings": state.notes if notes is None else notes,
             "search_seconds": time.time() - state.started, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "precision": run.precision}

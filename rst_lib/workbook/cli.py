@@ -343,6 +343,8 @@ def model_text(description: dict) -> str:
     lines += ["", fmt(head)] + [fmt(r) for r in rows]
     if description.get("note"):
         lines += ["", description["note"]]
+    if description.get("precision"):
+        lines += ["", f"precision on this machine: {description['precision']['summary']}"]
     return "\n".join(lines)
 
 

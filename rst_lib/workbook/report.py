@@ -114,6 +114,15 @@ def render_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike |
     return html_path
 
 
+def precision_item(metrics: dict) -> str | None:
+    """The header's precision entry: what ``precision: auto`` chose and why (metrics.json's
+    ``precision`` record, written by the run); None for a run without one."""
+    record = metrics.get("precision") if isinstance(metrics, dict) else None
+    if not isinstance(record, dict) or not record.get("summary"):
+        return None
+    return f"precision: {record['summary']}"
+
+
 def _shown(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"

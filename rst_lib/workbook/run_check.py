@@ -73,6 +73,7 @@ def check_params(notebook: str | os.PathLike, params: dict) -> list[str]:
                      f"classes of {net['in_channels']}x{net['image_size']}x{net['image_size']}: "
                      f"{d['total_weights']:,} masked weights in {len(d['layers'])} layers, {kept} "
                      f"(built on the meta device)")
+        lines.append(f"precision: {d['precision']['summary']}")
     tickets = ([params["ticket"]] if params.get("ticket") else []) + list(params.get("tickets") or [])
     if tickets:
         lines.append(f"tickets: {len(tickets)} given, each loads: {', '.join(map(str, tickets))}")

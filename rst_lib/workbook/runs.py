@@ -27,7 +27,7 @@ from jupyter_client.manager import AsyncKernelManager
 from ..config import load_params
 from ..errors import ConfigError
 from ..utils.files import new_run_dir, read_json, write_json, write_text
-from .report import render_html
+from .report import precision_item, render_html
 from .index import headline, refresh_index
 from .params import PROJECT_ROOT, absolute_path, normalize_params, validate_notebook_params
 
@@ -131,6 +131,7 @@ def render_run_report(run_dir: Path, out_nb: Path, status: dict, output_root: Pa
             items.append(f"{label} {h[k]:.1%}")
     if h.get("examples"):  # the header says what the final table says, on the same inputs
         items.append(f"{h['examples']} test examples")
+    items.append(precision_item(read_json(run_dir / "metrics.json")))
     index = output_root / "index.html"
     href = os.path.relpath(index, run_dir) if output_root.exists() else None
     params = {k: v for k, v in status.get("params", {}).items() if k != "run_dir"}
