@@ -253,3 +253,100 @@ def test_sweeps_take_a_list_of_seeds(tmp_path):
     sweep.write_text(f"notebook: {NOTEBOOKS_DIR / '01_search.ipynb'}\nseeds: 3\n")
     with pytest.raises(ConfigError, match="seeds"):
         load_sweep(sweep)
+
+
+def test_records_name_paths_in_the_project_relative_to_its_root(tmp_path):
+    """run.json and params.yaml name what lies inside the project relative to its root (a
+    clone elsewhere reads them the same), what lies outside absolute; a run folder recorded
+    either way resumes with the same parameters."""
+    from rst_lib.utils.project import resolve_paths
+    from rst_lib.workbook.params import ALL_PATH_PARAMS
+    d = tmp_path / "cell"
+    params = {"ticket": str(ROOT / "studies/s/search/seed=0/ticket.pt"), "data_dir": str(tmp_path / "data"),
+              "tickets": [str(ROOT / "outputs/01_search/a/ticket.pt")], "run_dir": str(ROOT / "outputs/x")}
+    prepare_run_dir(d, params, NB / "01_search.ipynb", {"sweep_file": str(ROOT / "params/sweeps/s.yaml")})
+    recorded = yaml.safe_load((d / "params.yaml").read_text())
+    assert recorded == {"ticket": "studies/s/search/seed=0/ticket.pt", "data_dir": str(tmp_path / "data"),
+                        "tickets": ["outputs/01_search/a/ticket.pt"], "run_dir": "outputs/x"}
+    info = json.loads((d / "run.json").read_text())
+    assert info["notebook"] == "notebooks/01_search.ipynb" and info["sweep_file"] == "params/sweeps/s.yaml"
+    assert info["params"] == recorded
+    assert str(ROOT) not in (d / "run.json").read_text() + (d / "params.yaml").read_text()
+    assert resolve_paths(recorded, ALL_PATH_PARAMS) == params  # read back against the root
+    assert prepare_run_dir(d, params, NB / "01_search.ipynb") == "resume"
+    (d / "params.yaml").write_text(yaml.safe_dump(params))  # recorded before paths were relative
+    assert prepare_run_dir(d, params, NB / "01_search.ipynb") == "resume"
+
+
+def test_relative_paths_in_a_parameter_file_are_from_the_project_root(tmp_path, monkeypatch, capsys):
+    """The issue's example: `run 01_search --check -p <project>/params/...` typed in another
+    folder refused the file's relative data_dir; a parameter file's relative paths mean the
+    same wherever the command runs (from the project root), key=value from where it is typed."""
+    from rst_lib.workbook.params import param_file
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "p.yaml"
+    f.write_text("data_dir: ../shared/data/cifar10-jpeg\ntickets: [outputs/a, /abs/b]\nticket: null\n")
+    assert param_file(f) == {"data_dir": str(ROOT.parent / "shared/data/cifar10-jpeg"), "ticket": None,
+                             "tickets": [str(ROOT / "outputs/a"), "/abs/b"]}
+    f.write_text("dataset: mnist5k\ndata_dir: notebooks\n")  # exists only from the project root
+    assert cli.main(["run", "01_search", "--check", "-p", str(f)]) == 0, capsys.readouterr().err
+    assert cli.main(["run", "01_search", "--check", "-p", "data_dir=notebooks"]) == 2  # typed: from here
+    assert "data_dir='notebooks' does not exist" in capsys.readouterr().err
+
+
+def _project_copy(dest: Path) -> Path:
+    """What a fresh clone holds of the project for running notebooks: the package, the
+    notebooks, the parameter files and an empty outputs/ (no runs, no studies/)."""
+    import shutil
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+    for name in ("rst_lib", "notebooks", "params"):
+        shutil.copytree(ROOT / name, dest / name, ignore=skip)
+    (dest / "outputs").mkdir()
+    shutil.copy(ROOT / "outputs" / "README.md", dest / "outputs")
+    return dest
+
+
+@pytest.mark.slow  # three tiny notebook runs and 08: about a minute on 2 cores
+def test_a_study_record_travels_to_a_clone_in_another_folder(tmp_path, one_thread_kernels):
+    """A tiny study (a search, and a finetune that reads its ticket) run in one copy of the
+    project; its records copied into another copy elsewhere, the first deleted: the second
+    lists every cell as finished, 08 renders from the records, and the finetune cell, its
+    record removed, re-runs there from the search's record."""
+    import shutil
+    a, b = _project_copy(tmp_path / "a" / "rst-workbook"), _project_copy(tmp_path / "b" / "clone")
+    sweep = "params/sweeps/travel.yaml"
+    (a / sweep).write_text(
+        "name: travel\nstudy: studies/travel\nseeds: [0]\nset: {autoattack: none}\nstages:\n"
+        "  - {stage: search, notebook: 01_search, params: params/01_search/smoke.yaml,\n"
+        "     set: {masking_checks: false}}\n"
+        "  - {stage: finetune, notebook: 02_finetune, params: params/02_finetune/smoke.yaml,\n"
+        "     set: {ticket: {from_stage: search}, tasks: [finetune]}}\n")
+
+    def cli_in(project, *args, check=True):
+        env = {**os.environ, "PYTHONPATH": str(project)}  # that copy's rst_lib, kernels too
+        res = subprocess.run([sys.executable, "-m", "rst_lib.workbook.cli", *args], cwd=tmp_path,
+                             env=env, capture_output=True, text=True)
+        assert not check or res.returncode == 0, res.stdout + res.stderr
+        return res.stdout
+
+    cli_in(a, "sweep", str(a / sweep), "--no-progress")
+    records = a / "studies" / "travel"
+    texts = {p: p.read_text() for p in records.rglob("*") if p.suffix in (".json", ".yaml")}
+    assert {p.name for p in texts} >= {"run.json", "params.yaml", "metrics.json", "summary.json"}
+    assert not [p for p, t in texts.items() if str(a) in t or str(tmp_path) in t]  # nothing names copy a
+    fin = yaml.safe_load((records / "finetune" / "seed=0" / "params.yaml").read_text())
+    assert fin["ticket"] == "studies/travel/search/seed=0/ticket.pt" and fin["run_dir"].startswith("outputs/")
+    shutil.copytree(records, b / "studies" / "travel")
+    shutil.copy(a / sweep, b / sweep)
+    shutil.rmtree(tmp_path / "a")  # nothing of the first copy is left to read
+    status = cli_in(b, "sweep", str(b / sweep), "--status")
+    assert status.splitlines()[-1] == "2 finished" and "finetune/seed=0" in status, status
+    run = tmp_path / "claims"
+    cli_in(b, "run", "08_paper_claims", "-p", f"sweep={b / sweep}", "--run-dir", str(run), "--no-progress")
+    claims = json.loads((run / "claims.json").read_text())
+    assert claims["finished"] == 2
+    shutil.rmtree(b / "studies" / "travel" / "finetune")  # re-run there, reading the search's record
+    out = cli_in(b, "sweep", str(b / sweep), "--no-progress")
+    assert "1 finished before, 1 to run" in out and "finished finetune/seed=0" in out, out
+    again = yaml.safe_load((b / "studies/travel/finetune/seed=0/params.yaml").read_text())
+    assert again == fin  # the same record, made in another folder

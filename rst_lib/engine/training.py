@@ -24,7 +24,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
-
 from ..masks import masking, rerandomize
 from ..config import ConfigError, RunConfig
 from ..data.datasets import DataBundle, fixed_subset
@@ -34,6 +33,7 @@ from ..utils.devices import (Distributed, generator_states, resolve_device, seed
 from .evaluation import eval_attacks, evaluate, final_evaluation
 from .live import LiveLog
 from ..utils.files import TORCH_LOAD_ERRORS, torch_save, write_json
+from ..utils.project import record_paths
 from ..models.registry import RandomNetwork
 from .batch_steps import EpochContext
 from .collapse import CollapseWarning, collapse_message, is_collapsed
@@ -409,9 +409,10 @@ def finish(run: Run, state: RunState) -> TrainResult:
 
 def _metrics(run: Run, state: RunState, status: str, final: dict | None = None,
              notes: list[str] | None = None) -> dict:
-    """metrics.json: ``history``, ``best`` on ``selection_split``; ``final`` on the test split."""
+    """metrics.json: ``history`` and ``best`` on ``selection_split`` (val unless val_fraction=0),
+    ``final`` on the test split; config paths in the project relative to its root."""
     cfg = run.cfg
-    return {"status": status, "config": cfg.to_dict(), "model_config": run.model.config.to_dict(),
+    return {"status": status, "config": record_paths(cfg.to_dict()), "model_config": run.model.config.to_dict(),
             "mask": masking.mask_summary(run.model), "selection_split": state.best.get(
                 "split", "val" if cfg.val_fraction > 0 else "test"),
             "history": state.history, "best": state.best, "final": final,

@@ -13,9 +13,10 @@
     rst-workbook export outputs/01_search/RUN -o exported/RUN   # a ticket as a plain torch model
     torchrun --nproc_per_node=4 -m rst_lib.workbook.cli train -p params/presets/rbrn-resnet34-cifar10.yaml --run-dir DIR
 
-Works from any folder: notebooks are found by name in the project, paths are taken
-relative to the folder you typed the command in, and runs go to the project's outputs/
-unless -o says otherwise. Every run gets its own folder with the executed notebook,
+Works from any folder: notebooks are found by name in the project; a relative path in a
+parameter file is taken from the project root (the same in every folder, and in notebooks),
+one typed as -p key=value or as an argument from the folder you typed the command in; runs
+go to the project's outputs/ unless -o says otherwise. Every run gets its own folder with the executed notebook,
 report.html (self-contained) and run.json; outputs/index.html lists them all.
 Parameters, data and tickets are checked before any kernel starts (exit code 2).
 """
@@ -36,7 +37,8 @@ from ..errors import ConfigError, did_you_mean
 from ..interop.sources import PARAMS as IMPORT_PARAMS, SOURCES
 from ..utils.files import sigterm_as_interrupt
 from .cluster import EXECUTORS, SlurmOptions, add_arguments, cell_states, cli_options, status_lines
-from .params import PROJECT_ROOT, check_notebook_params, find_notebook, parameter_specs, schema
+from .params import (PROJECT_ROOT, check_notebook_params, find_notebook, param_file,
+                     parameter_specs, schema)
 from .runs import RunExists
 from .sweep_files import load_sweep
 
@@ -58,11 +60,12 @@ def _param_values(values: list[str], known: set[str]) -> tuple[list[str], list[s
 
 
 def _params(values: list[str], known: set[str]) -> dict:
-    """Every ``-p`` in order: parameter files merged, then ``key=value`` overrides."""
+    """Every ``-p`` in order: parameter files merged (their relative paths from the project
+    root), then ``key=value`` overrides (their relative paths from the current folder)."""
     files, overrides = _param_values(values, known)
     params: dict = {}
     for f in files:
-        params.update(load_params(f))
+        params.update(param_file(f))
     params.update(load_params(None, overrides))
     return params
 

@@ -219,8 +219,9 @@ class CellState:
 
 
 def cell_states(sweep: Sweep) -> list[CellState]:
-    """Each cell's state from its run.json, its job.json and the scheduler."""
-    records = {c.name: read_json(c.run_dir / JOB_FILE) for c in sweep.cells}
+    """Each cell's state from its run.json, its job.json and the scheduler; a cell whose
+    study record says finished is finished (on a fresh clone too, without its run folder)."""
+    records = {c.label: read_json(c.run_dir / JOB_FILE) for c in sweep.cells}
     by_executor: dict = {}
     for r in records.values():
         if r.get("job_id"):
@@ -230,11 +231,11 @@ def cell_states(sweep: Sweep) -> list[CellState]:
         known.update(job_states(ids, executor))
     out = []
     for c in sweep.cells:
-        rec, status = records[c.name], run_status(c.run_dir)
+        rec, status = records[c.label], FINISHED if c.committed else run_status(c.run_dir)
         job = rec.get("job_id")
         sched = known.get(job, "") if job else ""
         if status == FINISHED:
-            out.append(CellState(c, "finished", _finished_text(c.run_dir), job))
+            out.append(CellState(c, "finished", _finished_text(c.read_dir), job))
         elif sched in RUNNING_STATES:
             out.append(CellState(c, "running", f"job {job}; {run_progress(c.run_dir) or 'starting'}",
                                  job))
@@ -320,11 +321,11 @@ def submit_sweep(sweep: Sweep, executor: str, options: SlurmOptions, dry_run: bo
 
 
 def status_lines(states: list[CellState]) -> list[str]:
-    width = max((len(s.cell.name) for s in states), default=4)
+    width = max((len(s.cell.label) for s in states), default=4)
     counts: dict = {}
     for s in states:
         counts[s.state] = counts.get(s.state, 0) + 1
-    lines = [f"{s.state:>13}  {s.cell.name:<{width}}  {s.detail}".rstrip() for s in states]
+    lines = [f"{s.state:>13}  {s.cell.label:<{width}}  {s.detail}".rstrip() for s in states]
     return lines + [", ".join(f"{v} {k}" for k, v in counts.items())]
 
 

@@ -4,7 +4,8 @@ in ``outputs/index.html`` and 07 and can be shared the same way.
 
 - ``run.json`` when the notebook makes its run folder (:func:`record_start`, called by
   ``ensure_run_dir(..., globals())``): the notebook, the working copy, the parameters (paths
-  absolute), ``status: running`` with the kernel's process (``dead`` once that kernel is
+  inside the project relative to its root, :mod:`rst_lib.utils.project`), ``status:
+  running`` with the kernel's process (``dead`` once that kernel is
   gone without finishing, see :func:`~.runs.run_status`);
 - ``status: finished`` and the time taken from the notebook's last cell (:func:`finish_run`);
 - on request, the executed notebook and ``report.html`` (:func:`report_run`, or
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..utils.files import read_json, write_json
+from ..utils.project import record_paths, resolve_path
 from .index import refresh_index
 from .params import PROJECT_ROOT, find_notebook, parameter_specs
 from .runs import FINISHED, render_run_report
@@ -67,11 +69,11 @@ def record_start(run_dir: str | os.PathLike, notebook: str, namespace: dict,
     params = {k: _jsonable(namespace[k]) for k in names if k in namespace}
     params["run_dir"] = str(run_dir.resolve())
     shown = template.relative_to(PROJECT_ROOT) if template.is_relative_to(PROJECT_ROOT) else template
-    write_json(run_dir / "run.json", {
+    write_json(run_dir / "run.json", record_paths({
         "notebook": str(shown), "working_copy": kernel_notebook(), "kernel": LIVE,
         "output_root": str(Path(output_root).resolve()) if output_root else None,
         "status": "running", "params": params, "started": datetime.now().strftime(TIME),
-        "t0": time.time(), "pid": os.getpid(), "host": socket.gethostname()})
+        "t0": time.time(), "pid": os.getpid(), "host": socket.gethostname()}))
     return True
 
 
@@ -84,7 +86,7 @@ def _live_record(run_dir: Path) -> dict:
 
 def _refresh_index(info: dict) -> None:
     if info.get("output_root"):
-        refresh_index(info["output_root"])
+        refresh_index(resolve_path(info["output_root"]))
 
 
 def finish_run(run_dir: str | os.PathLike) -> None:
@@ -99,7 +101,7 @@ def finish_run(run_dir: str | os.PathLike) -> None:
     if isinstance(info.get("t0"), (int, float)):
         info["seconds"] = round(time.time() - info["t0"], 1)
     info.pop("pid", None)
-    write_json(run_dir / "run.json", info)
+    write_json(run_dir / "run.json", record_paths(info))
     _refresh_index(info)
     print(f"run.json: finished. To keep the executed notebook and report.html in {run_dir} "
           f"(as a batch run does): save this notebook, then `rst-workbook report {run_dir}` "
@@ -112,7 +114,8 @@ def report_run(run_dir: str | os.PathLike, notebook: str | os.PathLike | None = 
     batch run does, record both in ``run.json`` and refresh the index. Returns the report."""
     run_dir = Path(run_dir).resolve()
     info = _live_record(run_dir)
-    source = Path(notebook or info.get("working_copy") or "")
+    copy = info.get("working_copy")
+    source = Path(notebook or (resolve_path(copy) if copy else ""))
     if not source.is_file():
         raise ConfigError(f"{run_dir}: which notebook made this run is not recorded (or "
                           f"{str(source)!r} is gone): give it, rst-workbook report RUN_DIR NOTEBOOK")
@@ -120,9 +123,9 @@ def report_run(run_dir: str | os.PathLike, notebook: str | os.PathLike | None = 
     if source.resolve() != target:
         shutil.copyfile(source, target)
     info["notebook_saved"] = datetime.fromtimestamp(source.stat().st_mtime).strftime(TIME)
-    root = Path(info.get("output_root") or run_dir.parent)  # report.html links its index
+    root = Path(resolve_path(info.get("output_root") or run_dir.parent))  # report.html links its index
     render_run_report(run_dir, target, info, root)
     info["report"] = "report.html"
-    write_json(run_dir / "run.json", info)
+    write_json(run_dir / "run.json", record_paths(info))
     _refresh_index(info)
     return run_dir / "report.html"

@@ -13,6 +13,7 @@ import torch
 
 from ..config import RunConfig
 from ..utils.files import TORCH_LOAD_ERRORS, model_file, new_run_dir, read_json, write_json
+from ..utils.project import record_paths, resolve_paths
 from ..utils.stats import accuracy_text
 from ..engine.tasks import build_task, load_run_data
 from ..models.tickets import TicketError, load_ticket, resolve_ticket, ticket_meta
@@ -20,8 +21,8 @@ from ..engine.training import train
 from ..engine.checks import check_masking_parameters
 from ..engine.evaluation import ClassAccuracy
 from ..errors import ConfigError
-from .params import (PATH_LIST_PARAMS, PATH_PARAMS, PROJECT_ROOT, check_model_file,
-                     path_base)
+from .params import (ALL_PATH_PARAMS, PATH_LIST_PARAMS, PATH_PARAMS, PROJECT_ROOT,
+                     check_model_file, path_base)
 from .live_runs import record_start
 from .sweep_files import load_sweep
 
@@ -218,11 +219,12 @@ def load_any(path: str | os.PathLike, device="cpu", data=None):
                           "metrics.json next to it") from None
     if str(metrics["config"].get("task", "")).startswith("finetune"):
         raise TicketError(f"{str(p)!r}: load the ticket.pt of a finetune run, not its last.pt")
-    cfg = RunConfig.from_dict({k: v for k, v in metrics["config"].items() if k != "pretrained"},
+    recorded = resolve_paths(metrics["config"], ALL_PATH_PARAMS)  # relative: from the project root
+    cfg = RunConfig.from_dict({k: v for k, v in recorded.items() if k != "pretrained"},
                               strict=False)
     _, model = build_task(cfg, data, torch.device(device))
     model.load_state_dict(ck["model"])
-    return model.eval(), {"kind": "checkpoint", "path": str(p), "config": metrics["config"]}
+    return model.eval(), {"kind": "checkpoint", "path": str(p), "config": recorded}
 
 
 def sweep_run_dirs(sweep: str | os.PathLike, output_root: str | os.PathLike | None = None) -> list[Path]:
@@ -238,10 +240,11 @@ def sweep_run_dirs(sweep: str | os.PathLike, output_root: str | os.PathLike | No
 
 
 def write_summary(run_dir: str | os.PathLike, headline: dict, **extra) -> Path:
-    """``run_dir/summary.json`` with ``headline`` (the metrics the run index shows)."""
+    """``run_dir/summary.json`` with ``headline`` (the metrics the run index shows); paths
+    inside the project relative to its root, as every record has them."""
     path = Path(run_dir) / "summary.json"
-    write_json(path, {"headline": headline, **extra,
-                      "written": time.strftime("%Y-%m-%d %H:%M:%S")})
+    write_json(path, record_paths({"headline": headline, **extra,
+                                   "written": time.strftime("%Y-%m-%d %H:%M:%S")}))
     return path
 
 

@@ -15,19 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..config import RunConfig, allowed, check_fields, param
+from ..config import RunConfig, allowed, check_fields, load_params, param
 from ..data.locations import check_available
 from ..errors import ConfigError, did_you_mean, parse_number
 from ..utils.files import model_file
+from ..utils.project import PROJECT_ROOT, resolve_paths
 
-# The project this package belongs to (an editable install): notebooks/ and outputs/.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 
-# Parameters holding paths: made absolute against the caller's working directory (the
-# kernel runs in notebooks/), run directories given as `ticket` become their ticket.pt.
+# Parameters holding paths: made absolute before a kernel starts (the kernel runs in its run
+# folder), run directories given as `ticket` become their ticket.pt. Relative: from the project
+# root in a parameter file (param_file), from the current folder on the command line.
 PATH_PARAMS = ("ticket", "pretrained", "data_dir", "runs_root", "checkpoint", "sweep")
 PATH_LIST_PARAMS = ("tickets", "run_dirs")
+ALL_PATH_PARAMS = PATH_PARAMS + PATH_LIST_PARAMS + ("run_dir", "data_cache_dir")
 # Batch runs default these notebook parameters (no tqdm widgets, no ipywidgets explorer).
 BATCH_DEFAULTS = {"progress": False, "interactive": False}
 
@@ -200,6 +201,12 @@ def check_model_file(path: str) -> None:
         raise ConfigError(str(e)) from None
 
 
+def param_file(path: str | os.PathLike) -> dict:
+    """A parameter file's mapping, its relative paths taken from the project root wherever
+    the command runs (``data_dir: ../shared/...`` in params/ means the project's neighbour)."""
+    return resolve_paths(load_params(path), ALL_PATH_PARAMS)
+
+
 def absolute_path(p) -> str:
     return os.path.abspath(os.path.expanduser(str(p)))
 
@@ -297,10 +304,6 @@ class NotebookParams:
         return self
 
 
-def _fields(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
 # Where each group of RunConfig's fields begins, in the order of its declaration; a group
 # runs to the next one's start ("name" comes before them all: notebooks show it first).
 _SECTION_STARTS = {"run": "task", "data": "dataset", "model": "model", "optimization": "epochs",
@@ -309,7 +312,7 @@ _SECTION_STARTS = {"run": "task", "data": "dataset", "model": "model", "optimiza
 
 
 def _sections(cls, starts: dict[str, str]) -> dict[str, list[str]]:
-    fields = _fields(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
     bounds = [fields.index(first) for first in starts.values()] + [len(fields)]
     return {name: fields[a:b] for name, a, b in zip(starts, bounds, bounds[1:])}
 

@@ -27,9 +27,11 @@ from jupyter_client.manager import AsyncKernelManager
 from ..config import load_params
 from ..errors import ConfigError
 from ..utils.files import new_run_dir, read_json, write_json, write_text
+from ..utils.project import record_paths
 from .report import precision_item, render_html
 from .index import headline, refresh_index
-from .params import PROJECT_ROOT, absolute_path, normalize_params, validate_notebook_params
+from .params import (PROJECT_ROOT, absolute_path, normalize_params, param_file,
+                     validate_notebook_params)
 
 KERNEL_NAME = "rst-workbook"  # installed into the venv by `make`; falls back to python3
 FINISHED = "finished"
@@ -88,7 +90,9 @@ def run_dir_mode(run_dir: str | os.PathLike, params: dict) -> str:
                         f"{read_json(run_dir / 'run.json').get('pid')}")
     old = yaml.safe_load((run_dir / "params.yaml").read_text()) \
         if (run_dir / "params.yaml").is_file() else None
-    return "resume" if old == params else "restart"
+    # compared as recorded (paths inside the project relative to it): a run folder moved
+    # with its project, or recorded before paths were, resumes the same
+    return "resume" if old is not None and record_paths(old) == record_paths(params) else "restart"
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, params: dict, notebook: str | os.PathLike,
@@ -109,10 +113,11 @@ def prepare_run_dir(run_dir: str | os.PathLike, params: dict, notebook: str | os
                 continue
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=False))
+    write_text(run_dir / "params.yaml", yaml.safe_dump(record_paths(params), sort_keys=False))
     if mode != "resume" or run_status(run_dir) in ("missing", "dead"):
-        write_json(run_dir / "run.json", {"notebook": str(notebook), "status": "queued",
-                                           "params": params, **(extra or {})})
+        write_json(run_dir / "run.json", record_paths({
+            "notebook": str(Path(notebook).resolve()), "status": "queued", "params": params,
+            **(extra or {})}))
     return mode
 
 
@@ -143,9 +148,11 @@ def render_run_report(run_dir: Path, out_nb: Path, status: dict, output_root: Pa
 def batch_params(notebook: Path, params_file: str | os.PathLike | None, overrides,
                  output_root: Path, run_dir: str | os.PathLike | None) -> tuple[dict, str | None]:
     """A batch run's parameters as its kernel gets them (file, then overrides; batch
-    defaults; absolute paths) and its run folder if one was given (``run_dir=`` or
-    ``-p run_dir=...``; None: a new one)."""
-    params = load_params(params_file, overrides)
+    defaults; absolute paths: the file's relative ones from the project root, the
+    overrides' from the current folder) and its run folder if one was given (``run_dir=``
+    or ``-p run_dir=...``; None: a new one)."""
+    params = param_file(params_file) if params_file else {}
+    params.update(load_params(None, overrides))
     given = params.pop("run_dir", None)  # `-p run_dir=...` works like run_dir=
     return normalize_params(notebook, params, absolute_path(output_root)), run_dir or given
 
@@ -189,11 +196,12 @@ def run_notebook(notebook: str | os.PathLike, params_file: str | os.PathLike | N
     prepare_run_dir(run_dir, params, notebook, extra)
     out_nb = run_dir / f"{notebook.stem}.ipynb"
     t0 = time.time()
-    status = {"notebook": str(notebook), "params_file": str(params_file) if params_file else None,
+    status = {"notebook": str(notebook.resolve()),
+              "params_file": str(Path(params_file).resolve()) if params_file else None,
               **(extra or {}), "status": "running", "params": params,
               "started": datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
               "pid": os.getpid(), "host": socket.gethostname()}
-    write_json(run_dir / "run.json", status)
+    write_json(run_dir / "run.json", record_paths(status))
     try:
         papermill.execute_notebook(str(notebook), str(out_nb), parameters=params,
                                    kernel_name=_kernel_name(), progress_bar=progress,
@@ -219,7 +227,7 @@ def run_notebook(notebook: str | os.PathLike, params_file: str | os.PathLike | N
             except Exception as e:  # noqa: BLE001 - keep the run's record; the traceback is logged
                 logging.getLogger("rst_lib").exception("could not render %s", run_dir / "report.html")
                 status["report_error"] = f"{type(e).__name__}: {e}"
-        write_json(run_dir / "run.json", status)
+        write_json(run_dir / "run.json", record_paths(status))
         if index:
             refresh_index(output_root)
     return run_dir

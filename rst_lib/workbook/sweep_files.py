@@ -62,7 +62,9 @@ from pathlib import Path
 from ..config import load_params, read_yaml_mapping
 from ..utils.files import read_json
 from ..errors import ConfigError
-from .params import PROJECT_ROOT, absolute_path, normalize_params, validate_notebook_params
+from ..utils.project import resolve_paths
+from .params import (ALL_PATH_PARAMS, PROJECT_ROOT, absolute_path, normalize_params, param_file,
+                     validate_notebook_params)
 
 
 @dataclass
@@ -242,8 +244,9 @@ def _stage_cells(spec: dict, path: Path, where: str, name: str, root: Path, over
     fixed = spec.get("set") or {}
     if not isinstance(fixed, dict):
         raise ConfigError(f"{where}: 'set' must be a mapping of parameter: value")
-    base = load_params(params_file, {})
-    base.update(fixed)
+    # relative paths written in the parameter file or the sweep file are from the project root
+    base = param_file(params_file) if params_file else {}
+    base.update(resolve_paths(fixed, ALL_PATH_PARAMS))
     base.update(load_params(None, overrides))
     seeds = spec.get("seeds")
     if seeds is not None:
@@ -265,7 +268,7 @@ def _stage_cells(spec: dict, path: Path, where: str, name: str, root: Path, over
         if cname in seen:
             raise ConfigError(f"{where}: two cells are both named {cname!r}")
         seen.add(cname)
-        params = {**base, **values}
+        params = {**base, **resolve_paths(values, ALL_PATH_PARAMS)}
         if "name" not in values:
             params["name"] = f"{name}-{stage}-{cname}" if stage else f"{name}-{cname}"
         try:

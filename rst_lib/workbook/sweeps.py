@@ -24,6 +24,7 @@ from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 
 from ..errors import ConfigError
 from ..utils.files import read_json, sigterm_as_interrupt, write_json
+from ..utils.project import record_paths
 from .runs import FINISHED, RunExists, prepare_run_dir, run_notebook, run_status
 from .index import headline, refresh_index
 from .params import absolute_path
@@ -108,9 +109,10 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
             if cell.name in result.skipped:
                 continue
             result.skipped.append(cell.name)
-            old = read_json(cell.run_dir / "run.json").get("params", {})
-            changed = sorted(k for k in set(old) | set(cell.params)  # chosen_in: chosen at the start
-                             if k != "run_dir" and k not in cell.choices and old.get(k) != cell.params.get(k))
+            old = record_paths(read_json(cell.run_dir / "run.json").get("params", {}))
+            new = record_paths(cell.params)  # as recorded: paths in the project relative to it
+            changed = sorted(k for k in set(old) | set(new)  # chosen_in: chosen at the start
+                             if k != "run_dir" and k not in cell.choices and old.get(k) != new.get(k))
             if changed:
                 stale.append(f"{cell.name} ({', '.join(changed)})")
         elif status == "running":
@@ -172,7 +174,8 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                             bar.update(1)
                         continue
                     slot = free.pop(0)
-                    extra = {"sweep": sweep.name, "sweep_file": str(sweep.path), "cell": cell.name}
+                    extra = {"sweep": sweep.name, "sweep_file": str(sweep.path.resolve()),
+                             "cell": cell.name}
                     params = {**cell.params, "run_dir": str(cell.run_dir)}
                     notebook = cell.notebook or sweep.notebook
                     if cell.stage:
@@ -209,7 +212,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                             info = read_json(cell.run_dir / "run.json")
                             info.update(status="failed", error=f"process exited with code {proc.returncode}"
                                         f" (see {cell.run_dir / 'log.txt'})")
-                            write_json(cell.run_dir / "run.json", info)
+                            write_json(cell.run_dir / "run.json", record_paths(info))
                         result.failed.append(cell.name)
                         failed_labels.add(cell.label)
                         say(f"FAILED   {cell.label}: {_cell_summary(cell.run_dir)} "
@@ -265,7 +268,7 @@ def next_ready_cell(pending: deque, done: set, failed: set, say, result: SweepRe
 def cell_spec(sweep: Sweep, cell: SweepCell) -> dict:
     """What a process (or a cluster job) needs to run one cell: :func:`run_cell`'s argument."""
     params_file = cell.params_file or sweep.params_file
-    extra = {"sweep": sweep.name, "sweep_file": str(sweep.path), "cell": cell.name}
+    extra = {"sweep": sweep.name, "sweep_file": str(sweep.path.resolve()), "cell": cell.name}
     if cell.stage:
         extra["stage"] = cell.stage
     return {"notebook": str(cell.notebook or sweep.notebook), "params": cell.params,
