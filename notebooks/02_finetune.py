@@ -23,7 +23,8 @@
 # mask, a different random network), plus a **full** finetune of all weights
 # (`finetune_full`). If the inherited weights matter, `finetune` ends more robust than
 # `finetune_reinit`.
-#
+
+# %% [markdown] tags=["notebook-only"]
 # `ticket`: a `ticket.pt` or a 01_search run folder. Empty: a ticket is searched here
 # first (`search_epochs`).
 
@@ -103,7 +104,7 @@ autoattack_precision = "auto"  # auto (bf16 where native and measured faster, el
 collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse [epochs]
 stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
 
-# %%
+# %% tags=["notebook-only"]
 from IPython.display import Markdown, display
 
 from rst_lib import load_run_data, load_ticket, mask_summary, resolve_device, train
@@ -150,7 +151,7 @@ plot_histories(histories, f"{cfg.train_attack} finetuning (validation split)");
 # ## 3. Same test inputs, same attacks
 # Every model on the same test inputs with the same PGD and AutoAttack; 95 % intervals.
 
-# %%
+# %% tags=["headline"]
 rows = compare_models({"ticket (no training)": ticket_model}, cfg, data, progress)
 rows += [{"model": LABELS.get(t, t), **r.final} for t, r in runs.items()]
 display(Markdown(markdown_table(final_table(rows))))
@@ -176,5 +177,5 @@ if inh and rei:
                 if gap > 0 else "**Re-initializing did not hurt in this run.**"))
 display(Markdown(text))
 
-# %%
+# %% tags=["notebook-only"]
 finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

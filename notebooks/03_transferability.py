@@ -22,7 +22,8 @@
 # accuracy of ticket *j* on PGD examples crafted on ticket *i*; the diagonal is each
 # ticket's white-box robust accuracy. High off-diagonal values = poor transfer, the basis
 # of the random switch in 04_r2s.
-#
+
+# %% [markdown] tags=["notebook-only"]
 # `tickets`: ticket files or run folders (e.g. a keep-ratio sweep of 01_search with one
 # seed). Empty: tickets at `keep_ratios` are searched here from seed `seed`.
 
@@ -100,7 +101,7 @@ autoattack_precision = "auto"  # auto (bf16 where native and measured faster, el
 collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse [epochs]
 stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
 
-# %%
+# %% tags=["notebook-only"]
 import matplotlib.pyplot as plt
 from IPython.display import display, Markdown
 
@@ -152,7 +153,7 @@ for ax, (variant, res) in zip(axes, results.items()):
     plot_transfer_matrix(res, f"{variant} PGD-{cfg.eval_steps}, eps={eps_:.4g}, {res['n']} test inputs", ax=ax)
 plt.tight_layout()
 
-# %%
+# %% tags=["headline"]
 k = len(members)
 rows = []
 for variant, res in results.items():
@@ -191,5 +192,5 @@ for variant, (d, o) in means.items():
                  + ("(poor transfer)." if o > d + 0.05 else "(transfers well: a random switch will not help much)."))
 display(Markdown("\n\n".join(lines)))
 
-# %%
+# %% tags=["notebook-only"]
 finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

@@ -22,7 +22,8 @@
 # switch — the kind of number the paper reports), **switching** PGD (attacking the switch
 # itself) and an **adaptive** attack averaging the gradient over `eot_samples` draws (EOT).
 # Quote the lowest (`min_robust_acc`).
-#
+
+# %% [markdown] tags=["notebook-only"]
 # `tickets`: ticket files or run folders of one random network; empty: searched here.
 
 # %% tags=["parameters"]
@@ -103,7 +104,7 @@ autoattack_precision = "auto"  # auto (bf16 where native and measured faster, el
 collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse [epochs]
 stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
 
-# %%
+# %% tags=["notebook-only"]
 from IPython.display import display, Markdown
 
 from rst_lib import (RandomSwitch, autoattack_accuracy, evaluate_r2s, fixed_subset, load_run_data,
@@ -133,7 +134,7 @@ for label, p in zip(members, paths):
 # %% [markdown]
 # ## 2. The switch under attack
 
-# %%
+# %% tags=["headline"]
 switch = RandomSwitch(members, mode=mode, seed=cfg.seed).to(device)
 loader = make_loader(fixed_subset(data.test, r2s_examples), r2s_batch_size)
 result = evaluate_r2s(switch, loader, cfg.eval_eps_value, cfg.eval_alpha_value, cfg.eval_steps, device,
@@ -187,5 +188,5 @@ display(Markdown(
     + (" — the switch does not beat its best member under the adaptive attack."
        if result["min_robust_acc"] <= best_member else " — above its best member.")))
 
-# %%
+# %% tags=["notebook-only"]
 finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

@@ -21,7 +21,8 @@
 # 3×3 kernel patterns survive, how many filters are pruned away. Figures: per-layer
 # density, the most frequent kept 3×3 patterns and the kept-weights-per-kernel histogram
 # (against a random mask of the same density), and filter maps of one conv layer.
-#
+
+# %% [markdown] tags=["notebook-only"]
 # With `interactive = True` (JupyterLab) an ipywidgets explorer lets you pick a layer and
 # compare keep ratios; batch runs draw the static figures only.
 
@@ -100,7 +101,7 @@ autoattack_precision = "auto"  # auto (bf16 where native and measured faster, el
 collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse [epochs]
 stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
 
-# %%
+# %% tags=["notebook-only"]
 import matplotlib.pyplot as plt
 from IPython.display import display, Markdown
 
@@ -182,5 +183,5 @@ write_summary(run_dir, {"dataset": cfg.dataset, "model": next(iter(members.value
               patterns={k: {kk: vv for kk, vv in v.items() if kk != "patterns"} for k, v in patterns.items()})
 display(Markdown("\n".join(lines)))
 
-# %%
+# %% tags=["notebook-only"]
 finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

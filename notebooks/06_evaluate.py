@@ -101,7 +101,7 @@ autoattack_precision = "auto"  # auto (bf16 where native and measured faster, el
 collapse_patience = 2         # epochs at chance level (loss ~ ln C, accuracy ~ 1/C) that mean collapse [epochs]
 stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics.json)
 
-# %%
+# %% tags=["notebook-only"]
 from IPython.display import display, Markdown
 
 from rst_lib import (autoattack_versus_pgd, gradient_masking_report, load_dataset, mask_summary,
@@ -136,7 +136,7 @@ print(f"{info['kind']} {info['path']}: {net.config.name}, keep ratio {summary_['
 # %% [markdown]
 # ## 2. Clean, FGSM, PGD-k, AutoAttack
 
-# %%
+# %% tags=["headline"]
 e, a = cfg.eval_eps_value, cfg.eval_alpha_value
 rep = robustness_report(net, data.test, e, a, cfg.threat_model, pgd_steps=tuple(pgd_steps),
                         restarts=cfg.eval_restarts, n_examples=final_examples, device=device,
@@ -221,5 +221,5 @@ display(Markdown(f"`{info['path']}`: clean {rep['clean_acc']:.1%}; the strongest
                  + (f"**{len(flags)} sign(s) of gradient masking**: quote the strongest attack, not PGD."
                     if flags else "No sign of gradient masking was seen." if masking_checks else "")))
 
-# %%
+# %% tags=["notebook-only"]
 finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

@@ -20,7 +20,10 @@
 # Reads every `metrics.json` under `runs_root` (or only the `run_dirs` given) into one
 # table, and plots clean and PGD accuracy against the keep ratio — the main figure of both
 # papers — one line per model / dataset / training attack / task, with the spread over
-# seeds. Feed it a keep-ratio × seed sweep of 01_search (`rst-workbook sweep
+# seeds.
+
+# %% [markdown] tags=["notebook-only"]
+# Feed it a keep-ratio × seed sweep of 01_search (`rst-workbook sweep
 # params/sweeps/keep-ratios-cpu.yaml`).
 
 # %% tags=["parameters"]
@@ -78,7 +81,7 @@ else:
 # Runs that differ only in their seed are one setting; its spread says how much a
 # difference between settings can be trusted.
 
-# %%
+# %% tags=["headline"]
 metrics = ["clean_acc", "pgd_acc", "autoattack_acc", "robust_acc"]
 keep = ["task", "dataset", "model", "width", "keep_ratio", "train_attack", "eps", "split", "examples", "seed"]
 grouped = group_over_seeds([{k: r[k] for k in keep + metrics} for r in rows], metrics)
@@ -118,5 +121,5 @@ if best:
                      f"({best['split']} split, {best['examples']} examples). "
                      f"Table saved as `{run_dir / 'runs.csv'}`."))
 
-# %%
+# %% tags=["notebook-only"]
 finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

@@ -48,7 +48,8 @@ from collections import Counter
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from rst_lib.analysis import claims_for_sweep, claims_table, collect_records, judge_claims, markdown_table, plot_claim
+from rst_lib.analysis import (claims_for_sweep, claims_table, collect_records, judge_claims, markdown_notes,
+                              markdown_table, plot_claim)
 from rst_lib.workbook import (finish_run, ensure_run_dir, resolve_path_parameters, sweep_run_dirs, write_json,
                               write_summary)
 
@@ -70,10 +71,11 @@ print("run directory:", run_dir)
 # %% [markdown]
 # ## 1. The claims table
 
-# %%
+# %% tags=["headline"]
 results = judge_claims(records, chosen)
-rows = claims_table(results)
-display(Markdown(markdown_table(rows)))
+rows = claims_table(results)  # the table fits the notebook's width; the long columns follow it
+display(Markdown(markdown_table(rows, ["paper", "claim", "counted", "paired difference", "verdict"])))
+display(Markdown(markdown_notes(rows, "claim", ["kind", "compared", "a", "b", "beside", "why"])))
 
 # %% [markdown]
 # ## 2. One figure per claim
@@ -109,5 +111,5 @@ display(Markdown(f"{len(records)} of {len(cells)} runs finished; of the {len(cou
                  + ", ".join(f"{n} {v}" for v, n in counts.items())
                  + f" (Holm over the counted claims); {len(results) - len(counted)} checks and controls shown."))
 
-# %%
+# %% tags=["notebook-only"]
 finish_run(run_dir)  # run.json: finished (a run made here is recorded like a batch run)

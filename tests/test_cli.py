@@ -117,7 +117,7 @@ def test_a_run_from_another_folder_finds_its_notebook_data_and_paths(elsewhere, 
         assert mode == 0o666 & ~umask, (name, oct(mode))
     assert "Kernel is running over TCP" not in proc.stderr + proc.stdout
     report = (runs[0] / "report.html").read_text()
-    assert "Parameters of this run" in report and "keep_ratio" in report
+    assert '<details id="rst-params">' in report and "keep_ratio" in report
 
 
 def test_load_ticket_accepts_a_run_folder_and_train_runs_appear_in_the_index(tmp_path, data):

@@ -43,24 +43,42 @@ def _executed_notebook(path: Path) -> Path:
     cell.outputs = [new_output("display_data", data={"image/png": _png(), "text/plain": "<Figure>"})]
     params = new_code_cell("x = 1", execution_count=0)
     params.metadata["tags"] = ["parameters"]
-    nb = new_notebook(cells=[new_markdown_cell("# A report\n\nwith $x^2$ math"), params, cell])
+    note = new_markdown_cell("Edit, run and save it freely")
+    note.metadata["tags"] = ["notebook-only"]
+    setup = new_code_cell("print(run_dir)", execution_count=2)
+    setup.metadata["tags"] = ["notebook-only"]
+    setup.outputs = [new_output("stream", name="stdout", text="run directory: /somewhere\n"),
+                     new_output("stream", name="stderr", text="warning: few epochs\n")]
+    table = new_code_cell("show()", execution_count=3)
+    table.metadata["tags"] = ["headline"]
+    table.outputs = [new_output("display_data", data={"text/markdown": "| model | clean |\n|---|---|\n"
+                                                      "| ticket | 90.0% [80.0%, 95.0%] |"})]
+    nb = new_notebook(cells=[new_markdown_cell("# A report\n\nwith $x^2$ math"), note, params, setup,
+                             cell, new_markdown_cell("## Results"), table])
     nbformat.write(nb, path)
     return path
 
 
-def test_report_is_self_contained_with_code_toggle(tmp_path):
+def test_report_is_self_contained_and_leads_with_results(tmp_path):
     html_path = render_html(_executed_notebook(tmp_path / "nb.ipynb"), tmp_path / "report.html",
-                            title="01_search", status="finished", items=["run x", "PGD 40.0%"],
-                            index_href="../../index.html")
+                            title="01_search", status="finished", items=["run x", "50 test examples"],
+                            index_href="../../index.html", params={"x": 2}, status_line="took 3 s")
     html = html_path.read_text()
     assert html.count('src="data:image/png;base64') == 1
     # nothing is fetched from the network: no external scripts, stylesheets or fonts
     assert not re.search(r"<script[^>]+src=", html)
     assert not re.search(r"<link[^>]+href=[\"']https?:", html)
     assert not re.search(r"@import\s+url\([\"']?https?:", html)
-    assert 'id="rst-toggle-code"' in html and "rst-hide-code" in html
-    assert "PGD 40.0%" in html and 'href="../../index.html"' in html
-    assert "celltag_parameters" in html  # the default parameters are folded
+    assert "<title>A report</title>" in html and "<h1>A report</h1>" in html
+    assert 'id="rst-toggle-code"' in html and "50 test examples" in html and "took 3 s" in html
+    assert 'href="../../index.html"' in html and '<details id="rst-params">' in html
+    # what the notebook says to whoever runs it is not in the report; its warnings are
+    assert "Edit, run and save" not in html and "run directory" not in html and "few epochs" in html
+    assert "celltag_parameters" not in html  # the run's parameters are the folded table
+    # the headline table comes first, before the first figure, and only once
+    assert html.count("90.0% [80.0%, 95.0%]") == 1
+    assert html.index("90.0% [80.0%, 95.0%]") < html.index('src="data:image/png') < html.index('id="Results"')
+    assert '<details id="rst-about">' in html  # what the notebook does: folded
 
 
 def _fake_run(root: Path, rel: str, status: str, **extra) -> Path:
@@ -208,3 +226,64 @@ def test_search_tickets_share_one_network_and_load_any_reads_tickets_and_checkpo
     (tmp_path / "empty").mkdir()
     with pytest.raises(TicketError, match="folder without a ticket.pt or last.pt"):
         resolve_checkpoint(tmp_path / "empty")
+
+
+def _browser(pw):
+    if not _chromium_ok():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing in CI: .ci/run could not install Debian's chromium")
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    return pw.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+
+
+def _in_view(page, locator) -> bool:
+    """Whether the element lies wholly inside the viewport as the page opens (not scrolled)."""
+    box = locator.bounding_box()
+    view = page.viewport_size
+    return (box is not None and box["y"] >= 0 and box["y"] + box["height"] <= view["height"]
+            and box["x"] >= 0 and box["x"] + box["width"] <= view["width"])
+
+
+@pytest.mark.slow  # the quickstart's smoke run (~1 min on an idle machine) and Chromium
+def test_quickstart_report_first_screen_holds_results_and_index_fits(tmp_path, monkeypatch):
+    """What a reader of a shared report sees first (1280x800): the run's title, its status,
+    the headline table with intervals and the first figure; parameters, code and the notes
+    for whoever runs the notebook are not in the way. The index fits a 1,280 px window."""
+    from playwright.sync_api import sync_playwright  # the dev extra: fails, never skips, when missing
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run_dir = run_notebook(ROOT / "notebooks" / "00_quickstart.ipynb",
+                           ROOT / "params" / "quickstart-smoke.yaml",
+                           output_root=tmp_path / "outputs", progress=False)
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((run_dir / "report.html").as_uri())
+        page.screenshot(path=str(tmp_path / "first-screen.png"))
+        assert page.title().startswith("Quickstart: a robust scratch ticket")
+        header = page.locator("#rst-header")
+        assert _in_view(page, header.locator("h1")) and "finished" in header.inner_text()
+        headline = page.locator(".celltag_rst-headline table").first
+        assert _in_view(page, headline), "the headline table is not on the first screen"
+        text = headline.inner_text()
+        assert "robust ticket" in text and re.search(r"\d+\.\d%\s*\[\d+\.\d%, \d+\.\d%\]", text), text
+        figures = page.locator(".jp-OutputArea-output img")
+        assert figures.count() >= 3 and _in_view(page, figures.first), \
+            "the first figure is not on the first screen"
+        # parameters, code and the notebook's own description: one click away, not shown
+        for fold in ("#rst-params", "#rst-about"):
+            assert page.locator(fold).count() == 1 and page.locator(fold).get_attribute("open") is None
+        body = page.locator("body").inner_text()  # the code hidden: what a reader sees
+        assert "Parameters are in the next cell" not in body and "run directory:" not in body
+        assert "4. Summary" in body and "Robust ticket:" in body  # the summary, at the end
+        code = page.locator(".jp-CodeCell:not(.celltag_rst-headline) .jp-InputArea").first
+        assert not code.is_visible()
+        page.locator("#rst-toggle-code").click()
+        assert code.is_visible()
+        assert not errors, errors
+        index = browser.new_page(viewport={"width": 1280, "height": 800})
+        index.goto((tmp_path / "outputs" / "index.html").as_uri())
+        assert index.evaluate("document.documentElement.scrollWidth") <= 1280
+        browser.close()

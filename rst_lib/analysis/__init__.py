@@ -11,9 +11,10 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ".controls": ("compare_models", "natural_control", "random_mask_control"),
     ".mask_plots": ("mask_explorer", "plot_filter_map", "plot_kept_histogram",
                     "plot_kernel_patterns", "plot_layer_density"),
-    ".plots": ("markdown_table", "plot_accuracy_vs_keep_ratio", "plot_bars", "plot_comparison",
-               "plot_eps_curve", "plot_histories", "plot_history", "plot_keep_ratios", "plot_r2s",
-               "plot_robust_vs_clean", "plot_transfer_matrix", "r2s_rows"),
+    ".plots": ("markdown_notes", "markdown_table", "plot_accuracy_vs_keep_ratio", "plot_bars",
+               "plot_comparison", "plot_eps_curve", "plot_histories", "plot_history",
+               "plot_keep_ratios", "plot_r2s", "plot_robust_vs_clean", "plot_transfer_matrix",
+               "r2s_rows"),
     ".r2s": ("EOTPGD", "RandomSwitch", "evaluate_r2s"),
     ".transfer": ("transfer_matrix",),
 })

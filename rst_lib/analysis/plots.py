@@ -115,6 +115,17 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def markdown_notes(rows: list[dict], title: str, keys: list[str]) -> str:
+    """A Markdown list, one item per row: its ``title`` value in bold, then ``key: value``
+    for each of ``keys`` that has a value - the columns too long for a table that must fit
+    the notebook's width."""
+    items = []
+    for r in rows:
+        parts = [f"{k}: {r[k]}" for k in keys if r.get(k) not in (None, "")]
+        items.append(f"- **{r.get(title, '')}** — " + "; ".join(parts))
+    return "\n".join(items)
+
+
 # ---------------------------------------------------------------- workbook notebooks
 
 

@@ -102,15 +102,26 @@ def _pct(v) -> str:
     return f"{v:.1%}" if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
 
 
+def _took(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return ""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
+
+
 INDEX_CSS = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #1f2328; }
-h1 { font-size: 20px; margin: 0 0 4px; } p.meta { color: #59636e; margin: 0 0 12px; }
-input { font: inherit; padding: 3px 8px; width: 24em; margin-bottom: 10px; }
-table { border-collapse: collapse; } th, td { padding: 4px 10px; border-bottom: 1px solid #d0d7de;
-  text-align: left; white-space: nowrap; } th { cursor: pointer; background: #f6f8fa; user-select: none; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.finished { color: #1a7f37; } .failed, .interrupted { color: #cf222e; } .running, .queued { color: #9a6700; }
-td.err { white-space: normal; max-width: 32em; color: #cf222e; font-size: 12px; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 16px; color: #1f2328; }
+h1 { font-size: 20px; margin: 0 0 4px; } p.meta { color: #59636e; margin: 0 0 12px; max-width: 80em; }
+input { font: inherit; padding: 3px 8px; width: 24em; max-width: 100%; margin-bottom: 10px; }
+table { border-collapse: collapse; max-width: 100%; }
+th, td { padding: 4px 6px; border-bottom: 1px solid #d0d7de; text-align: left; vertical-align: top; }
+th { cursor: pointer; background: #f6f8fa; user-select: none; }
+td.run { overflow-wrap: anywhere; min-width: 10em; max-width: 20em; }
+td.num, td.when span { white-space: nowrap; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.finished { color: #1a7f37; } .failed, .interrupted, .dead { color: #cf222e; } .running, .queued { color: #9a6700; }
+td.err { min-width: 12em; max-width: 24em; overflow-wrap: anywhere; color: #cf222e; font-size: 12px; }
 """
 
 INDEX_JS = """
@@ -142,7 +153,7 @@ def write_index(root: str | os.PathLike = "outputs") -> Path:
     rows = run_rows(root)
     e = html.escape
     head = ["notebook", "run", "status", "dataset", "model", "keep ratio", "clean", "PGD",
-            "AutoAttack", "test examples", "seconds", "started", "problem"]
+            "AutoAttack", "test examples", "took", "started", "problem"]
     body = []
     for r in rows:
         link = (f'<a href="{e(r["report"])}">{e(r["run"])}</a>' if r["report"] else e(r["run"]))
@@ -152,7 +163,7 @@ def write_index(root: str | os.PathLike = "outputs") -> Path:
             problem = f"{cell}{r.get('error') or ''}"
         kr = r.get("keep_ratio")
         cells = [
-            f"<td>{e(r['notebook'])}</td>", f"<td>{link}</td>",
+            f"<td>{e(r['notebook'])}</td>", f'<td class="run">{link}</td>',
             f'<td class="{e(r["status"])}">{e(r["status"])}'
             + (f'<br><small>{e(r["progress"])}</small>' if r.get("progress") else "") + "</td>",
             f"<td>{e(str(r.get('dataset', '')))}</td>", f"<td>{e(str(r.get('model', '')))}</td>",
@@ -160,8 +171,10 @@ def write_index(root: str | os.PathLike = "outputs") -> Path:
             *(f'<td class="num" data-v="{r.get(k, "")}">{_pct(r.get(k))}</td>'
               for k in ("clean_acc", "pgd_acc", "autoattack_acc")),
             f'<td class="num">{e(str(r.get("examples") or ""))}</td>',
-            f'<td class="num">{e(str(r["seconds"]) if r["seconds"] is not None else "")}</td>',
-            f"<td>{e(str(r['started']))}</td>", f'<td class="err">{e(problem[:300])}</td>',
+            f'<td class="num" data-v="{r["seconds"] if r["seconds"] is not None else ""}">'
+            f'{e(_took(r["seconds"]))}</td>',
+            f'<td class="when" data-v="{e(str(r["started"]))}">'
+            + " ".join(f"<span>{e(part)}</span>" for part in str(r["started"]).split(" ")) + "</td>", f'<td class="err">{e(problem[:300])}</td>',
         ]
         body.append("<tr>" + "".join(cells) + "</tr>")
     counts = {}

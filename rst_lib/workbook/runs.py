@@ -125,23 +125,45 @@ def _kernel_name() -> str:
     return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else "python3"
 
 
+def status_line(status: dict) -> str:
+    """When the run ran and how long it took (and where it stopped), from its ``run.json``."""
+    seconds = status.get("seconds")
+    took = "" if not isinstance(seconds, (int, float)) else (
+        f"{seconds:.0f} s" if seconds < 120 else f"{seconds // 60:.0f} min {seconds % 60:.0f} s")
+    when = status.get("ended") or status.get("started") or ""
+    line = ", ".join(filter(None, [f"{'ended' if status.get('ended') else 'started'} {when}" if when else "",
+                                   f"took {took}" if took else ""]))
+    if status.get("status") in ("failed", "interrupted") and status.get("error"):
+        cell = f"cell {status['failed_cell']}: " if status.get("failed_cell") is not None else ""
+        line += f"; stopped at {cell}{status['error'].splitlines()[0][:200]}"
+    return line
+
+
+def report_header_facts(run_dir: Path, status: dict) -> list[str]:
+    """The report's header lines after its title and status, one short fact each: which
+    run, which sweep cell, which test images. Add a fact here to show it on every report."""
+    facts = [f"run {run_dir.name}"]
+    if status.get("sweep"):
+        facts.append(f"sweep {status['sweep']}, cell {status.get('cell', '?')}")
+    if status.get("kernel") == "live":
+        facts.append("run in JupyterLab")
+    h = headline(run_dir)
+    if h.get("examples"):  # the header says what the final table says, on the same inputs
+        facts.append(f"{h['examples']} test examples")
+    precision = precision_item(read_json(run_dir / "metrics.json"))
+    if precision:  # what precision: auto chose, and why
+        facts.append(precision)
+    return facts
+
+
 def render_run_report(run_dir: Path, out_nb: Path, status: dict, output_root: Path) -> None:
     """``run_dir/report.html`` from the executed notebook ``out_nb`` and the run's record."""
-    h = headline(run_dir)
-    items = [f"run {run_dir.name}", status.get("started", "")]
-    if status.get("seconds") is not None:
-        items.append(f"{status['seconds']:.0f} s")
-    for k, label in (("clean_acc", "clean"), ("pgd_acc", "PGD"), ("autoattack_acc", "AutoAttack")):
-        if isinstance(h.get(k), (int, float)):
-            items.append(f"{label} {h[k]:.1%}")
-    if h.get("examples"):  # the header says what the final table says, on the same inputs
-        items.append(f"{h['examples']} test examples")
-    items.append(precision_item(read_json(run_dir / "metrics.json")))
     index = output_root / "index.html"
     href = os.path.relpath(index, run_dir) if output_root.exists() else None
     params = {k: v for k, v in status.get("params", {}).items() if k != "run_dir"}
     render_html(out_nb, run_dir / "report.html", title=Path(status["notebook"]).stem,
-                status=status["status"], items=[i for i in items if i], index_href=href,
+                status=status["status"], status_line=status_line(status),
+                items=report_header_facts(run_dir, status), index_href=href,
                 params=params, relative_to=PROJECT_ROOT)
 
 

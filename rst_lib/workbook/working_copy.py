@@ -84,7 +84,7 @@ def new_working_copy(notebook: str | os.PathLike, name: str | None = None,
         else str(template)
     # a provenance note, not notebook code (the cells themselves come from the template)
     note = {"cell_type": "markdown", "id": "working-copy", "metadata": {
-        "tags": ["working-copy"]}, "source": (
+        "tags": ["working-copy", "notebook-only"]}, "source": (
         f"**Working copy** of `{shown}`, made {time.strftime('%Y-%m-%d %H:%M')} by "
         f"`rst-workbook new {template.stem}`. Edit, run and save it freely: it is yours "
         f"(`work/` is ignored by git) and the project's notebook stays as it is. Relative "
