@@ -118,7 +118,7 @@ def shape_for_report(nb) -> tuple[object, str | None, str]:
     """A copy of the executed notebook ``nb`` as the report shows it, with its title (the
     first markdown cell's ``#`` heading, None without one) and the rest of that cell (what the
     notebook does). See the module's docstring for what is dropped and moved."""
-    from nbformat.v4 import new_code_cell
+    from nbformat import from_dict
     nb = copy.deepcopy(nb)
     cells = []
     for cell in nb.cells:
@@ -141,7 +141,10 @@ def shape_for_report(nb) -> tuple[object, str | None, str]:
     if source is not None:
         table = next(o for o in source.outputs if _has_table(o))
         source.outputs = [o for o in source.outputs if o is not table]
-        top = new_code_cell("", outputs=[table], metadata={"tags": [REPORT_HEADLINE]})
+        # the headline table's own output, moved up (a report cell, not notebook code)
+        top = from_dict({"cell_type": "code", "source": "", "execution_count": None,
+                         "id": "report-headline", "outputs": [table],
+                         "metadata": {"tags": [REPORT_HEADLINE]}})
         cells.insert(0, top)
     nb.cells = cells
     return nb, title, intro
