@@ -13,6 +13,7 @@ import logging
 import torch
 from torch import nn
 from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
+from ..utils import progress_log
 
 from ..config import allowed
 from .apgd_stop import stop_on_broken
@@ -163,6 +164,7 @@ def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
         for attack in attacks:
             bar = tqdm(total=len(starts), desc=f"AutoAttack {attack}", unit="batch", leave=False,
                        disable=not progress, initial=journal.count(f"{unit}/{attack}/"))
+            stage = progress_log.Stage(f"AutoAttack {attack.upper()}", int(robust.sum()))
             for b, i in enumerate(starts):
                 part = robust[i:i + batch_size]
 
@@ -174,13 +176,15 @@ def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
                                                   eps, threat_model, device, precision)
                     return out.int().tolist()
 
-                done = journal.done(f"{unit}/{attack}/{b}")
+                done, attacked = journal.done(f"{unit}/{attack}/{b}"), int(part.sum())
                 robust[i:i + batch_size] = torch.tensor(
                     journal.run(f"{unit}/{attack}/{b}", attack_batch), dtype=torch.bool)
                 if not done:
                     bar.update(1)
                 bar.set_postfix(robust=f"{int(robust.sum())}/{len(x)}")
+                stage.advance(attacked, fresh=not done)  # (part: a view, changed by now)
             bar.close()
+            stage.finish(f"{int(robust.sum())} still robust")
     return robust
 
 
