@@ -6,8 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -82,25 +80,23 @@ def test_the_follower_prints_each_whole_line_once_in_order(tmp_path):
     log = tmp_path / "log.txt"
     log.write_text("an earlier run's line\n")
     printed = []
-    follower = LogFollower(log, printed.append, poll=0.01)
-    follower.start()
+    follower = LogFollower(log, printed.append)
 
-    def write():
+    def append(text: str) -> None:
         with open(log, "a") as f:
-            for i in range(20):
-                f.write(f"line {i}\n" if i % 2 else f"li")  # half lines: finished later
-                f.flush()
-                if i % 2 == 0:
-                    f.write(f"ne {i}\n")
-                    f.flush()
-                time.sleep(0.005)
-            f.write("last, unfinished")
+            f.write(text)
 
-    writer = threading.Thread(target=write)
-    writer.start()
-    writer.join()
+    append("epoch 1/2 in 3 s\nepo")  # a line, and the start of the next one
+    follower.read_new()
+    assert printed == ["epoch 1/2 in 3 s"]  # not the earlier run's, not half a line
+    append("ch 2/2 in 3 s\nfinal PGD-2: 2")
+    follower.read_new()
+    assert printed == ["epoch 1/2 in 3 s", "epoch 2/2 in 3 s"]
+    follower.start()  # as a thread: it prints what comes, and at its stop what is left
+    append("00/200 images\nAutoAttack")
     follower.stop()
-    assert printed == [f"line {i}" for i in range(20)] + ["last, unfinished"]
+    assert printed == ["epoch 1/2 in 3 s", "epoch 2/2 in 3 s", "final PGD-2: 200/200 images",
+                       "AutoAttack"]
 
 
 def test_a_run_writes_its_epochs_and_final_stages_into_its_log_in_order(tmp_path, data):
