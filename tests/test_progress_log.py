@@ -144,3 +144,17 @@ def test_rst_workbook_run_prints_the_kernels_lines_once_and_the_notebook_holds_n
     nb = json.loads((run_dir / "00_quickstart.ipynb").read_text())
     outputs = json.dumps([c.get("outputs", []) for c in nb["cells"]])
     assert not [s for s in stages if s in outputs]
+
+
+def test_a_sweep_says_each_running_cells_progress_lines_after_its_label(tmp_path):
+    from rst_lib.workbook.sweeps import follow_progress
+    log = tmp_path / "log.txt"
+    log.write_text("earlier attempt\n\n=== 2026-12-08 03:00:00 start (slot 0) ===\n")
+    said = []
+    follower = follow_progress(tmp_path, "keep_ratio=0.1", said.append, skip=log.stat().st_size)
+    with open(log, "a") as f:  # the kernel's lines and the cell's other output share the file
+        f.write("=== 2026-12-08 03:00:02 01_search ===\n03:00:09  search: epoch 1/4 in 6 s\n"
+                "Traceback (most recent call last): ...\n03:00:15  search: epoch 2/4 in 6 s\n")
+    follower.stop()
+    assert said == ["keep_ratio=0.1  03:00:09  search: epoch 1/4 in 6 s",
+                    "keep_ratio=0.1  03:00:15  search: epoch 2/4 in 6 s"]

@@ -42,6 +42,12 @@ def log_to(run_dir: str | os.PathLike | None, heading: str | None = None) -> Pat
     return _log
 
 
+def is_progress_line(line: str) -> bool:
+    """A line :func:`write` wrote (``HH:MM:SS  ...``), not other output sharing the file."""
+    return len(line) > 10 and line[2] == line[5] == ":" and line[8:10] == "  " and \
+        line[:8].replace(":", "").isdigit()
+
+
 def current() -> Path | None:
     """The log file lines go to now (None: none)."""
     return _log

@@ -23,13 +23,16 @@ def _print(line: str) -> None:
 
 
 class LogFollower(threading.Thread):
-    """Prints (``out``) each line appended to ``path`` after the follower was made."""
+    """Prints (``out``) each line appended to ``path`` after the follower was made (or
+    after its first ``offset`` bytes)."""
 
     def __init__(self, path: str | os.PathLike, out: Callable[[str], None] = _print,
-                 poll: float = POLL_SECONDS):
+                 poll: float = POLL_SECONDS, offset: int | None = None):
         super().__init__(name=f"follow {path}", daemon=True)
         self.path, self.out, self.poll = Path(path), out, poll
-        self.offset = self.path.stat().st_size if self.path.is_file() else 0
+        if offset is None:
+            offset = self.path.stat().st_size if self.path.is_file() else 0
+        self.offset = offset
         self.pending = b""  # a line not written to its end yet
         self.stopped = threading.Event()
 
