@@ -55,3 +55,11 @@ def batch():
 def data():
     """The embedded mnist5k bundle, loaded once for the whole suite."""
     return load_dataset("mnist5k")
+
+
+@pytest.fixture(autouse=True)
+def _no_run_log():
+    # a test that made a notebook's run folder (ensure_run_dir) leaves no log open for the next
+    from rst_lib.utils import progress_log
+    yield
+    progress_log.log_to(None)

@@ -70,3 +70,22 @@ def test_bf16_search_gives_the_same_robust_inputs():
                                precision="bf16", stop_broken=stop) for stop in (False, True)]
     assert 0 < int(flags[0].sum()) < len(x)
     assert torch.equal(flags[0], flags[1])
+
+
+def test_unconfirmed_breaks_keep_iterating_as_in_the_original():
+    """With a ``confirm`` that never confirms (a bf16 break the fp32 model rejects), no input
+    stops: the same passes and the same outcome as pyautoattack's APGD."""
+    from rst_lib.attacks.apgd_stop import stop_on_broken
+    model, x, y = data(128)
+    runs = []
+    for stop in (False, True):
+        adversary, _ = make_adversary(model, 0.08, "linf", "fast", "cpu", 0, stop_broken=False)
+        if stop:
+            stop_on_broken(adversary.apgd, lambda xa, ya: torch.zeros(len(xa), dtype=torch.bool))
+        adversary.attacks_to_run = ["apgd-ce"]
+        model.seen = 0
+        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=len(x))
+        with torch.no_grad():
+            runs.append((model(x_adv).argmax(1) != y, model.seen - len(x)))
+    assert runs[0][0].any() and torch.equal(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]

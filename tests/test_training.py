@@ -461,4 +461,5 @@ def test_two_process_ddp_equals_single_process_with_the_same_global_batch(tmp_pa
     assert same > 0.999
     # one set of run files, written by rank 0 alone (no per-rank copies)
     assert sorted(p.name for p in double.iterdir()) == sorted(p.name for p in single.iterdir()) == [
-        "eval-state", "last.pt", "metrics.json", "progress.json", "tensorboard", "ticket.pt"]
+        "eval-state", "last.pt", "log.txt", "metrics.json", "progress.json", "tensorboard",
+        "ticket.pt"]

@@ -17,6 +17,7 @@ import torch
 from ..config import RunConfig
 from ..data.datasets import DataBundle, fixed_subset
 from ..data.loaders import make_loader
+from ..utils import progress_log
 from ..utils.devices import resolve_device
 from ..engine.evaluation import final_evaluation, recalibrate_bn
 from ..models.registry import RandomNetwork
@@ -41,7 +42,8 @@ def natural_control(cfg: RunConfig, data: DataBundle, run_dir: str | Path | None
                     progress: bool = True) -> TrainResult:
     """Edge-popup without attacks (same model, seed, keep ratio and schedule)."""
     natural = cfg.replace(train_attack="none", name=f"{cfg.name or 'run'}-natural")
-    return train(natural, run_dir, progress=progress, data=data)
+    with progress_log.part("natural control"):  # the run's log names what the lines are for
+        return train(natural, run_dir, progress=progress, data=data)
 
 
 def compare_models(models: dict[str, torch.nn.Module], cfg: RunConfig, data: DataBundle,
@@ -49,5 +51,8 @@ def compare_models(models: dict[str, torch.nn.Module], cfg: RunConfig, data: Dat
     """One row per model: :func:`final_evaluation` with ``cfg`` (clean, PGD, AutoAttack),
     on the same ``cfg.final_examples`` test inputs."""
     device = resolve_device(cfg.device)
-    return [{"model": name, **final_evaluation(model, cfg, data, device, progress)}
-            for name, model in models.items()]
+    rows = []
+    for name, model in models.items():
+        with progress_log.part(name):  # the run's log names the model its lines are about
+            rows.append({"model": name, **final_evaluation(model, cfg, data, device, progress)})
+    return rows

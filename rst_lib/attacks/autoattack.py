@@ -13,6 +13,7 @@ import logging
 import torch
 from torch import nn
 from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
+from ..utils import progress_log
 
 from ..config import allowed
 from .apgd_stop import stop_on_broken
@@ -47,11 +48,12 @@ def autoattack_class():
 
 
 def make_adversary(model: nn.Module, eps: float, threat_model: str, version: str, device,
-                   seed: int, stop_broken: bool = True):
+                   seed: int, stop_broken: bool = True, confirm=None):
     """An AutoAttack object configured for ``version`` (its ``attacks_to_run`` in order).
 
     ``stop_broken``: its APGD attacks stop iterating an input once it is broken
-    (:mod:`~rst_lib.attacks.apgd_stop`; not for ``rand``, whose model answers at random)."""
+    (:mod:`~rst_lib.attacks.apgd_stop`; not for ``rand``, whose model answers at random);
+    with ``confirm(x_adv, y)`` only once the reported model misclassifies it."""
     if version not in AUTOATTACK_VERSIONS:
         raise ValueError(f"version={version!r} is invalid: valid {', '.join(AUTOATTACK_VERSIONS)}")
     AutoAttack, flavour = autoattack_class()
@@ -73,8 +75,8 @@ def make_adversary(model: nn.Module, eps: float, threat_model: str, version: str
         adversary.apgd_targeted.n_restarts = 1
         adversary.apgd_targeted.n_target_classes = FAST_TARGET_CLASSES
     if stop_broken and version != "rand" and not getattr(model, "stochastic", False):
-        stop_on_broken(adversary.apgd)
-        stop_on_broken(adversary.apgd_targeted)
+        stop_on_broken(adversary.apgd, confirm)
+        stop_on_broken(adversary.apgd_targeted, confirm)
     return adversary, flavour
 
 
@@ -146,8 +148,12 @@ def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
     model = model.to(device).eval()
     if precision not in SEARCH_PRECISIONS:
         raise ValueError(f"precision={precision!r} is invalid: valid {', '.join(SEARCH_PRECISIONS)}")
+    def confirm(x_adv, y_adv):  # after a bf16 search: broken only if the fp32 model says so
+        with confirm_context(precision, device):
+            return model(x_adv).argmax(1) != y_adv
+
     adversary, flavour = make_adversary(model, eps, threat_model, version, device, seed,
-                                        stop_broken)
+                                        stop_broken, None if precision == "fp32" else confirm)
     attacks = list(adversary.attacks_to_run)
     journal = journal or Journal(None, "")
     starts = range(0, len(x), batch_size)
@@ -160,6 +166,7 @@ def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
         for attack in attacks:
             bar = tqdm(total=len(starts), desc=f"AutoAttack {attack}", unit="batch", leave=False,
                        disable=not progress, initial=journal.count(f"{unit}/{attack}/"))
+            stage = progress_log.Stage(f"AutoAttack {attack.upper()}", int(robust.sum()))
             for b, i in enumerate(starts):
                 part = robust[i:i + batch_size]
 
@@ -171,13 +178,15 @@ def autoattack_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
                                                   eps, threat_model, device, precision)
                     return out.int().tolist()
 
-                done = journal.done(f"{unit}/{attack}/{b}")
+                done, attacked = journal.done(f"{unit}/{attack}/{b}"), int(part.sum())
                 robust[i:i + batch_size] = torch.tensor(
                     journal.run(f"{unit}/{attack}/{b}", attack_batch), dtype=torch.bool)
                 if not done:
                     bar.update(1)
                 bar.set_postfix(robust=f"{int(robust.sum())}/{len(x)}")
+                stage.advance(attacked, fresh=not done)  # (part: a view, changed by now)
             bar.close()
+            stage.finish(f"{int(robust.sum())} still robust")
     return robust
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
+from ..utils import progress_log
 
 from ..attacks.gradient import FGSM, PGD
 from ..attacks.noise import UniformNoise
@@ -102,6 +103,7 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
     def acc(name: str, attacks: dict) -> dict:
         """Accuracy clean and under each attack, batch by batch (one journal unit each)."""
         correct = dict.fromkeys(["clean", *attacks], 0)
+        passes = model_passes(attacks)
         starts = range(0, n, batch_size)
         bar = tqdm(total=len(starts), desc=f"masking check: {name}", unit="batch",
                    leave=False, disable=not progress, initial=journal.count(f"{name}/"))
@@ -116,29 +118,34 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
 
         with frozen_masks(model):
             for b, i in enumerate(starts):
+                fresh = not journal.done(f"{name}/{b}")
                 for k, v in journal.run(f"{name}/{b}", lambda: run(b, i)).items():
                     correct[k] += v
+                stage.advance(passes * len(x[i:i + batch_size]), fresh)
         bar.close()
         return {f"{k}_acc": v / n if n else 0.0 for k, v in correct.items()}
 
     def pgd(e, a, k, r=1):
         return PGD(model, e, a, k, r, norm=threat_model, early_stop=early_stop)
 
-    base = acc("base", {"fgsm": FGSM(model, eps, norm=threat_model), "pgd": pgd(eps, alpha, steps),
-                "pgd_more_steps": pgd(eps, alpha * MORE_STEPS_STEP_FACTOR, more_steps),
-                "pgd_restarts": pgd(eps, alpha, steps, restarts),
-                "noise": UniformNoise(model, eps, threat_model)})
-    curve = []
-    for f in eps_factors:
-        e = eps * f
-        if e >= large_eps:  # past the whole-image eps (an L-inf eps above 1 leaves the pixel range)
-            continue
-        if f == 1.0:  # the base check's PGD: the same attack, seeds and batches, so the same number
-            curve.append((e, base["pgd_acc"]))
-            continue
-        curve.append((e, acc(f"eps={e:.6g}", {"pgd": pgd(e, max(alpha * f, 1e-6), steps)})["pgd_acc"]))
-    curve.append((large_eps, acc(f"large eps={large_eps:g}",
-                                 {"pgd": pgd(large_eps, large_eps / 4, steps)})["pgd_acc"]))
+    base_attacks = {"fgsm": FGSM(model, eps, norm=threat_model), "pgd": pgd(eps, alpha, steps),
+                    "pgd_more_steps": pgd(eps, alpha * MORE_STEPS_STEP_FACTOR, more_steps),
+                    "pgd_restarts": pgd(eps, alpha, steps, restarts),
+                    "noise": UniformNoise(model, eps, threat_model)}
+    # past the whole-image eps (an L-inf eps above 1 leaves the pixel range): not on the curve;
+    # at eps itself (None) the base check's PGD: the same attack, seeds and batches, same number
+    curve_checks = [(f"eps={eps * f:.6g}", eps * f,
+                     {"pgd": pgd(eps * f, max(alpha * f, 1e-6), steps)} if f != 1.0 else None)
+                    for f in eps_factors if eps * f < large_eps]
+    curve_checks.append((f"large eps={large_eps:g}", large_eps,
+                         {"pgd": pgd(large_eps, large_eps / 4, steps)}))
+    # the run's log: one stage, its work counted in model passes (a PGD-100 input: 101)
+    stage = progress_log.Stage("masking checks", n * sum(map(model_passes, [
+        base_attacks, *(attacks for _, _, attacks in curve_checks if attacks)])), unit=None)
+    base = acc("base", base_attacks)
+    curve = [(e, acc(name, attacks)["pgd_acc"] if attacks else base["pgd_acc"])
+             for name, e, attacks in curve_checks]
+    stage.finish()
     accuracy = {k.removesuffix("_acc"): v for k, v in base.items() if k.endswith("_acc")}
     if autoattack != "none":
         accuracy["autoattack"] = autoattack_accuracy(model, dataset, eps, threat_model, autoattack,
@@ -169,6 +176,12 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
                      f"({accuracy['pgd']:.1%}): PGD overestimates robustness here")
     return {"accuracy": accuracy, "ran": ran, "eps_curve": curve, "flags": flags, "n_examples": n,
             "eps": eps, "threat_model": threat_model}
+
+
+def model_passes(attacks: dict) -> int:
+    """Forward(-backward) passes per input of a check: the clean one, and per attack its
+    steps times restarts and the final forward (the rough cost, for an estimate of time)."""
+    return 1 + sum(getattr(a, "steps", 1) * getattr(a, "restarts", 1) + 1 for a in attacks.values())
 
 
 def final_checks(model: nn.Module, cfg: RunConfig, data: DataBundle, final: dict,

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
+from ..utils import progress_log
 
 from ..masks import masking
 from ..attacks.gradient import FGSM, PGD
@@ -318,12 +319,17 @@ def _correct_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, b
         bar.update(1)
         return [ok_clean.int().tolist(), ok_adv.int().tolist()]
 
+    stage = progress_log.Stage(desc, len(x))  # the run's log: how far, about how long left
     with frozen_masks(model):
         for b, i in enumerate(starts):
+            fresh = not journal.done(f"{prefix}/{b}")
             c, a = journal.run(f"{prefix}/{b}", lambda: run(b, i))
             clean.append(torch.tensor(c, dtype=torch.bool))
             adv.append(torch.tensor(a, dtype=torch.bool))
+            stage.advance(len(c), fresh)
     bar.close()
+    stage.finish(f"{sum(map(int, map(sum, clean)))} correct, "
+                 f"{sum(map(int, map(sum, adv)))} robust")
     empty = torch.zeros(0, dtype=torch.bool)
     return (torch.cat(clean) if clean else empty), (torch.cat(adv) if adv else empty)
 

@@ -1,9 +1,9 @@
-"""Live curves of a running training: TensorBoard event files and a small progress file in
-the run folder, written after every epoch.
+"""Live curves of a running training: TensorBoard event files, a small progress file and
+one line in the run's log (:mod:`rst_lib.utils.progress_log`), written after every epoch.
 
 ``tensorboard --logdir outputs`` then shows every run as it goes (a sweep's cells side by
 side, each under its folder); ``progress.json`` (epoch k of n) is what the run index reads
-to say how far a running run is.
+to say how far a running run is; the log line is what ``rst-workbook run`` prints.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from torch.utils.tensorboard import SummaryWriter  # the `tensorboard` package (
 
 from ..config import RunConfig
 from ..masks import masking
+from ..utils import progress_log
 from ..utils.files import PROGRESS_FILE, read_json, write_json
 from .schedules import eps_factor
 
@@ -41,6 +42,7 @@ class LiveLog:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.cfg = cfg
         self.writer = None
+        self.start_epoch, self.started = start_epoch, time.time()  # the rate of this process
         if self.run_dir is None:
             return
         # purge_step: a resumed run drops the events of epochs it will redo (killed mid-epoch)
@@ -59,6 +61,8 @@ class LiveLog:
 
     def epoch(self, row: dict, model: nn.Module) -> None:
         """Record one finished epoch (``row``: the history row; ``row['epoch']`` 1-based)."""
+        progress_log.write(epoch_line(row, self.cfg, time.time() - self.started,
+                                      int(row["epoch"]) - self.start_epoch))
         if self.writer is None:
             return
         step = int(row["epoch"])
@@ -82,3 +86,14 @@ class LiveLog:
         self.writer.close()
         old = read_json(self.run_dir / PROGRESS_FILE)
         self._progress(int(old.get("epoch", 0)), phase)
+
+
+def epoch_line(row: dict, cfg: RunConfig, seconds: float, epochs_here: int) -> str:
+    """``epoch 2/6 in 19 s: validation clean 93.5%, PGD-20 61.0%; about 1 min left`` (the
+    time left: this process's mean epoch, ``epochs_here`` in ``seconds``, per epoch left)."""
+    k, n = int(row["epoch"]), cfg.epochs
+    split = {"val": "validation"}.get(row.get("eval_split"), row.get("eval_split", "validation"))
+    text = (f"epoch {k}/{n} in {progress_log.duration(row['epoch_seconds'])}: {split} clean "
+            f"{row['clean_acc']:.1%}, PGD-{cfg.eval_steps} {row['pgd_acc']:.1%}")
+    left = progress_log.time_left(epochs_here, epochs_here + n - k, seconds)
+    return text + (f"; {progress_log.estimate(left)} left" if left and k < n else "")

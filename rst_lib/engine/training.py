@@ -5,11 +5,10 @@
 BNN baselines), the splits, the optimizer and the per-batch step (:mod:`.batch_steps`, chosen
 once by ``cfg.train_attack``); :func:`restore` resumes from ``last.pt``; then per epoch
 :func:`one_epoch` trains (scores for a search, weights otherwise) and checks clean and PGD
-accuracy on the validation split, :func:`record_epoch` records the row (the one place a
-logger hooks in), :func:`watch_collapse` stops a run that does not learn,
-:func:`choose_best` keeps the best model as ``ticket.pt`` and :func:`checkpoint` writes
-``metrics.json`` and a resumable ``last.pt``; :func:`finish` reads the test split, once,
-for the best model (:func:`rst_lib.engine.evaluation.final_evaluation`).
+accuracy on the validation split, :func:`record_epoch` records the row, :func:`watch_collapse`
+stops a run that does not learn, :func:`choose_best` keeps the best model as ``ticket.pt`` and
+:func:`checkpoint` writes ``metrics.json`` and a resumable ``last.pt``; :func:`finish` reads
+the test split, once, for the best model (:func:`rst_lib.engine.evaluation.final_evaluation`).
 """
 from __future__ import annotations
 
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
+from ..utils import progress_log
 from ..masks import masking, rerandomize
 from ..config import ConfigError, RunConfig
 from ..data.datasets import DataBundle, fixed_subset
@@ -83,7 +83,7 @@ def train_epoch(ctx: EpochContext, loader, epoch: int) -> dict:
     n_batches = len(loader)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs} train", leave=False,
                disable=not ctx.progress)
-    for i, batch in enumerate(bar):
+    for i, batch in enumerate(progress_log.each(bar, f"epoch {epoch + 1}/{cfg.epochs}")):
         x, y, index = ctx.batch_to_device(batch)
         for group in ctx.optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch + i / n_batches)
@@ -153,18 +153,19 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: bo
     device = resolve_device(cfg.device)
     with seeded_rng(cfg.seed, device), backend_settings(device):  # cuDNN autotuning on CUDA
         run = prepare_run(cfg, run_dir, progress, data, resume)
-        state = restore(run, resume)
-        run.live = LiveLog(run.writer, cfg, state.epoch)  # TensorBoard events, progress.json
-        for epoch in epoch_bar(run, state):
-            row = one_epoch(run, state, epoch)
-            record_epoch(run, state, row)
-            watch_collapse(run, state, row)
-            choose_best(run, state, row)
-            checkpoint(run, state)
-            run.live.epoch(row, run.model)  # after last.pt: progress.json's epoch k is saved
-            if state.stopped is not None:
-                break
-        return finish(run, state)
+        with progress_log.writing_to(run.writer), progress_log.part(cfg.name or cfg.task):
+            state = restore(run, resume)
+            run.live = LiveLog(run.writer, cfg, state.epoch)  # TensorBoard, progress.json, log
+            for epoch in epoch_bar(run, state):
+                row = one_epoch(run, state, epoch)
+                record_epoch(run, state, row)
+                watch_collapse(run, state, row)
+                choose_best(run, state, row)
+                checkpoint(run, state)
+                run.live.epoch(row, run.model)  # after last.pt: progress.json's epoch k is saved
+                if state.stopped is not None:
+                    break
+            return finish(run, state)
 
 
 @dataclass

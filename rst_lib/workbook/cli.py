@@ -85,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
                           "hold a finished run; an unfinished one with the same parameters "
                           "is continued)")
     run.add_argument("--no-progress", action="store_true",
-                     help="no papermill cell progress bar (for logs)")
+                     help="print no progress lines (one per epoch, the final evaluation's "
+                          "stages); they still go to the run folder's log.txt")
     run.add_argument("--check", action="store_true",
                      help="check only: every check a run makes before its kernel starts, the "
                           "network built on the meta device, where the data is; nothing is "

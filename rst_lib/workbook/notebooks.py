@@ -14,6 +14,7 @@ import torch
 from ..config import RunConfig
 from ..utils.files import TORCH_LOAD_ERRORS, model_file, new_run_dir, read_json, write_json
 from ..utils.project import record_paths, resolve_paths
+from ..utils import progress_log
 from ..utils.stats import accuracy_text
 from ..engine.tasks import build_task, load_run_data
 from ..models.tickets import TicketError, load_ticket, resolve_ticket, ticket_meta
@@ -104,7 +105,8 @@ def ensure_run_dir(run_dir: str | os.PathLike | None, notebook: str, name: str |
     ``<project>/outputs/<notebook>/<name>-<time>`` (``name`` None: the notebook's name),
     wherever the kernel runs. With the notebook's ``namespace`` (``globals()``), a folder
     that holds no ``run.json`` yet (not a batch run's) gets one recording this live run and
-    its parameters (:func:`~rst_lib.workbook.live_runs.record_start`)."""
+    its parameters (:func:`~rst_lib.workbook.live_runs.record_start`), and this kernel's
+    progress lines go to its ``log.txt`` (:mod:`rst_lib.utils.progress_log`)."""
     root = None  # the run's index: the outputs folder it is made in
     if run_dir:
         path = Path(run_dir)
@@ -114,6 +116,8 @@ def ensure_run_dir(run_dir: str | os.PathLike | None, notebook: str, name: str |
         path = new_run_dir(root / notebook, name or notebook)
     if namespace is not None:
         record_start(path, notebook, namespace, root)
+        # the kernel's progress lines go to the run folder's log (rst-workbook run prints them)
+        progress_log.log_to(path, notebook)
     return path
 
 

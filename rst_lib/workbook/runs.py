@@ -9,6 +9,7 @@ the outcome in ``run.json`` and refreshes ``outputs/index.html``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -27,7 +28,9 @@ from jupyter_client.manager import AsyncKernelManager
 from ..config import load_params
 from ..errors import ConfigError
 from ..utils.files import new_run_dir, read_json, write_json, write_text
+from ..utils.progress_log import LOG_FILE
 from ..utils.project import record_paths
+from .follow import following
 from .report import precision_item, render_html
 from .index import headline, refresh_index
 from .params import (PROJECT_ROOT, absolute_path, normalize_params, param_file,
@@ -109,7 +112,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, params: dict, notebook: str | os
     mode = run_dir_mode(run_dir, params)
     if mode == "restart":
         for child in run_dir.iterdir():
-            if child.name == "log.txt":
+            if child.name == LOG_FILE:
                 continue
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -195,8 +198,10 @@ def run_notebook(notebook: str | os.PathLike, params_file: str | os.PathLike | N
             a dict (applied after the file).
         output_root: where new run directories go (``<root>/<notebook>/<name>-<time>``)
             and where ``index.html`` is refreshed.
-        progress: papermill's cell progress bar (the notebook's own ``progress``
-            parameter defaults to False in batch runs).
+        progress: print the run's progress lines as the kernel writes them (one per
+            epoch, the final evaluation's stages with an estimate of what is left: the run
+            folder's ``log.txt``, see :mod:`.follow`); the notebook's own ``progress``
+            parameter (its bars) defaults to False in batch runs.
         run_dir: an explicit run directory instead of a new timestamped one; it must not
             hold a finished run (see :func:`prepare_run_dir`).
         extra: more fields for ``run.json`` (a sweep records its name and cell).
@@ -224,10 +229,14 @@ def run_notebook(notebook: str | os.PathLike, params_file: str | os.PathLike | N
               "started": datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
               "pid": os.getpid(), "host": socket.gethostname()}
     write_json(run_dir / "run.json", record_paths(status))
+    if progress:
+        print(f"{notebook.stem}: running in {run_dir}; progress (also in its {LOG_FILE}):",
+              flush=True)
     try:
-        papermill.execute_notebook(str(notebook), str(out_nb), parameters=params,
-                                   kernel_name=_kernel_name(), progress_bar=progress,
-                                   cwd=str(run_dir), kernel_manager_class=LocalKernelManager)
+        with following(run_dir / LOG_FILE) if progress else contextlib.nullcontext():
+            papermill.execute_notebook(str(notebook), str(out_nb), parameters=params,
+                                       kernel_name=_kernel_name(), progress_bar=False,
+                                       cwd=str(run_dir), kernel_manager_class=LocalKernelManager)
         status["status"] = FINISHED
     except papermill.PapermillExecutionError as e:
         first = next((line for line in str(e.source).splitlines() if line.strip()), "")

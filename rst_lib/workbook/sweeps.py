@@ -23,8 +23,10 @@ from pathlib import Path
 from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 
 from ..errors import ConfigError
+from ..utils import progress_log
 from ..utils.files import read_json, sigterm_as_interrupt, write_json
 from ..utils.project import record_paths
+from .follow import LogFollower
 from .runs import FINISHED, RunExists, prepare_run_dir, run_notebook, run_status
 from .index import headline, refresh_index
 from .params import absolute_path
@@ -147,6 +149,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
     done_labels = {c.label for c in sweep.cells if c.name in result.skipped}
     failed_labels: set = set()
     running: dict = {}  # Popen -> (cell, slot, log file)
+    followers: dict = {}  # Popen -> its cell's progress lines, printed as they come
     free = list(range(jobs))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with sigterm_as_interrupt():  # a plain kill stops the children as Ctrl-C does
@@ -195,11 +198,15 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                                             stdout=logf, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)
                     running[proc] = (cell, slot, logf)
+                    if progress:
+                        followers[proc] = follow_progress(cell.run_dir, cell.label, say, skip=logf.tell())
                     say(f"started  {cell.label}" + (f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else ""))
                 time.sleep(0.3)
                 for proc in [p for p in running if p.poll() is not None]:
                     cell, slot, logf = running.pop(proc)
                     logf.close()
+                    if proc in followers:
+                        followers.pop(proc).stop()
                     free.append(slot)
                     status = run_status(cell.run_dir)
                     if status == FINISHED:
@@ -237,6 +244,8 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                 logf.close()
             refresh_index(sweep.output_root)
         finally:
+            for follower in followers.values():
+                follower.stop()
             if bar is not None:
                 bar.close()
     done = len(result.finished) + len(result.skipped)
@@ -244,6 +253,18 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
         + (", interrupted" if result.interrupted else "")
         + f"; index: {sweep.output_root / 'index.html'}")
     return result
+
+
+def follow_progress(run_dir: Path, label: str, say, skip: int) -> LogFollower:
+    """A running cell's progress lines (not the rest of what it prints into the same
+    log.txt, past its first ``skip`` bytes), each said after the cell's label."""
+    def out(line: str) -> None:
+        if progress_log.is_progress_line(line):
+            say(f"{label}  {line}")
+
+    follower = LogFollower(run_dir / progress_log.LOG_FILE, out, offset=skip)
+    follower.start()
+    return follower
 
 
 def next_ready_cell(pending: deque, done: set, failed: set, say, result: SweepResult, bar):
