@@ -6,9 +6,8 @@ BNN baselines), the splits, the optimizer and the per-batch step (:mod:`.batch_s
 once by ``cfg.train_attack``); :func:`restore` resumes from ``last.pt``; then per epoch
 :func:`one_epoch` trains (scores for a search, weights otherwise) and checks clean and PGD
 accuracy on the validation split, :func:`record_epoch` records the row, :func:`watch_collapse`
-stops a run that does not learn, :func:`choose_best` keeps the best model as ``ticket.pt`` and
-:func:`checkpoint` writes ``metrics.json`` and a resumable ``last.pt``; :func:`finish` reads
-the test split, once, for the best model (:func:`rst_lib.engine.evaluation.final_evaluation`).
+stops a run that does not learn, :func:`choose_best` keeps ``ticket.pt``, :func:`checkpoint`
+writes ``metrics.json`` and ``last.pt``; :func:`finish` reads the test split once (best model).
 """
 from __future__ import annotations
 
@@ -22,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 from ..utils import progress_log
+from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 from ..masks import masking, rerandomize
 from ..config import ConfigError, RunConfig
 from ..data.datasets import DataBundle, fixed_subset
