@@ -243,10 +243,9 @@ class RunConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: it must be >= 0")
         if self.train_attack != "none" and self.eps_warmup_epochs >= self.epochs > 0:
-            reached = self.epochs / self.eps_warmup_epochs  # the ramp's last value (per batch: just below)
             warn_once(f"eps_warmup_epochs={self.eps_warmup_epochs:g} >= epochs={self.epochs}: the "
-                      f"training attack never reaches eps={self.eps:g} (at most {reached:.0%} of it); "
-                      "use fewer warm-up epochs or more epochs")
+                      f"training attack never reaches eps={self.eps} (at most "  # the ramp's last value
+                      f"{self.epochs / self.eps_warmup_epochs:.0%} of it); use fewer warm-up epochs or more epochs")
         check_keep_ratio(self.keep_ratio)
         if not 0.0 <= self.keep_min_fraction <= self.keep_ratio:
             raise ConfigError(f"keep_min_fraction={self.keep_min_fraction!r} is invalid: it must be "

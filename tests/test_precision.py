@@ -105,7 +105,7 @@ def test_bf16_run_keeps_fp32_state_and_reports_fp32_numbers(monkeypatch, tmp_pat
     monkeypatch.setattr(auto_precision, "_MEMO", {})
     monkeypatch.setenv(auto_precision.CACHE_ENV, str(tmp_path / "precision.json"))
     handle = nn.modules.module.register_module_forward_hook(record)
-    cfg = RunConfig(**TINY_PGD, precision="bf16", eval_precision=eval_precision).validate()
+    cfg = RunConfig(**{**TINY_PGD, "precision": "bf16", "eval_precision": eval_precision}).validate()
     try:
         with torch.autocast("cpu", dtype=torch.float16):  # a caller's autocast changes nothing
             result = train(cfg, None, progress=False, data=data)
@@ -162,7 +162,7 @@ def _cpu_fp16_autocast() -> bool:
 
 @pytest.mark.skipif(not _cpu_fp16_autocast(), reason="this torch has no fp16 autocast on the CPU")
 def test_fp16_run_with_a_loss_scaler_on_cpu(tmp_path, data):
-    result = train(RunConfig(**TINY_PGD, precision="fp16").validate(), tmp_path / "run",
+    result = train(RunConfig(**{**TINY_PGD, "precision": "fp16"}).validate(), tmp_path / "run",
                    progress=False, data=data)
     assert math.isfinite(result.history[0]["train_loss"])
     scaler = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scaler"]

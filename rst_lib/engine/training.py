@@ -409,8 +409,7 @@ def finish(run: Run, state: RunState) -> TrainResult:
 
 def _metrics(run: Run, state: RunState, status: str, final: dict | None = None,
              notes: list[str] | None = None) -> dict:
-    """metrics.json: ``history`` and ``best`` on ``selection_split`` (val unless val_fraction=0),
-    ``final`` on the test split; config paths in the project relative to its root."""
+    """metrics.json: ``history``/``best`` on ``selection_split``, ``final`` on test; paths relative."""
     cfg = run.cfg
     return {"status": status, "config": record_paths(cfg.to_dict()), "model_config": run.model.config.to_dict(),
             "mask": masking.mask_summary(run.model), "selection_split": state.best.get(
