@@ -187,8 +187,8 @@ def verdict(a_values, b_values, kind: str = SUPERIORITY, margin: float = 0.0,
     :data:`MIN_SEEDS`); ``dropped``: ``{seed: reason}`` of seeds left out before pairing."""
     a, b = _as_map(a_values), _as_map(b_values)
     seeds = [s for s in a if s in b]
-    dropped = {**(dropped or {}), **{s: "only in arm a" for s in a if s not in b},
-               **{s: "only in arm b" for s in b if s not in a}}
+    dropped = {**{s: "only in arm a" for s in a if s not in b},
+               **{s: "only in arm b" for s in b if s not in a}, **(dropped or {})}
     d = np.array([a[s] - b[s] for s in seeds], dtype=float)
     w = _as_map(within)
     w = np.array([np.nan if w.get(s) is None else w[s] for s in seeds], dtype=float)
