@@ -232,15 +232,15 @@ def _outcome_records(diffs, *, agree=450, m=500, key="x"):
 def test_identical_differences_on_few_seeds_never_decide_alone():
     # the cases, per-image outcomes on 500 images, 50 discordant images per seed
     claim = Claim("c", "P", "t", Arm("a", "a", "x"), Arm("b", "b", "x"), kind=EQUIVALENCE, margin=2.0)
-    r = judge_claim(claim, _outcome_records([1, 1]), planned=2)   # +0.2 points on 2 seeds
+    r = judge_claim(claim, _outcome_records([1, 1]), planned={0, 1})   # +0.2 points on 2 seeds
     assert r["differences"] == pytest.approx({0: 0.002, 1: 0.002})
     assert r["verdict"] != HOLDS and r["interval"][1] - r["interval"][0] > 0.04
     sup = Claim("s", "P", "t", Arm("a", "a", "x"), Arm("b", "b", "x"), kind=SUPERIORITY)
-    r = judge_claim(sup, _outcome_records([5] * 5), planned=5)   # +1 point on 5 seeds
+    r = judge_claim(sup, _outcome_records([5] * 5), planned=set(range(5)))   # +1 point on 5 seeds
     assert r["difference"] == pytest.approx(0.01) and r["verdict"] != HOLDS
     # d = 0 exactly on every seed: the images still give a variance, and a verdict
     ni = Claim("n", "P", "t", Arm("a", "a", "x"), Arm("b", "b", "x"), kind=NON_INFERIORITY, margin=2.0)
-    r = judge_claim(ni, _outcome_records([0] * 5, agree=480), planned=5)
+    r = judge_claim(ni, _outcome_records([0] * 5, agree=480), planned=set(range(5)))
     assert r["difference"] == 0 and r["interval"] is not None and r["verdict"] == HOLDS
     # without per-image outcomes identical differences give no interval at all
     r = verdict([0.30, 0.30, 0.30], [0.29, 0.29, 0.29])
@@ -250,10 +250,10 @@ def test_identical_differences_on_few_seeds_never_decide_alone():
 def test_shared_images_are_not_judged():
     claim = Claim("s", "P", "t", Arm("a", "a", "x"), Arm("b", "b", "x"), kind=SUPERIORITY)
     records = _outcome_records([40, 45, 38, 42, 44])
-    assert judge_claim(claim, records, planned=5)["verdict"] == HOLDS
+    assert judge_claim(claim, records, planned=set(range(5)))["verdict"] == HOLDS
     for r in records:
         r["outcomes"]["x"]["images"] = "one set"
-    shared = judge_claim(claim, records, planned=5)
+    shared = judge_claim(claim, records, planned=set(range(5)))
     assert shared["verdict"] == INCONCLUSIVE and "share one set of test images" in shared["why"]
 
 

@@ -10,16 +10,21 @@ from ..config import RunConfig
 from ..utils.files import read_json
 
 
-def _final_metrics(final: dict | None, prefix: str = "") -> tuple[dict, dict]:
-    """(metrics, test images of each) of a ``final`` block of metrics.json."""
+def _final_metrics(final: dict | None, prefix: str = "") -> tuple[dict, dict, dict]:
+    """(metrics, number of test images of each, which images: the SHA-256 of their indices)
+    of a ``final`` block of metrics.json."""
     if not final:
-        return {}, {}
+        return {}, {}, {}
     m = final.get("examples")
-    pairs = {"clean": (final.get("clean_acc"), m), "pgd": (final.get("pgd_acc"), m),
-             "robust": (final.get("robust_acc"), final.get("robust_examples", m))}
-    metrics = {prefix + k: float(v) for k, (v, _) in pairs.items() if isinstance(v, (int, float))}
-    examples = {prefix + k: n for k, (v, n) in pairs.items() if isinstance(v, (int, float)) and isinstance(n, int)}
-    return metrics, examples
+    sha = (final.get("subset") or {}).get("indices_sha256")
+    aa = ((final.get("autoattack") or {}).get("subset") or {}).get("indices_sha256")
+    robust_sha = aa if "autoattack_acc" in final else sha
+    pairs = {"clean": (final.get("clean_acc"), m, sha), "pgd": (final.get("pgd_acc"), m, sha),
+             "robust": (final.get("robust_acc"), final.get("robust_examples", m), robust_sha)}
+    metrics = {prefix + k: float(v) for k, (v, _, _) in pairs.items() if isinstance(v, (int, float))}
+    examples = {prefix + k: n for k, (v, n, _) in pairs.items() if isinstance(v, (int, float)) and isinstance(n, int)}
+    images = {prefix + k: h for k, (v, _, h) in pairs.items() if isinstance(v, (int, float)) and h}
+    return metrics, examples, images
 
 
 def transfer_ratio(clean: float, transferred: float, whitebox: float) -> float | None:
@@ -75,16 +80,18 @@ def _r2s_metrics(run_dir: Path) -> tuple[dict, dict]:
     return metrics, {k: examples[k] for k in metrics if isinstance(examples.get(k), int)}
 
 
-def _notebook_metrics(notebook: str, run_dir: Path) -> tuple[dict, dict, dict, dict]:
-    """(metrics, test images of each, resolved config, {metric: why it is missing}) of one
-    run folder of ``notebook``."""
+def _notebook_metrics(notebook: str, run_dir: Path) -> dict:
+    """``{"metrics", "examples" (number of test images of each), "images" (which images, where
+    recorded), "config" (resolved), "missing" ({metric: why it is missing})}`` of one run
+    folder of ``notebook``."""
     metrics: dict = {}
     examples: dict = {}
+    images: dict = {}
     config: dict = {}
     missing: dict = {}
     if notebook.startswith(("00_", "01_")):
         m = read_json(run_dir / "metrics.json")
-        metrics, examples = _final_metrics(m.get("final"))
+        metrics, examples, images = _final_metrics(m.get("final"))
         if metrics:  # a collapsed run is stopped; it still has its final numbers
             metrics["collapsed"] = 1.0 if (m.get("stopped") or {}).get("reason") == "collapse" else 0.0
         config = m.get("config") or {}
@@ -92,14 +99,16 @@ def _notebook_metrics(notebook: str, run_dir: Path) -> tuple[dict, dict, dict, d
         summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
         for row in summary.get("final") or []:  # the ticket as given (no subfolder when reused)
             if str(row.get("model", "")).startswith("ticket"):
-                mm, ee = _final_metrics(row, "ticket.")
+                mm, ee, ii = _final_metrics(row, "ticket.")
                 metrics.update(mm)
                 examples.update(ee)
+                images.update(ii)
         for sub in sorted(p for p in run_dir.iterdir() if (p / "metrics.json").is_file()):
             m = read_json(sub / "metrics.json")
-            mm, ee = _final_metrics(m.get("final"), f"{sub.name}.")
+            mm, ee, ii = _final_metrics(m.get("final"), f"{sub.name}.")
             metrics.update(mm)
             examples.update(ee)
+            images.update(ii)
             if sub.name in ("ticket", "finetune") and not config:  # the ticket's network
                 config = {k: v for k, v in (m.get("config") or {}).items()
                           if k not in ("task", "epochs", "lr", "name", "ticket")}
@@ -107,7 +116,8 @@ def _notebook_metrics(notebook: str, run_dir: Path) -> tuple[dict, dict, dict, d
         metrics, examples, missing = _transfer_metrics(run_dir)
     elif notebook.startswith("04_"):
         metrics, examples = _r2s_metrics(run_dir)
-    return metrics, examples, config, missing
+    return {"metrics": metrics, "examples": examples, "images": images, "config": config,
+            "missing": missing}
 
 
 def _per_image_outcomes(notebook: str, run_dir: Path, metrics: dict) -> dict:
@@ -128,13 +138,14 @@ def collect_records(run_dirs) -> list[dict]:
         if info.get("status") != "finished":
             continue
         notebook = Path(info.get("notebook", d.parent.parent.name)).stem
-        metrics, examples, config, missing = _notebook_metrics(notebook, d)
-        params = {**defaults, **config, **(info.get("params") or {})}
+        found = _notebook_metrics(notebook, d)
+        params = {**defaults, **found["config"], **(info.get("params") or {})}
         records.append({"run_dir": str(d), "notebook": notebook,
                         "stage": (info.get("extra") or {}).get("stage") or info.get("stage"),
-                        "seed": params.get("seed"), "params": params, "metrics": metrics,
-                        "examples": examples, "missing": missing,
-                        "outcomes": _per_image_outcomes(notebook, d, metrics)})
+                        "seed": params.get("seed"), "params": params, "metrics": found["metrics"],
+                        "examples": found["examples"], "images": found["images"],
+                        "missing": found["missing"],
+                        "outcomes": _per_image_outcomes(notebook, d, found["metrics"])})
     return records
 
 

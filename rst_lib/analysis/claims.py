@@ -100,23 +100,30 @@ def _within(a_run: dict, b_run: dict, a_metric: str, b_metric: str):
 
 def _shared_images(runs: dict, metric: str, seeds) -> bool:
     """Did two paired seeds score this arm on the same test images (one image set for all)?"""
-    keys = [(runs[s].get("outcomes") or {}).get(metric, {}).get("images") for s in seeds]
+    keys = [((runs[s].get("outcomes") or {}).get(metric) or {}).get("images")
+            or (runs[s].get("images") or {}).get(metric) for s in seeds]
     keys = [k for k in keys if k is not None]
     return len(keys) >= 2 and len(set(keys)) < len(keys)
 
 
-def judge_claim(claim: Claim, records: list[dict], planned: int | None = None) -> dict:
+def judge_claim(claim: Claim, records: list[dict], planned: set | None = None) -> dict:
     """The claim's arms measured on ``records`` and its verdict (before multiplicity);
-    ``planned``: the paired seeds the study declares for it (:func:`planned_seeds`)."""
+    ``planned``: the seeds the study declares for it (:func:`planned_seeds`; None: any
+    :data:`MIN_SEEDS` paired seeds judge it). A seed outside ``planned`` in one arm only is
+    not the claim's and is not listed as dropped."""
     a_runs, b_runs = claim.a.runs(records), claim.b.runs(records)
     a = {s: r["metrics"][claim.a.metric] for s, r in a_runs.items()}
     b = {s: r["metrics"][claim.b.metric] for s, r in b_runs.items()}
     paired = [s for s in a_runs if s in b_runs]
     within = {s: _within(a_runs[s], b_runs[s], claim.a.metric, claim.b.metric) for s in paired}
     dropped = {**claim.b.dropped(records), **claim.a.dropped(records)}
-    result = verdict(a, b, claim.kind, claim.margin / 100, within, planned, dropped)
-    if result["verdict"] in (HOLDS, FAILS) and (_shared_images(a_runs, claim.a.metric, paired)
-                                                or _shared_images(b_runs, claim.b.metric, paired)):
+    if planned is not None:  # seeds the study does not declare for this claim
+        a = {s: v for s, v in a.items() if s in planned or s in b}
+        b = {s: v for s, v in b.items() if s in planned or s in a}
+    result = verdict(a, b, claim.kind, claim.margin / 100, within,
+                     None if planned is None else len(planned), dropped)
+    if result["verdict"] in (HOLDS, FAILS, INCONCLUSIVE) and (
+            _shared_images(a_runs, claim.a.metric, paired) or _shared_images(b_runs, claim.b.metric, paired)):
         # one image set for every seed: the interval misses which images were drawn, a part
         # that more seeds do not shrink; the verdict would be about these images only
         result = {**result, "verdict": INCONCLUSIVE,
@@ -135,13 +142,13 @@ def judge_claim(claim: Claim, records: list[dict], planned: int | None = None) -
     return {"claim": claim, "a_values": a, "b_values": b, "runs": runs, "beside": beside, **result}
 
 
-def planned_seeds(claim: Claim, cells) -> int:
+def planned_seeds(claim: Claim, cells) -> set:
     """The paired seeds a sweep declares for ``claim``: the seeds of its cells (``.stage``,
     ``.params``) that both arms' stages and ``where`` select."""
     def seeds(arm):
         return {c.params.get("seed") for c in cells
                 if c.stage == arm.stage and all(c.params.get(k) == v for k, v in arm.where.items())}
-    return len(seeds(claim.a) & seeds(claim.b))
+    return seeds(claim.a) & seeds(claim.b)
 
 
 def judge_claims(records: list[dict], claims=None, cells=None) -> list[dict]:
@@ -266,7 +273,7 @@ def plot_claim(result: dict, ax=None):
     ax.set_xticks([])
     ax.set_xlim(-0.5, 0.7)
     ax.set_ylabel(f"{claim.a.label} − {claim.b.label} (points)", fontsize=7)
-    ax.set_title(f"{claim.key}: {result['verdict']}", fontsize=8)
+    ax.set_title(f"{claim.key}: {verdict_label(result)}", fontsize=8)
     return ax
 
 

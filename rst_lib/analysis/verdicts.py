@@ -194,9 +194,10 @@ def verdict(a_values, b_values, kind: str = SUPERIORITY, margin: float = 0.0,
     w = np.array([np.nan if w.get(s) is None else w[s] for s in seeds], dtype=float)
     t = paired_test(d[None, :], w[None, :], kind, margin)
     r = {k: (v[0].item() if isinstance(v, np.ndarray) else v) for k, v in t.items()}
-    needed = max(planned or 0, MIN_SEEDS)
+    needed = max(planned or 0, MIN_SEEDS)  # a sweep may declare 1 seed (a control): shown only
     interval = (r["lo"], r["hi"]) if len(seeds) >= MIN_SEEDS and r["se"] == r["se"] else None
-    out = {"kind": kind, "margin": margin, "n": len(seeds), "planned": needed, "seeds": seeds,
+    out = {"kind": kind, "margin": margin, "n": len(seeds), "planned": needed, "declared": planned,
+           "seeds": seeds,
            "unpaired": sorted((s for s in dropped if s in a or s in b), key=str),
            "dropped": dict(sorted(dropped.items(), key=lambda kv: str(kv[0]))),
            "differences": dict(zip(seeds, d.tolist())),
@@ -212,8 +213,9 @@ def verdict(a_values, b_values, kind: str = SUPERIORITY, margin: float = 0.0,
             + (f", {out['level']:.0%} interval {r['lo']:+.1%} to {r['hi']:+.1%}" if interval else "")
             + f"; margin {margin:.1%}")
     if len(seeds) < needed:
+        declared = f" (the study declares {planned})" if planned is not None and planned < needed else ""
         return {**out, "verdict": TOO_FEW, "p": math.nan,
-                "why": f"{len(seeds)} of {needed} paired seeds: {text}"}
+                "why": f"{len(seeds)} of {needed} paired seeds needed{declared}: {text}"}
     if interval is None:
         return {**out, "verdict": INCONCLUSIVE,
                 "why": f"{len(seeds)} seeds with identical differences ({r['mean']:+.1%}) and no "

@@ -236,9 +236,14 @@ def sweep_run_dirs(sweep: str | os.PathLike, output_root: str | os.PathLike | No
     ``outputs/``). Relative paths (``sweep``, ``output_root``, the file's ``output_root``)
     are taken as a notebook's path parameters are (:func:`path_base`): from the project
     root in a kernel anywhere inside it (``notebooks/``, ``work/``, a subfolder)."""
+    return [c.read_dir for c in sweep_cells(sweep, output_root)]
+
+
+def sweep_cells(sweep: str | os.PathLike, output_root: str | os.PathLike | None = None) -> list:
+    """The cells of a sweep file (stage, resolved parameters with the seed, ``read_dir``...),
+    paths taken as :func:`sweep_run_dirs` takes them: what a study declares it runs."""
     base = path_base()
-    return [c.read_dir for c in load_sweep(base / Path(sweep), base=base,
-                                           output_root=output_root, validate=False).cells]
+    return load_sweep(base / Path(sweep), base=base, output_root=output_root, validate=False).cells
 
 
 def write_summary(run_dir: str | os.PathLike, headline: dict, **extra) -> Path:
