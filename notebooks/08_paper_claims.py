@@ -48,9 +48,8 @@ claims = None     # only these claims, by key, e.g. ['rbrn-last-bn'] (None: all)
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from rst_lib.analysis import claims_for_sweep, collect_records, judge_claims, markdown_table, plot_claim
-from rst_lib.analysis.claims import claims_table, family_text, verdict_counts, verdict_table, why_lines
-from rst_lib.analysis.verdicts import NOT_RUN, VERDICTS
+from rst_lib.analysis import (NOT_RUN, VERDICTS, claims_for_sweep, claims_table, collect_records, family_text,
+                              judge_claims, markdown_table, plot_claim, verdict_counts, verdict_table, why_lines)
 from rst_lib.workbook import (finish_run, ensure_run_dir, resolve_path_parameters, sweep_cells, write_json,
                               write_summary)
 

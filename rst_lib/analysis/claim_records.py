@@ -122,7 +122,9 @@ def _notebook_metrics(notebook: str, run_dir: Path) -> dict:
 
 def _per_image_outcomes(notebook: str, run_dir: Path, metrics: dict) -> dict:
     """``{metric: {"images": key of its image set, "right": per-image booleans}}`` of the
-    metrics whose run kept per-image outcomes."""
+    metrics whose run kept per-image outcomes. The records of this version keep none yet
+    (the evaluation that writes them lands separately): every metric is judged by the
+    seeds' spread alone, and shared image sets are recognised by their subset hashes."""
     return {}
 
 
