@@ -200,6 +200,9 @@ def test_a_ticket_the_seed_no_longer_rebuilds_is_refused_in_one_line(tmp_path, t
     assert not any(f"{n}.weight" in message for n, _ in list(masking.masked_layers(model))[:-1])
     assert message.count(torch.__version__) == 2  # saved with, loading with
     assert isinstance(info.value, TicketError)  # a bad parameter: told before any compute
+    from rst_lib.workbook.notebooks import load_any  # 06's loader says the same, not "not a ticket"
+    with pytest.raises(TicketRebuildError, match="does not rebuild"):
+        load_any(path)
 
 
 def test_a_ticket_written_before_fingerprints_loads_with_one_warning(tmp_path, tiny_model, batch,

@@ -16,7 +16,8 @@ from ..utils.files import TORCH_LOAD_ERRORS, model_file, new_run_dir, read_json,
 from ..utils import progress_log
 from ..utils.stats import accuracy_text
 from ..engine.tasks import build_task, load_run_data
-from ..models.tickets import TicketError, load_ticket, resolve_ticket, ticket_meta
+from ..models.tickets import (TicketError, TicketRebuildError, load_ticket, resolve_ticket,
+                              ticket_meta)
 from ..engine.training import train
 from ..engine.checks import check_masking_parameters
 from ..engine.evaluation import ClassAccuracy
@@ -208,6 +209,8 @@ def load_any(path: str | os.PathLike, device="cpu", data=None):
     try:
         model = load_ticket(p, device)
         return model, {"kind": "ticket", "path": str(p), "config": ticket_meta(p).get("run", {})}
+    except TicketRebuildError:
+        raise  # a ticket, refused: not to be read as a checkpoint
     except TicketError as e:
         if not p.is_file():
             raise
