@@ -12,7 +12,7 @@ import torch
 from rst_lib import RunConfig, train
 from rst_lib.config import ConfigError
 from rst_lib.masks import masking, rerandomize
-from rst_lib.models.tickets import load_ticket, read_ticket, save_ticket
+from rst_lib.models.tickets import TicketRebuildError, load_ticket, read_ticket, save_ticket
 from tiny import TINY as TINY_BASE
 
 TINY = TINY_BASE | dict(batch_size=32, final_examples=64, epochs=2, rerand_freq=3, rerand_lambda=0.5,
@@ -89,9 +89,14 @@ def test_a_ticket_with_redrawn_kept_weights_rebuilds_them_in_a_fresh_process(tin
     assert sum(r["index"].numel() for r in payload["redraws"].values()) <= \
         sum(int(m.sum()) for m in masking.weight_masks(model).values())
     assert torch.equal(fresh_process_logits(tmp_path / "ticket.pt", x, tmp_path), logits)
-    # the recipe carries the weights: without it the ticket is another network
+    # the recipe carries the weights: without it the seed rebuilds another network, which
+    # the fingerprint refuses; without the fingerprint as well, that network loads
     payload.pop("redraws")
     payload["version"] = 2
+    torch.save(payload, tmp_path / "no-recipe.pt")
+    with pytest.raises(TicketRebuildError, match="does not rebuild"):
+        load_ticket(tmp_path / "no-recipe.pt")
+    payload.pop("fingerprint")
     torch.save(payload, tmp_path / "no-recipe.pt")
     assert not torch.equal(load_ticket(tmp_path / "no-recipe.pt")(x), logits)
 

@@ -168,3 +168,77 @@ def test_granularity_in_models_and_tickets(tmp_path):
     x = torch.rand(4, 1, 12, 12)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
+
+
+# --- the fingerprint: a ticket whose seed no longer rebuilds its network refuses to load ---
+
+def _shifted_init(original, only_rows=None):
+    """An init function as a changed torch or rst_lib might draw it: one extra draw from the
+    generator before the weights (for layers with ``only_rows`` outputs, or all)."""
+    def init(weight, kind, generator, *args, **kw):
+        if only_rows is None or weight.shape[0] == only_rows:
+            torch.rand(1, generator=generator)
+        return original(weight, kind, generator, *args, **kw)
+    return init
+
+
+def test_a_ticket_the_seed_no_longer_rebuilds_is_refused_in_one_line(tmp_path, tiny_model, batch,
+                                                                   monkeypatch):
+    from rst_lib.masks import inits
+    from rst_lib.models.tickets import TicketRebuildError
+    model = _searched(tiny_model, batch)
+    path = save_ticket(model, tmp_path / "t.pt")
+    assert torch.equal(load_ticket(path)(batch[0]), model(batch[0]))  # unchanged: loads
+    # only the classifier (10 outputs) draws differently: that entry, and no other, is named
+    monkeypatch.setattr(inits, "init_weight_", _shifted_init(inits.init_weight_, only_rows=10))
+    with pytest.raises(TicketRebuildError) as info:
+        load_ticket(path)
+    message = str(info.value)
+    classifier = [n for n, _ in masking.masked_layers(model)][-1]
+    assert "\n" not in message and str(path.resolve()) in message
+    assert f"{classifier}.weight" in message
+    assert not any(f"{n}.weight" in message for n, _ in list(masking.masked_layers(model))[:-1])
+    assert message.count(torch.__version__) == 2  # saved with, loading with
+    assert isinstance(info.value, TicketError)  # a bad parameter: told before any compute
+    from rst_lib.workbook.notebooks import load_any  # 06's loader says the same, not "not a ticket"
+    with pytest.raises(TicketRebuildError, match="does not rebuild"):
+        load_any(path)
+
+
+def test_a_ticket_written_before_fingerprints_loads_with_one_warning(tmp_path, tiny_model, batch,
+                                                                    capsys):
+    from rst_lib.models.tickets import ticket_payload
+    model = _searched(tiny_model, batch)
+    payload = ticket_payload(model)
+    assert payload["fingerprint"]["entries"] and payload["fingerprint"]["torch"] == torch.__version__
+    del payload["fingerprint"]
+    torch.save(payload, tmp_path / "old.pt")
+    capsys.readouterr()
+    assert torch.equal(load_ticket(tmp_path / "old.pt")(batch[0]), model(batch[0]))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "fingerprint" in lines[0] and "old.pt" in lines[0]
+    load_ticket(save_ticket(model, tmp_path / "new.pt"))
+    assert capsys.readouterr().err == ""  # a ticket with its fingerprint: no word
+
+
+def test_an_iterand_ticket_is_fingerprinted_after_its_redraws(tmp_path, tiny_model, batch,
+                                                             monkeypatch):
+    from rst_lib.masks import rerandomize
+    from rst_lib.models.tickets import TicketRebuildError, read_ticket
+    model = tiny_model(keep_ratio=0.2, weight_init="kaiming_normal")
+    for step in (3, 6):  # events, then scores moved so that re-drawn weights are kept
+        rerandomize.rerandomize(model, step, 1.0, 0.5, 0, "kaiming_normal", True)
+        with torch.no_grad():
+            for _, layer in masking.masked_layers(model):
+                p = masking.get_mask_param(layer)
+                p.scores.add_(torch.randn(p.scores.shape, generator=torch.Generator().manual_seed(step)))
+    model.eval()
+    path = save_ticket(model, tmp_path / "t.pt")
+    payload = read_ticket(path)
+    assert payload["redraws"] and not any(k.endswith("weight.original") for k in payload["state"])
+    # round trip: the pruned weights IteRand re-drew are not rebuilt, the kept ones are
+    assert torch.equal(load_ticket(path)(batch[0]), model(batch[0]))
+    # the re-draws (not the first draw) change: the rebuilt kept weights differ
+    monkeypatch.setattr(rerandomize, "init_weight_", _shifted_init(rerandomize.init_weight_))
+    with pytest.raises(TicketRebuildError, match=r"body\.\S+\.weight"):
+        load_ticket(path)

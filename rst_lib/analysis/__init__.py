@@ -7,7 +7,9 @@ from ..utils.lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ".mask_stats": ("mask_stats",),
     ".method_claims": ("CLAIM_FAMILIES", "claims_for_sweep", "method_claims"),
-    ".claims": ("CLAIMS", "claims_table", "collect_records", "judge_claims", "plot_claim", "verdict"),
+    ".claims": ("CLAIMS", "claims_table", "collect_records", "family_text", "judge_claims", "plot_claim",
+                "verdict", "verdict_counts", "verdict_table", "why_lines"),
+    ".verdicts": ("NOT_RUN", "VERDICTS"),
     ".controls": ("compare_models", "natural_control", "random_mask_control"),
     ".mask_plots": ("mask_explorer", "plot_filter_map", "plot_kept_histogram",
                     "plot_kernel_patterns", "plot_layer_density"),

@@ -17,7 +17,9 @@ loading re-draws them from the seed. Pruned weights are not rebuilt: the mask ze
 
 Loading rebuilds the network from its config, regenerates the random weights from the
 seed, applies the masks and the stored state, and therefore reproduces the saved model's
-outputs exactly. Files are read with ``torch.load(weights_only=True)``: only tensors and
+outputs exactly; it checks that it does: a ticket stores a fingerprint of the weights it
+leaves to the seed (:mod:`~rst_lib.models.fingerprint`), and one that this torch and rst_lib
+no longer rebuild is refused (:class:`TicketRebuildError`). Files are read with ``torch.load(weights_only=True)``: only tensors and
 plain containers are accepted, never arbitrary pickled objects.
 """
 from __future__ import annotations
@@ -32,9 +34,10 @@ from torch import nn
 
 from ..masks import masking, rerandomize
 from ..config import RunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, warn_once
 from ..utils.files import TORCH_LOAD_ERRORS, model_file, torch_save
 from ..masks.codec import decode_mask, encode_mask, unpack_bits
+from .fingerprint import differing_entries, entry_label, fingerprint
 from .registry import ModelConfig, RandomNetwork, build_model
 
 FORMAT = "rst-ticket"
@@ -46,6 +49,11 @@ READABLE = (1, 2, 3)  # 1: masks as packed bits only
 class TicketError(ConfigError):
     """A ticket file is not a valid ticket (missing, empty, truncated, not a ticket, or
     unsafe). A bad ticket is a bad parameter: it is reported before any compute."""
+
+
+class TicketRebuildError(TicketError):
+    """A ticket whose seed no longer rebuilds the network it was saved from (another torch
+    random generator or weight init): loading it would give another network."""
 
 
 def _is_regenerated_key(key: str) -> bool:
@@ -94,6 +102,7 @@ def ticket_payload(model: RandomNetwork, meta: dict | None = None) -> dict:
     for name in recipes:
         state.pop(f"{name}.parametrizations.weight.original", None)
     masks = masking.get_masks(model)
+    seeded = [k for k in model.state_dict() if k not in state and not _is_regenerated_key(k)]
     payload = {
         "format": FORMAT,
         "version": REDRAWN_VERSION if recipes else VERSION,
@@ -101,6 +110,7 @@ def ticket_payload(model: RandomNetwork, meta: dict | None = None) -> dict:
         "masks": {name: encode_mask(m) for name, m in masks.items()},
         "state": state,
         "meta": json.dumps(meta or {}),
+        "fingerprint": fingerprint(model, seeded),  # of what loading regenerates
     }
     if recipes:
         payload["redraws"] = {name: r for name, r in recipes.items() if r}
@@ -188,7 +198,33 @@ def load_ticket(path: str | os.PathLike, device: str | torch.device = "cpu",
     unexpected = list(result.unexpected_keys)
     if unexpected:
         raise TicketError(f"ticket {str(path)!r} has state for unknown entries {unexpected[:5]}")
+    check_rebuilt(model, payload, path)
     return model.to(device).eval()
+
+
+def check_rebuilt(model: RandomNetwork, payload: dict, path: str | os.PathLike) -> None:
+    """Refuse (one line) a ticket whose fingerprint the rebuilt ``model`` does not match;
+    a ticket written before fingerprints loads with one warning line."""
+    where = str(resolve_ticket(path).resolve())
+    saved = payload.get("fingerprint")
+    if saved is None:
+        warn_once(f"ticket {where!r} has no fingerprint (written before rst_lib stored one): "
+                  "nothing checks that this torch and rst_lib rebuild its weights as saved")
+        return
+    seeded = [k for k in model.state_dict() if k not in payload["state"]
+              and not _is_regenerated_key(k)]
+    differ = differing_entries(saved, model, seeded)
+    if differ is None:
+        warn_once(f"ticket {where!r} has a fingerprint of another scheme "
+                  f"({saved.get('scheme')!r}) that this rst_lib cannot check")
+    elif differ:
+        names = ", ".join(map(entry_label, differ[:3])) + (
+            f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+        raise TicketRebuildError(
+            f"ticket {where!r} does not rebuild the network it was saved from: the seed now "
+            f"draws other weights for {names} (of {len(seeded)} entries it regenerates; saved "
+            f"with torch {saved.get('torch')}, loading with torch {torch.__version__}); load it "
+            "with the torch and rst_lib that wrote it, or search it again")
 
 
 def ticket_masks(payload: dict) -> dict[str, torch.Tensor]:

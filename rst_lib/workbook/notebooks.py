@@ -17,7 +17,8 @@ from ..utils.project import record_paths, resolve_paths
 from ..utils import progress_log
 from ..utils.stats import accuracy_text
 from ..engine.tasks import build_task, load_run_data
-from ..models.tickets import TicketError, load_ticket, resolve_ticket, ticket_meta
+from ..models.tickets import (TicketError, TicketRebuildError, load_ticket, resolve_ticket,
+                              ticket_meta)
 from ..engine.training import train
 from ..engine.checks import check_masking_parameters
 from ..engine.evaluation import ClassAccuracy
@@ -209,6 +210,8 @@ def load_any(path: str | os.PathLike, device="cpu", data=None):
     try:
         model = load_ticket(p, device)
         return model, {"kind": "ticket", "path": str(p), "config": ticket_meta(p).get("run", {})}
+    except TicketRebuildError:
+        raise  # a ticket, refused: not to be read as a checkpoint
     except TicketError as e:
         if not p.is_file():
             raise
@@ -238,9 +241,14 @@ def sweep_run_dirs(sweep: str | os.PathLike, output_root: str | os.PathLike | No
     ``outputs/``). Relative paths (``sweep``, ``output_root``, the file's ``output_root``)
     are taken as a notebook's path parameters are (:func:`path_base`): from the project
     root in a kernel anywhere inside it (``notebooks/``, ``work/``, a subfolder)."""
+    return [c.read_dir for c in sweep_cells(sweep, output_root)]
+
+
+def sweep_cells(sweep: str | os.PathLike, output_root: str | os.PathLike | None = None) -> list:
+    """The cells of a sweep file (stage, resolved parameters with the seed, ``read_dir``...),
+    paths taken as :func:`sweep_run_dirs` takes them: what a study declares it runs."""
     base = path_base()
-    return [c.read_dir for c in load_sweep(base / Path(sweep), base=base,
-                                           output_root=output_root, validate=False).cells]
+    return load_sweep(base / Path(sweep), base=base, output_root=output_root, validate=False).cells
 
 
 def write_summary(run_dir: str | os.PathLike, headline: dict, **extra) -> Path:
