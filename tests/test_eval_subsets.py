@@ -256,8 +256,8 @@ def test_01_04_and_06_attack_the_same_images_of_one_ticket(tmp_path, monkeypatch
     test_idx, _ = load_outcomes(metrics, "clean")
     assert metrics["final"]["autoattack"]["subset"]["split_examples"] == 1000
     ticket = str(search / "ticket.pt")
-    r2s_dir = run_notebook(nb / "04_r2s.ipynb", overrides={
-        **same, "tickets": [ticket, ticket], "r2s_examples": 40, "eot_samples": 1, "eval_draws": 1},
+    r2s_dir = run_notebook(nb / "04_r2s.ipynb", overrides={  # R2S of the ticket with itself
+        **{k: v for k, v in same.items() if k != "keep_ratio"}, "tickets": [ticket, ticket], "r2s_examples": 40, "eot_samples": 1, "eval_draws": 1},
         output_root=tmp_path, progress=False)
     r2s = json.loads((r2s_dir / "r2s.json").read_text())
     evaluate = run_notebook(nb / "06_evaluate.ipynb", overrides={
