@@ -375,6 +375,12 @@ def test_claims_smoke_study_commits_its_records_and_08_renders_from_them(tmp_pat
                    cwd=ROOT, check=True)
     cells = load_sweep(sweep, output_root=out, validate=False).cells
     assert all(c.committed for c in cells)
+    # the records keep one bit per image: each seed its own images, both arms of a seed the same
+    from rst_lib.data.outcomes import load_outcomes
+    s0, s1 = (load_outcomes(study / "search" / f"seed={s}", "autoattack")[0] for s in (0, 1))
+    assert np.array_equal(load_outcomes(study / "dense" / "seed=0", "autoattack")[0], s0)
+    assert np.array_equal(load_outcomes(study / "finetune" / "seed=0" / "finetune_reinit", "clean")[0][:len(s0)], s0)
+    assert not np.array_equal(s0, s1)
     assert not list(study.rglob("last.pt")) and not list(study.rglob("*.ipynb"))  # compact records only
     # a dense net's weights only if a later cell reads them (the pilot is read for its lr only)
     assert not list((study / "dense").rglob("ticket.pt")) and not list((study / "dense-lr").rglob("ticket.pt"))
