@@ -105,8 +105,8 @@ stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics
 import matplotlib.pyplot as plt
 from IPython.display import display, Markdown
 
-from rst_lib import PGD, fixed_subset, load_run_data, make_loader, resolve_device, transfer_matrix
-from rst_lib.analysis import compare_models, markdown_table, plot_transfer_matrix
+from rst_lib import PGD, evaluation_images, load_run_data, make_loader, resolve_device, transfer_matrix
+from rst_lib.analysis import compare_models, markdown_table, plot_transfer_matrix, transfer_ratio_record
 from rst_lib.workbook import (finish_run, config_from, ensure_run_dir, final_table, load_tickets,
                               resolve_tickets, search_tickets,
                               write_json, write_summary)
@@ -140,13 +140,15 @@ display(Markdown(markdown_table(final_table(alone))))
 # the source, so they transfer less: RST's "poor transferability" is measured this way.
 
 # %%
-loader = make_loader(fixed_subset(data.test, transfer_examples), cfg.eval_batch_size)
+images = evaluation_images(data.test, transfer_examples, cfg.seed)  # the run's seed: the images of its search
+loader = make_loader(images.dataset, cfg.eval_batch_size)
 eps_, alpha_ = cfg.eval_eps_value, cfg.eval_alpha_value
 results = {}
 for variant, early in (("full-step", False), ("early-stop", True)):
     results[variant] = transfer_matrix(
         members, loader, lambda m: PGD(m, eps_, alpha_, cfg.eval_steps, cfg.eval_restarts, early_stop=early),
-        device, progress, require_same_network=same_network, seed=cfg.seed)
+        device, progress, require_same_network=same_network, seed=cfg.seed, images=images)
+    results[variant]["ratio"] = transfer_ratio_record(results[variant])  # None + why if undefined
 write_json(run_dir / "transfer.json", results)
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
 for ax, (variant, res) in zip(axes, results.items()):

@@ -107,11 +107,11 @@ stop_on_collapse = True       # stop a collapsed run (the reason goes to metrics
 # %% tags=["notebook-only"]
 from IPython.display import display, Markdown
 
-from rst_lib import (RandomSwitch, autoattack_accuracy, evaluate_r2s, fixed_subset, load_run_data,
+from rst_lib import (RandomSwitch, autoattack_outcomes, evaluate_r2s, evaluation_images, load_run_data,
                      make_loader, resolve_device)
 from rst_lib.analysis import markdown_table, plot_r2s, r2s_rows
 from rst_lib.workbook import (finish_run, accuracy_text, config_from, ensure_run_dir, load_tickets,
-                              resolve_tickets, search_tickets, subset_record,
+                              resolve_tickets, search_tickets,
                               write_json, write_summary)
 
 cfg = config_from(globals())
@@ -136,20 +136,23 @@ for label, p in zip(members, paths):
 
 # %% tags=["headline"]
 switch = RandomSwitch(members, mode=mode, seed=cfg.seed).to(device)
-loader = make_loader(fixed_subset(data.test, r2s_examples), r2s_batch_size)
+images = evaluation_images(data.test, r2s_examples, cfg.seed)  # the run's seed: its search's images
+loader = make_loader(images.dataset, r2s_batch_size)
 result = evaluate_r2s(switch, loader, cfg.eval_eps_value, cfg.eval_alpha_value, cfg.eval_steps, device,
                       eot_samples=eot_samples, restarts=cfg.eval_restarts, eval_draws=eval_draws,
                       seed=cfg.seed, progress=progress)
+result["subset"] = images.record()
 # AutoAttack's version for randomized defenses (APGD-CE + APGD-DLR, 20 EOT samples a step)
 if r2s_autoattack:
     # the first autoattack_examples of the test split's fixed order: the images of a search's
     # AutoAttack, and a prefix of the R2S inputs above (one order, taken from the whole split)
     n_aa = min(cfg.autoattack_examples, result["n"])
-    result["autoattack_rand_acc"] = autoattack_accuracy(
-        switch, data.test, cfg.eval_eps_value, cfg.threat_model, "rand", n_aa, device,
-        seed=cfg.seed, precision=cfg.autoattack_precision)
-    result["autoattack_rand_examples"] = n_aa
-    result["autoattack_rand_subset"] = subset_record(len(data.test), n_aa)
+    aa = autoattack_outcomes(switch, images.prefix(n_aa), cfg.eval_eps_value, cfg.threat_model,
+                             "rand", n_aa, device, seed=cfg.seed, precision=cfg.autoattack_precision)
+    result["autoattack_rand_acc"] = aa["acc"]
+    result["autoattack_rand_examples"] = aa["examples"]
+    result["autoattack_rand_subset"] = aa["subset"]  # the images attacked, as handed to it
+    result["autoattack_rand_outcomes"] = aa["outcomes"]
     print(f"AutoAttack (rand) on the switch: {accuracy_text(result['autoattack_rand_acc'], n_aa)}")
     if n_aa == result["n"]:  # the lowest of numbers on the same images
         result["min_robust_acc"] = min(result["min_robust_acc"], result["autoattack_rand_acc"])

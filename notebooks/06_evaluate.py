@@ -214,7 +214,7 @@ write_summary(run_dir, {"dataset": ds_name, "model": net.config.name, "keep_rati
                         "robust_acc": strongest["test_acc"], "robust_attack": strongest["attack"],
                         "robust_examples": strongest["examples"], "examples": n,
                         "ticket": str(info["path"]), "masking_flags": len(flags)},
-              table=table, eps_curve=curve, autoattack_versus_pgd=aa_vs_pgd,
+              table=table, subset=rep["subset"], eps_curve=curve, autoattack_versus_pgd=aa_vs_pgd,
               gradient_masking_flags=flags)
 display(Markdown(f"`{info['path']}`: clean {rep['clean_acc']:.1%}; the strongest attack here is "
                  f"**{strongest['attack']}: {strongest['test_acc']:.1%}** at eps={e:.4g}. "

@@ -464,13 +464,16 @@ def test_every_claim_declares_its_kind_and_margin_and_the_controls_are_not_count
 
 STAGES = {"search", "partner", "dense-lr", "dense", "natural", "random-mask", "finetune", "transfer",
           "transfer-control", "r2s", "rtt-dense", "rtt", "rbrn"}
+# the transfer control's own network (seed 100 + s: no ticket shared with another pair)
+CONTROL_STAGES = {"claims-smoke.yaml": {"control-network"}, "claims-cifar10-cpu.yaml": {"control-network"},
+                  "claims-cifar10-gpu.yaml": set()}
 
 
 def test_every_claim_reads_stages_the_shipped_sweeps_make(tmp_path):
     for name in ("claims-smoke.yaml", "claims-cifar10-cpu.yaml", "claims-cifar10-gpu.yaml"):
         sweep = load_sweep(ROOT / "params/sweeps" / name, output_root=tmp_path, validate=False)
         stages = {c.stage for c in sweep.cells}
-        assert stages == STAGES, name
+        assert stages == STAGES | CONTROL_STAGES[name], name
         for claim in CLAIMS:  # each arm's stage exists and some cell of it matches its `where`
             for arm in (claim.a, claim.b):
                 cells = [c for c in sweep.cells if c.stage == arm.stage]
@@ -491,7 +494,12 @@ def test_tickets_are_searched_once_and_read_by_the_later_stages(tmp_path):
     assert same.params["tickets"] == by["r2s/seed=0"].params["tickets"]
     assert control.params["tickets"][0] == same.params["tickets"][0]
     assert control.params["same_network"] is False and "same_network" not in same.params
-    assert control.params["tickets"][1] == str(by["search/seed=1"].run_dir / "ticket.pt")
+    assert control.params["tickets"][1] == str(by["control-network/seed=100"].run_dir / "ticket.pt")
+    # no two transfer pairs (either stage, any seed) share a ticket but a seed's own partner
+    for a in (c for c in sweep.cells if c.stage in ("transfer", "transfer-control")):
+        for b in (c for c in sweep.cells if c.stage in ("transfer", "transfer-control")):
+            if a.params["seed"] != b.params["seed"]:
+                assert not set(a.params["tickets"]) & set(b.params["tickets"]), (a.label, b.label)
     assert by["rtt/seed=0"].params["pretrained"].endswith("rtt-dense/seed=0/ticket.pt")
     dense = by["dense/seed=0"]
     assert set(dense.depends_on) == {c.label for c in sweep.cells if c.stage == "dense-lr"}
@@ -541,6 +549,12 @@ def test_claims_smoke_study_commits_its_records_and_08_renders_from_them(tmp_pat
                    cwd=ROOT, check=True)
     cells = load_sweep(sweep, output_root=out, validate=False).cells
     assert all(c.committed for c in cells)
+    # the records keep one bit per image: each seed its own images, both arms of a seed the same
+    from rst_lib.data.outcomes import load_outcomes
+    s0, s1 = (load_outcomes(study / "search" / f"seed={s}", "autoattack")[0] for s in (0, 1))
+    assert np.array_equal(load_outcomes(study / "dense" / "seed=0", "autoattack")[0], s0)
+    assert np.array_equal(load_outcomes(study / "finetune" / "seed=0" / "finetune_reinit", "clean")[0][:len(s0)], s0)
+    assert not np.array_equal(s0, s1)
     assert not list(study.rglob("last.pt")) and not list(study.rglob("*.ipynb"))  # compact records only
     # a dense net's weights only if a later cell reads them (the pilot is read for its lr only)
     assert not list((study / "dense").rglob("ticket.pt")) and not list((study / "dense-lr").rglob("ticket.pt"))

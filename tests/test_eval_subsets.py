@@ -1,9 +1,11 @@
 """Evaluation subsets are fixed random samples of the whole split, whatever order the
 dataset stores it in, and the final numbers come per class (issue 22: on a class-sorted
 ImageFolder the AutoAttack headline was measured on the first class only)."""
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -43,8 +45,9 @@ def test_subsets_of_a_class_sorted_folder_hold_every_class(tmp_path):
         assert len(sub) == 30 and set(sub.tolist()) == set(range(10))
         # the whole split (None) comes in the same fixed order: prefixes are the subsets
         assert torch.equal(_labels(fixed_subset(data.test, None))[:30], sub)
-    # the order depends on the split's size only (not on any run's seed)
-    assert torch.equal(evaluation_order(120), evaluation_order(120))
+    # the order depends on the split's size and the run's seed only
+    assert torch.equal(evaluation_order(120, 3), evaluation_order(120, 3))
+    assert not torch.equal(evaluation_order(120, 3), evaluation_order(120, 4))
 
 
 def test_final_autoattack_examples_and_per_class_numbers(tmp_path):
@@ -167,3 +170,105 @@ def test_autoattack_runs_on_one_fixed_nested_sample_of_the_split(data, monkeypat
     aa80 = search_indices(60, 80)
     assert aa80[:30] == aa30  # nested: a larger sample adds images to the smaller one
     assert aa30 == evaluation_indices(len(data.test), 30).tolist()
+
+
+# --- issue 34: each seed its own random images, the same for every run of that seed; one bit
+# per image and metric in the record ---------------------------------------------------------
+
+def test_each_seed_meets_its_own_images_and_every_run_of_a_seed_the_same(data):
+    """Two arms of one seed (different models and settings) are scored on the same images;
+    another seed on other images; a seed's prefixes are nested. The record's indices are
+    those evaluated (their hash is the subset's) and its bits give back the accuracies."""
+    import hashlib
+    from rst_lib.data.outcomes import load_outcomes, metric_names
+    from rst_lib import create_model
+    cpu = torch.device("cpu")
+    other = create_model("conv2", 10, 1, image_size=28, width=0.125, keep_ratio=0.5).eval()
+
+    def final(model, **kw):
+        cfg = RunConfig(**{**TINY_EVAL, "final_examples": 40, "autoattack_examples": 20, **kw}).validate()
+        return final_evaluation(model, cfg, data, cpu, progress=False)
+
+    a, b = final(_tiny_model(data), seed=3), final(other, seed=3, eval_steps=1)
+    c = final(_tiny_model(data), seed=4)
+    idx_a, _ = load_outcomes(a, "clean")
+    assert np.array_equal(idx_a, load_outcomes(b, "clean")[0])          # both arms, same images
+    assert not np.array_equal(idx_a, load_outcomes(c, "clean")[0])      # another seed, others
+    assert len(set(idx_a.tolist())) == 40 and idx_a.max() < len(data.test)
+    aa_idx, _ = load_outcomes(a, "autoattack")
+    assert np.array_equal(aa_idx, idx_a[:20])                           # nested prefix
+    bigger = final(_tiny_model(data), seed=3, final_examples=80)
+    assert np.array_equal(load_outcomes(bigger, "clean")[0][:40], idx_a)
+    for rec in (a, b, c):
+        assert set(metric_names(rec)) == {"clean", "pgd", "autoattack"}
+        for metric, key, n in (("clean", "clean_acc", 40), ("pgd", "pgd_acc", 40),
+                               ("autoattack", "autoattack_acc", 20)):
+            idx, ok = load_outcomes(rec, metric)
+            assert len(idx) == len(ok) == n and abs(ok.mean() - rec[key]) < 1e-9
+        sub = rec["subset"]
+        idx = load_outcomes(rec, "clean")[0]
+        assert sub["indices_sha256"] == hashlib.sha256(",".join(map(str, idx.tolist())).encode()).hexdigest()
+        assert sub["seed"] == rec["outcomes"]["seed"]
+    # the images evaluated are those the indices name (labels agree image by image)
+    labels = torch.tensor([int(data.test[i][1]) for i in idx_a.tolist()])
+    from rst_lib.data.datasets import evaluation_images
+    imgs = evaluation_images(data.test, 40, 3)
+    assert torch.equal(labels, torch.tensor([int(imgs.dataset[i][1]) for i in range(40)]))
+
+
+def test_outcomes_survive_json_and_are_read_from_a_record_folder(tmp_path):
+    import json
+    from rst_lib.data.outcomes import load_outcomes, outcome_record
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(10000)[:501]
+    flags = rng.random(501) < 0.4
+    rec = outcome_record(idx, 10000, 7, {"clean": flags, "autoattack": flags[:300]})
+    (tmp_path / "metrics.json").write_text(json.dumps({"final": {"outcomes": rec}}))
+    for source in (tmp_path, tmp_path / "metrics.json", {"final": {"outcomes": rec}}, rec):
+        i, ok = load_outcomes(source, "clean")
+        assert np.array_equal(i, idx) and np.array_equal(ok, flags)
+        i, ok = load_outcomes(source, "autoattack")
+        assert np.array_equal(i, idx[:300]) and np.array_equal(ok, flags[:300])
+    assert len(json.dumps(rec)) < 4 * 501 * 4 / 3 + 400  # compact: ~4 bytes/index + 1 bit/image
+    import pytest
+    with pytest.raises(KeyError, match="pgd"):
+        load_outcomes(rec, "pgd")
+    with pytest.raises(KeyError, match="no per-image outcomes"):
+        load_outcomes({"final": {"clean_acc": 0.5}}, "clean")
+
+
+@pytest.mark.slow
+def test_01_04_and_06_attack_the_same_images_of_one_ticket(tmp_path, monkeypatch):
+    """Issue 35: the records say which images were attacked, and 01 (the search), 04 (R2S of
+    the ticket) and 06 (the ticket evaluated) attacked the same ones for the same seed and
+    sizes. Their records come from the indices handed along with the images, so a planted
+    reshuffle (04's AutoAttack handed ``fixed_subset(data.test, n)``) shows here."""
+    from rst_lib.data.outcomes import load_outcomes
+    from rst_lib.workbook.runs import run_notebook
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    nb = Path(__file__).resolve().parents[1] / "notebooks"
+    same = {**TINY, "seed": 3, "final_examples": 40, "autoattack": "fast", "autoattack_examples": 20,
+            "progress": False}
+    search = run_notebook(nb / "01_search.ipynb", overrides={**same, "masking_checks": False},
+                          output_root=tmp_path, progress=False)
+    metrics = json.loads((search / "metrics.json").read_text())
+    aa_idx, _ = load_outcomes(metrics, "autoattack")
+    test_idx, _ = load_outcomes(metrics, "clean")
+    assert metrics["final"]["autoattack"]["subset"]["split_examples"] == 1000
+    ticket = str(search / "ticket.pt")
+    r2s_dir = run_notebook(nb / "04_r2s.ipynb", overrides={  # R2S of the ticket with itself
+        **{k: v for k, v in same.items() if k != "keep_ratio"}, "tickets": [ticket, ticket], "r2s_examples": 40, "eot_samples": 1, "eval_draws": 1},
+        output_root=tmp_path, progress=False)
+    r2s = json.loads((r2s_dir / "r2s.json").read_text())
+    evaluate = run_notebook(nb / "06_evaluate.ipynb", overrides={
+        **same, "ticket": ticket, "pgd_steps": [2], "eps_curve": [0.1], "curve_examples": 20,
+        "masking_checks": False}, output_root=tmp_path, progress=False)
+    summary = json.loads((evaluate / "summary.json").read_text())
+    # the AutoAttack images: 01's final evaluation, 04's AutoAttack (rand), 06's AutoAttack
+    assert np.array_equal(load_outcomes(r2s["autoattack_rand_outcomes"], "autoattack")[0], aa_idx)
+    assert np.array_equal(load_outcomes(summary["autoattack_versus_pgd"], "autoattack")[0], aa_idx)
+    aa_sub = metrics["final"]["autoattack"]["subset"]
+    assert r2s["autoattack_rand_subset"] == aa_sub == summary["autoattack_versus_pgd"]["subset"]
+    # the clean / PGD images: 01's final examples, 04's R2S inputs, 06's attacks
+    assert r2s["subset"] == metrics["final"]["subset"] == summary["subset"]
+    assert len(test_idx) == 40 and np.array_equal(test_idx[:20], aa_idx)

@@ -239,6 +239,33 @@ def test_sweep_records_a_failing_cell_and_keeps_going(tmp_path, one_thread_kerne
                      "--skip-failed"]) == 1
 
 
+@pytest.mark.slow
+def test_sweep_max_cells_runs_that_many_then_stops_and_resumes(tmp_path, one_thread_kernels, capsys):
+    """--max-cells N starts N cells and stops (a study run cell by cell under flock, other
+    jobs in between); the same command again runs the next ones; 0 is refused."""
+    folders = []
+    for i in range(3):  # three quick 07_compare_runs cells, each reading its own run folder
+        folder = tmp_path / f"runs-{i}" / "old-run"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({
+            "status": "finished", "config": {"task": "search", "model": "conv2", "keep_ratio": 0.1},
+            "best": {"clean_acc": 0.5, "pgd_acc": 0.2}, "history": []}))
+        folders.append([str(folder.parent)])
+    path = _sweep(tmp_path, {"notebook": str(NB / "07_compare_runs.ipynb"), "name": "bycell",
+                             "grid": {"run_dirs": folders}})
+    out = tmp_path / "out"
+    cells = [out / "07_compare_runs" / "bycell" / cell_name({"run_dirs": v}) for v in folders]
+    args = ["sweep", str(path), "-o", str(out), "--no-progress", "--max-cells"]
+    for done in (1, 2, 3):
+        assert cli.main(args + ["1"]) == 0
+        printed = capsys.readouterr().out
+        assert [run_status(c) for c in cells].count("finished") == done, printed
+        assert (f"{3 - done} left" in printed) == (done < 3), printed
+    assert cli.main(args + ["5"]) == 0 and "3 finished before, 0 to run" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="max_cells=0"):
+        run_sweep(path, output_root=out, progress=False, max_cells=0)
+
+
 def test_sweeps_take_a_list_of_seeds(tmp_path):
     from rst_lib.errors import ConfigError
     from rst_lib.workbook.sweeps import load_sweep

@@ -18,5 +18,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
                "plot_keep_ratios", "plot_r2s", "plot_robust_vs_clean", "plot_transfer_matrix",
                "r2s_rows"),
     ".r2s": ("EOTPGD", "RandomSwitch", "evaluate_r2s"),
-    ".transfer": ("transfer_matrix",),
+    ".transfer": ("transfer_matrix", "transfer_ratio_record"),
 })

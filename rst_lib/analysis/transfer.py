@@ -19,7 +19,7 @@ from torch import nn
 from ..utils.progress import tqdm  # its notebook bars leave text, not a widget
 
 from ..utils.devices import seeded_rng
-from ..engine.evaluation import count_correct
+from ..data.outcomes import outcome_record
 from ..masks.masking import frozen_masks, masked_layers, raw_weight
 
 NamedModels = Mapping[str, nn.Module] | Iterable[tuple[str, nn.Module]] | Iterable[nn.Module]
@@ -99,7 +99,8 @@ def check_same_network(models: NamedModels, up_to_scale: bool = True) -> None:
 
 def transfer_matrix(models: NamedModels, loader, attack_factory: Callable[[nn.Module], Callable],
                     device: str | torch.device = "cpu", progress: bool = True,
-                    require_same_network: bool = True, seed: int | None = 0) -> dict:
+                    require_same_network: bool = True, seed: int | None = 0,
+                    images=None) -> dict:
     """Accuracy of every target model on adversarial examples crafted on every source model.
 
     Args:
@@ -115,6 +116,10 @@ def transfer_matrix(models: NamedModels, loader, attack_factory: Callable[[nn.Mo
             other models and equals, for its diagonal entry, exactly the robust accuracy that
             ``torch.manual_seed(seed); evaluate(model_i, loader, device, {"adv": attack})``
             reports. ``None``: use the global RNG as it is.
+        images: the :class:`~rst_lib.data.datasets.EvaluationImages` ``loader`` yields (in
+            order): the result then records them (``subset``) and every entry per image
+            (``outcomes``, metrics ``clean/<j>`` and ``attack/<i>/<j>``,
+            :mod:`rst_lib.data.outcomes`).
 
     Returns:
         ``{"names": [...], "matrix": M, "clean": [...], "n": int}`` where ``M[i][j]`` is the
@@ -128,8 +133,8 @@ def transfer_matrix(models: NamedModels, loader, attack_factory: Callable[[nn.Mo
     names = [n for n, _ in pairs]
     targets = [m.eval() for _, m in pairs]
     k = len(pairs)
-    correct = [[0] * k for _ in range(k)]
-    clean = [0] * k
+    correct = [[[] for _ in range(k)] for _ in range(k)]  # per image flags, per batch
+    clean = [[] for _ in range(k)]
     n = 0
     with ExitStack() as stack:
         for m in targets:
@@ -143,10 +148,10 @@ def transfer_matrix(models: NamedModels, loader, attack_factory: Callable[[nn.Mo
                     x, y = x.to(device), y.to(device)
                     if i == 0:
                         for j, target in enumerate(targets):
-                            clean[j] += count_correct(target, x, y)
+                            clean[j].append(correct_flags(target, x, y))
                     x_adv = attack(x, y)
                     for j, target in enumerate(targets):
-                        correct[i][j] += count_correct(target, x_adv, y)
+                        correct[i][j].append(correct_flags(target, x_adv, y))
                     seen += len(y)
             if i == 0:
                 n = seen
@@ -155,5 +160,45 @@ def transfer_matrix(models: NamedModels, loader, attack_factory: Callable[[nn.Mo
                                  f"{names[0]!r}: it must yield the same batches every pass")
     if n == 0:
         raise ValueError("the loader yielded no examples")
-    return {"names": names, "matrix": [[c / n for c in row] for row in correct],
-            "clean": [c / n for c in clean], "n": n}
+    clean = [torch.cat(c) for c in clean]
+    correct = [[torch.cat(c) for c in row] for row in correct]
+    out = {"names": names, "matrix": [[int(c.sum()) / n for c in row] for row in correct],
+           "clean": [int(c.sum()) / n for c in clean], "n": n}
+    if images is not None:
+        if len(images) != n:
+            raise ValueError(f"images holds {len(images)} examples, the loader yielded {n}")
+        out["subset"] = images.record()
+        out["outcomes"] = outcome_record(images.indices, images.split_examples, images.seed, {
+            **{f"clean/{j}": c for j, c in enumerate(clean)},
+            **{f"attack/{i}/{j}": c for i, row in enumerate(correct) for j, c in enumerate(row)}})
+    return out
+
+
+@torch.no_grad()
+def correct_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per input of ``x``: classified as ``y``? (bool, on the CPU)"""
+    return (model(x).argmax(1) == y).cpu()
+
+
+def transfer_ratio_record(result: dict) -> dict:
+    """The transfer ratio of a :func:`transfer_matrix` result with what it is made of: means
+    over the models (``clean``, ``whitebox``: the diagonal) and over the ordered pairs
+    (``transferred``), ``whitebox_gap`` = clean − white-box, and ``ratio`` =
+    (clean − transferred) / (clean − white-box): the share of the white-box attack's damage
+    that the transferred attack does. With no white-box damage (gap <= 0) the ratio is
+    undefined: ``ratio`` is None and ``undefined`` says why (a study lists such seeds as
+    dropped, never silently)."""
+    matrix, clean = result["matrix"], result["clean"]
+    k = len(matrix)
+    if k < 2:
+        return {"ratio": None, "undefined": "fewer than two models: nothing is transferred"}
+    whitebox = sum(matrix[i][i] for i in range(k)) / k
+    transferred = sum(matrix[i][j] for i in range(k) for j in range(k) if i != j) / (k * (k - 1))
+    mean_clean = sum(clean) / k
+    gap = mean_clean - whitebox
+    out = {"clean": mean_clean, "whitebox": whitebox, "transferred": transferred,
+           "whitebox_gap": gap, "n": result.get("n")}
+    if gap > 0:
+        return {**out, "ratio": (mean_clean - transferred) / gap, "undefined": None}
+    return {**out, "ratio": None,
+            "undefined": f"clean − white-box = {gap:+.4f} <= 0: the white-box attack did no damage to divide by"}

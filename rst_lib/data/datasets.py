@@ -317,44 +317,83 @@ def _subset(ds: Dataset, idx: torch.Tensor) -> Dataset:
     return Subset(ds, idx.tolist())
 
 
-def evaluation_order(n: int) -> torch.Tensor:
-    """The fixed random order of a split of ``n`` examples: a permutation seeded with 0.
+def evaluation_order(n: int, seed: int = 0) -> torch.Tensor:
+    """The random order of a split of ``n`` examples for the run seed ``seed``: a permutation
+    seeded with it.
 
-    It depends on the split's size only, never on a run's seed: every model evaluated on a
-    split meets the same examples, so numbers of different runs (seeds, keep ratios, tasks)
-    are comparable. Its prefixes are nested: the first 500 are among the first 1,000."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    Each seed meets its own random sample of the split (so a difference between two arms
+    averaged over seeds speaks of the test distribution, not of one fixed sample), and
+    every run with that seed meets the same images (both arms of a seed are paired
+    image by image). Its prefixes are nested: the first 500 are among the first 1,000."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
 
 
-def evaluation_indices(split_size: int, n: int | None) -> torch.Tensor:
+def evaluation_indices(split_size: int, n: int | None, seed: int = 0) -> torch.Tensor:
     """The indices (into the split) of its first ``n`` examples in :func:`evaluation_order`
-    (``None``, or more than the split holds: all of them). Every evaluation subset is one
-    of these prefixes, taken once from the whole split: the same ``n`` means the same
-    images, a larger ``n`` adds images to them."""
+    of ``seed`` (``None``, or more than the split holds: all of them). Every evaluation
+    subset is one of these prefixes, taken once from the whole split: the same ``n`` and
+    seed mean the same images, a larger ``n`` adds images to them."""
     if n is not None and n < 1:
         raise ValueError(f"evaluation subset: n={n!r} must be >= 1 or None (all)")
-    return evaluation_order(split_size)[:n]
+    return evaluation_order(split_size, seed)[:n]
 
 
-def subset_record(split_size: int, n: int | None) -> dict:
-    """What metrics.json records of an evaluation subset, so that a user can check which
-    images a number was measured on: the split's size, the subset's size and the SHA-256
-    of its indices (decimal, comma-separated, in order)::
+def subset_record(indices, split_size: int, seed: int | None = None) -> dict:
+    """What a record says of the images an evaluation used, computed from the ``indices``
+    (into the split of ``split_size`` examples) actually evaluated, handed along with the
+    data (:class:`EvaluationImages`): the split's size, the subset's size and the SHA-256 of
+    its indices (decimal, comma-separated, in order)::
 
-        hashlib.sha256(",".join(map(str, evaluation_indices(N, n).tolist())).encode())
+        hashlib.sha256(",".join(map(str, indices)).encode())
     """
-    idx = evaluation_indices(split_size, n).tolist()
+    idx = [int(i) for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]
     digest = hashlib.sha256(",".join(map(str, idx)).encode()).hexdigest()
-    return {"split_examples": split_size, "examples": len(idx), "indices_sha256": digest,
-            "order": "rst_lib.data.datasets.evaluation_indices (randperm of the split, seed 0)"}
+    return {"split_examples": int(split_size), "examples": len(idx), "indices_sha256": digest,
+            "seed": seed,
+            "order": "rst_lib.data.datasets.evaluation_indices (randperm of the split, the run's seed)"}
 
 
-def fixed_subset(ds: Dataset, n: int | None) -> Dataset:
-    """The first ``n`` examples of the split's :func:`evaluation_order` (``None``: all of
-    them, in that order): a fixed random sample of the whole split, whatever order the
-    dataset stores it in (an ImageFolder split is sorted by class).
+@dataclass(frozen=True)
+class EvaluationImages:
+    """Examples of a split as they are evaluated, with their indices into the split: the
+    record of which images a number was measured on comes from here, never recomputed."""
+    dataset: Dataset            # the examples, in evaluation order
+    indices: torch.Tensor       # their indices into the split
+    split_examples: int         # the split's size
+    seed: int | None            # the evaluation order's seed (None: not a seeded order)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def prefix(self, n: int | None) -> "EvaluationImages":
+        """Its first ``n`` examples (``None`` or more: all): a nested subset, not reshuffled."""
+        if n is None or n >= len(self):
+            return self
+        return EvaluationImages(_subset(self.dataset, torch.arange(n)), self.indices[:n],
+                                self.split_examples, self.seed)
+
+    def record(self) -> dict:
+        return subset_record(self.indices, self.split_examples, self.seed)
+
+
+def evaluation_images(split: Dataset | EvaluationImages, n: int | None,
+                      seed: int = 0) -> EvaluationImages:
+    """The first ``n`` examples of the whole ``split`` in :func:`evaluation_order` of
+    ``seed``, with their indices. Given :class:`EvaluationImages`, its first ``n`` (nested).
+    A plain dataset is taken as a whole split: a subset handed here is indexed as one
+    (its record then says so: ``split_examples`` is the subset's size)."""
+    if isinstance(split, EvaluationImages):
+        return split.prefix(n)
+    idx = evaluation_indices(len(split), n, seed)
+    return EvaluationImages(_subset(split, idx), idx, len(split), seed)
+
+
+def fixed_subset(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
+    """The first ``n`` examples of the split's :func:`evaluation_order` of ``seed``
+    (``None``: all of them, in that order): a random sample of the whole split, whatever
+    order the dataset stores it in (an ImageFolder split is sorted by class).
 
     Take it from the whole split only: a subset of a subset is reshuffled (its own order
     is the evaluation order of its smaller size), so it would not be the first ``m`` of the
-    split (issue 26)."""
-    return _subset(ds, evaluation_indices(len(ds), n))
+    split (issue 26). Where a record must say which images: :func:`evaluation_images`."""
+    return _subset(ds, evaluation_indices(len(ds), n, seed))

@@ -6,8 +6,8 @@ from ..utils.lazy import lazy_exports
 # importing the package stays cheap (no torch, papermill or scipy until needed)
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ".checks": ("final_checks", "gradient_masking_report"),
-    ".evaluation": ("ClassAccuracy", "autoattack_accuracy", "autoattack_versus_pgd", "count_correct", "evaluate", "final_evaluation",
-                    "robustness_report"),
+    ".evaluation": ("ClassAccuracy", "autoattack_accuracy", "autoattack_outcomes", "autoattack_versus_pgd",
+                    "count_correct", "evaluate", "final_evaluation", "robustness_report"),
     ".tasks": ("build_task", "check_run", "describe_model", "load_run_data", "run_model_config"),
     ".training": ("TrainResult", "train"),
 })

@@ -13,7 +13,7 @@ from ..utils import progress_log
 from ..attacks.gradient import FGSM, PGD
 from ..attacks.noise import UniformNoise
 from ..config import RunConfig
-from ..data.datasets import DataBundle
+from ..data.datasets import DataBundle, evaluation_images
 from ..errors import ConfigError
 from ..masks.masking import frozen_masks
 from ..utils.devices import resolve_device, seeded_rng
@@ -91,7 +91,8 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
     check_masking_parameters(steps, alpha, more_steps, restarts)
     device = torch.device(device)
     model = model.to(device).eval()
-    x, y = input_tensors(dataset, n_examples)
+    images = evaluation_images(dataset, n_examples, seed)  # the run's seed orders the images
+    x, y = input_tensors(images)
     n = len(x)
     large_eps = large_eps if large_eps is not None else (1.0 if threat_model == "linf" else 100.0)
     settings = dict(eps=eps, alpha=alpha, threat_model=threat_model, n=n, steps=steps,
@@ -148,7 +149,7 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
     stage.finish()
     accuracy = {k.removesuffix("_acc"): v for k, v in base.items() if k.endswith("_acc")}
     if autoattack != "none":
-        accuracy["autoattack"] = autoattack_accuracy(model, dataset, eps, threat_model, autoattack,
+        accuracy["autoattack"] = autoattack_accuracy(model, images, eps, threat_model, autoattack,
                                                      n_examples, device, seed, batch_size,
                                                      progress, journal)
     ran = describe_checks(eps, alpha, steps, more_steps, restarts)
@@ -175,7 +176,7 @@ def gradient_masking_report(model: nn.Module, dataset: Dataset, eps: float, alph
         flags.append(f"AutoAttack ({accuracy['autoattack']:.1%}) is far below PGD "
                      f"({accuracy['pgd']:.1%}): PGD overestimates robustness here")
     return {"accuracy": accuracy, "ran": ran, "eps_curve": curve, "flags": flags, "n_examples": n,
-            "eps": eps, "threat_model": threat_model}
+            "subset": images.record(), "eps": eps, "threat_model": threat_model}
 
 
 def model_passes(attacks: dict) -> int:

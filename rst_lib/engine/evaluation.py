@@ -16,7 +16,8 @@ from ..utils import progress_log
 from ..masks import masking
 from ..attacks.gradient import FGSM, PGD
 from ..config import RunConfig
-from ..data.datasets import DataBundle, evaluation_indices, fixed_subset, subset_record
+from ..data.datasets import DataBundle, EvaluationImages, evaluation_images
+from ..data.outcomes import outcome_record
 from ..data.loaders import make_loader
 from ..utils.devices import Distributed, resolve_device, seeded_rng
 from ..utils.journal import Journal, fingerprint, open_journal, unit_seed
@@ -123,28 +124,30 @@ def final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle,
     if cfg.autoattack_precision == "auto":  # as a run resolves it (a control, 06): concrete
         cfg = dataclasses.replace(cfg, autoattack_precision=resolve_for_model(
             "auto", model, data.test[0][0][None], device, cfg.eval_batch_size))
-    split = len(data.test)
-    n_test = len(evaluation_indices(split, cfg.final_examples))
-    n_aa = len(evaluation_indices(split, cfg.autoattack_examples)) if cfg.autoattack != "none" else 0
+    n_test = len(evaluation_images(data.test, cfg.final_examples, cfg.seed))
+    n_aa = (len(evaluation_images(data.test, cfg.autoattack_examples, cfg.seed))
+            if cfg.autoattack != "none" else 0)
+    # One prefix of the split's evaluation order of the run's seed, taken once from the whole
+    # split: the test examples are its first n_test, the AutoAttack examples its first n_aa
+    # (PGD also runs on AutoAttack examples beyond final_examples: AutoAttack attacks what
+    # PGD left).
+    images = evaluation_images(data.test, max(n_test, n_aa), cfg.seed)
     # the journal belongs to these images: a journal of other inputs is never read back
     journal = open_journal(run_dir, "final_evaluation", fingerprint(
-        model, {**cfg.to_dict(), "inputs": subset_record(split, max(n_test, n_aa))}))
+        model, {**cfg.to_dict(), "inputs": images.record()}))
     with autocast_context(cfg.eval_precision, device):
-        return _final_evaluation(model, cfg, data, device, progress, journal, n_test, n_aa)
+        return _final_evaluation(model, cfg, data, device, progress, journal, images, n_test, n_aa)
 
 
 def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle, device: torch.device,
-                      progress: bool, journal: Journal, n_test: int, n_aa: int) -> dict:
-    split = len(data.test)
-    # One prefix of the split's evaluation order, taken once from the whole split: the test
-    # examples are its first n_test, the AutoAttack examples its first n_aa (PGD also runs
-    # on AutoAttack examples beyond final_examples: AutoAttack attacks what PGD left).
-    x, y = input_tensors(data.test, max(n_test, n_aa))
+                      progress: bool, journal: Journal, images: EvaluationImages, n_test: int,
+                      n_aa: int) -> dict:
+    x, y = input_tensors(images)
     clean_all, pgd_all = _correct_flags(model, x, y, eval_attacks(model, cfg)["pgd"],
                                         cfg.eval_batch_size, device, cfg.seed, journal,
                                         progress, f"final PGD-{cfg.eval_steps}")
     clean_ok, pgd_ok = clean_all[:n_test], pgd_all[:n_test]
-    out = {"split": "test", "examples": n_test, "subset": subset_record(split, n_test),
+    out = {"split": "test", "examples": n_test, "subset": images.prefix(n_test).record(),
            "clean_acc": _fraction(clean_ok), "pgd_acc": _fraction(pgd_ok),
            "pgd": f"PGD-{cfg.eval_steps}", "eps": cfg.eval_eps_value,
            "threat_model": cfg.threat_model}
@@ -159,7 +162,7 @@ def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle, device
         out["autoattack"] = {"version": cfg.autoattack, "examples": n_aa,
                              "search_precision": cfg.autoattack_precision,
                              "on": "inputs PGD did not break (per-example worst case)",
-                             "subset": subset_record(split, n_aa)}
+                             "subset": images.prefix(n_aa).record()}
         out["pgd_acc_on_autoattack_examples"] = _fraction(survivors)
     out["per_class"] = per_class_accuracy(y, clean_ok, pgd_ok, robust, data.classes)
     # The headline: AutoAttack when it ran (PGD alone overstates robustness too often).
@@ -167,6 +170,8 @@ def _final_evaluation(model: nn.Module, cfg: RunConfig, data: DataBundle, device
     out["robust_attack"] = (f"AutoAttack ({cfg.autoattack})" if "autoattack_acc" in out
                             else out["pgd"])
     out["robust_examples"] = n_aa if robust is not None else n_test
+    out["outcomes"] = outcome_record(images.indices, images.split_examples, images.seed, {
+        "clean": clean_ok, "pgd": pgd_ok, **({"autoattack": robust} if robust is not None else {})})
     if journal.resumed:
         out["resumed_units"] = journal.resumed  # batches recorded before an interruption
     return out
@@ -232,16 +237,14 @@ def per_class_accuracy(labels: torch.Tensor, clean_ok: torch.Tensor, pgd_ok: tor
     return out
 
 
-def input_tensors(dataset: Dataset, n_examples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n_examples`` of ``dataset``'s fixed order as two tensors (inputs, labels).
-    ``dataset``: a whole split (a subset would be shuffled again, see
-    :func:`~rst_lib.data.datasets.fixed_subset`)."""
-    sub = fixed_subset(dataset, n_examples)
-    xs, ys = zip(*make_loader(sub, 500))
+def input_tensors(images: EvaluationImages) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples of ``images`` (:func:`~rst_lib.data.datasets.evaluation_images`), in
+    order, as two tensors (inputs, labels)."""
+    xs, ys = zip(*make_loader(images.dataset, 500))
     return torch.cat(xs), torch.cat(ys)
 
 
-def autoattack_versus_pgd(model: nn.Module, dataset: Dataset, eps: float, alpha: float,
+def autoattack_versus_pgd(model: nn.Module, dataset: Dataset | EvaluationImages, eps: float, alpha: float,
                           threat_model: str = "linf", version: str = "fast",
                           n_examples: int | None = 1000, steps: int = 20, restarts: int = 1,
                           early_stop: bool = False, device: str | torch.device = "cpu",
@@ -252,9 +255,12 @@ def autoattack_versus_pgd(model: nn.Module, dataset: Dataset, eps: float, alpha:
     AutoAttack on), measured as :func:`final_evaluation` does: AutoAttack on the inputs
     PGD did not break (per-example worst case). For a comparison of the two, e.g. the flag
     "AutoAttack far below PGD". Returns ``examples``, ``clean_acc``, ``pgd_acc``,
-    ``autoattack_acc``, ``pgd`` (its name) and ``subset`` (which images)."""
+    ``autoattack_acc``, ``pgd`` (its name), ``subset`` (which images) and ``outcomes``
+    (per image, :mod:`rst_lib.data.outcomes`). ``seed`` also seeds the images' order
+    (:func:`~rst_lib.data.datasets.evaluation_images`; or hand them as ``dataset``)."""
     device = torch.device(device)
-    x, y = input_tensors(dataset, n_examples)
+    images = evaluation_images(dataset, n_examples, seed)
+    x, y = input_tensors(images)
     precision = resolve_for_model(precision, model, x, device, batch_size)  # auto: fp32 | bf16
     attack = PGD(model, eps, alpha, steps, restarts, norm=threat_model, early_stop=early_stop)
     clean_ok, pgd_ok = _correct_flags(model, x, y, attack, batch_size, device, seed,
@@ -263,10 +269,12 @@ def autoattack_versus_pgd(model: nn.Module, dataset: Dataset, eps: float, alpha:
                               batch_size, progress, precision=precision)
     return {"examples": len(x), "clean_acc": _fraction(clean_ok), "pgd_acc": _fraction(pgd_ok),
             "autoattack_acc": _fraction(robust), "pgd": f"PGD-{steps}", "autoattack": version,
-            "autoattack_precision": precision, "subset": subset_record(len(dataset), n_examples)}
+            "autoattack_precision": precision, "subset": images.record(),
+            "outcomes": outcome_record(images.indices, images.split_examples, images.seed,
+                                       {"clean": clean_ok, "pgd": pgd_ok, "autoattack": robust})}
 
 
-def autoattack_accuracy(model: nn.Module, dataset: Dataset, eps: float, threat_model: str = "linf",
+def autoattack_accuracy(model: nn.Module, dataset: Dataset | EvaluationImages, eps: float, threat_model: str = "linf",
                         version: str = "standard", n_examples: int | None = 1000,
                         device: str | torch.device = "cpu", seed: int = 0,
                         batch_size: int = 250, progress: bool = False,
@@ -283,11 +291,29 @@ def autoattack_accuracy(model: nn.Module, dataset: Dataset, eps: float, threat_m
     e.g. R2S's random switch.
 
     ``journal`` (:class:`~rst_lib.utils.journal.Journal`): records each (attack, batch).
+    ``seed`` also seeds the images' order (:func:`~rst_lib.data.datasets.evaluation_images`);
+    :func:`autoattack_outcomes` gives the number with the record of its images.
     """
-    x, y = input_tensors(dataset, n_examples)
+    return autoattack_outcomes(model, dataset, eps, threat_model, version, n_examples, device,
+                               seed, batch_size, progress, journal, precision)["acc"]
+
+
+def autoattack_outcomes(model: nn.Module, dataset: Dataset | EvaluationImages, eps: float,
+                        threat_model: str = "linf", version: str = "standard",
+                        n_examples: int | None = 1000, device: str | torch.device = "cpu",
+                        seed: int = 0, batch_size: int = 250, progress: bool = False,
+                        journal: Journal | None = None, precision: str = "fp32") -> dict:
+    """:func:`autoattack_accuracy` with what it was measured on: ``acc``, ``examples``,
+    ``subset`` (the images attacked, from the indices handed along with them) and
+    ``outcomes`` (``autoattack``: robust per image, :mod:`rst_lib.data.outcomes`)."""
+    images = evaluation_images(dataset, n_examples, seed)
+    x, y = input_tensors(images)
     precision = resolve_for_model(precision, model, x, device, batch_size)  # auto: fp32 | bf16
-    return _fraction(autoattack_robust(model, x, y, eps, threat_model, version, device, seed,
-                                        batch_size, progress, journal, precision=precision))
+    robust = autoattack_robust(model, x, y, eps, threat_model, version, device, seed,
+                               batch_size, progress, journal, precision=precision)
+    return {"acc": _fraction(robust), "examples": len(images), "subset": images.record(),
+            "outcomes": outcome_record(images.indices, images.split_examples, images.seed,
+                                       {"autoattack": robust})}
 
 
 def _fraction(flags: torch.Tensor) -> float:
@@ -339,9 +365,11 @@ def robustness_report(model: nn.Module, dataset: Dataset, eps: float, alpha: flo
                       autoattack: str = "none", n_examples: int | None = 1000,
                       device: str | torch.device = "cpu", seed: int = 0,
                       progress: bool = True) -> dict:
-    """Clean, FGSM, PGD-k for each k in ``pgd_steps``, and optionally AutoAttack accuracy."""
+    """Clean, FGSM, PGD-k for each k in ``pgd_steps``, and optionally AutoAttack accuracy,
+    on the first ``n_examples`` of the split's order of ``seed`` (``subset``: which images)."""
     device = torch.device(device)
-    loader = make_loader(fixed_subset(dataset, n_examples), 250)
+    images = evaluation_images(dataset, n_examples, seed)
+    loader = make_loader(images.dataset, 250)
     attacks = {"fgsm": FGSM(model, eps, norm=threat_model)}
     for k in pgd_steps:
         attacks[f"pgd{k}"] = PGD(model, eps, alpha, k, restarts, norm=threat_model)
@@ -350,5 +378,5 @@ def robustness_report(model: nn.Module, dataset: Dataset, eps: float, alpha: flo
     if autoattack != "none":
         out["autoattack_acc"] = autoattack_accuracy(model, dataset, eps, threat_model, autoattack,
                                                     n_examples, device, seed, progress=progress)
-    out["eps"], out["n_examples"] = eps, len(fixed_subset(dataset, n_examples))
+    out["eps"], out["n_examples"], out["subset"] = eps, len(images), images.record()
     return out

@@ -112,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--skip-failed", action="store_true",
                     help="do not retry cells that failed before")
     sw.add_argument("--dry-run", action="store_true", help="list the cells and their status")
+    sw.add_argument("--max-cells", type=int, default=None, metavar="N",
+                    help="start at most N cells, then stop (run a study cell by cell, e.g. under flock)")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     sw.add_argument("--executor", choices=EXECUTORS, default=None,
                     help="local: processes on this machine (default); slurm: one job per cell "
@@ -238,6 +240,9 @@ def _sweep(args) -> int:
             print(line)
         return 0
     executor = args.executor or _sweep_executor(args)
+    if executor != "local" and args.max_cells is not None:
+        raise ConfigError("--max-cells runs cells here, one batch at a time: it needs the local "
+                          f"executor (this sweep would go to {executor})")
     if executor != "local":  # submit what is missing as cluster jobs
         from .cluster import submit_sweep
         sweep = load_sweep(args.sweep, args.param, _output_root(args.output_root))
@@ -250,7 +255,7 @@ def _sweep(args) -> int:
     from .sweeps import run_sweep
     result = run_sweep(args.sweep, args.jobs, args.param, _output_root(args.output_root),
                        progress=not args.no_progress, retry_failed=not args.skip_failed,
-                       dry_run=args.dry_run)
+                       dry_run=args.dry_run, max_cells=args.max_cells)
     if result.interrupted:
         return 130
     return 0 if result.ok else 1

@@ -35,6 +35,8 @@ executor does not order cells yet)::
     ticket: {from_stage: search, keep_ratio: 0.5}      # that cell's ticket.pt
     tickets: [{from_stage: search, keep_ratio: 0.3},    # a list of them
               {from_stage: search, keep_ratio: 0.5, seed: next}]  # the next seed's network
+    tickets: [{from_stage: partner},                    # ... or the cell of seed + 100 of a
+              {from_stage: control, seed_offset: 100}]  # stage of its own (no ticket shared)
     pretrained: {from_stage: dense-rtt}                  # a trained dense network's weights
     lr: {chosen_in: dense-lr, by: robust}                # the value of the pilot stage's cell
                                                          # with the best validation accuracy
@@ -327,8 +329,14 @@ def resolve_references(params: dict, earlier: list, where: str) -> tuple[dict, l
                 want = seeds[(seeds.index(seed) + 1) % len(seeds)] if seed in seeds else None
             elif "seed" in ref:
                 want = ref["seed"]
+            if "seed_offset" in ref:  # a seed paired with this cell's, in a stage of its own
+                if not isinstance(ref["seed_offset"], int) or "seed" in ref or seed is None:
+                    raise ConfigError(f"{where}: {key}: seed_offset must be an integer, without "
+                                      f"seed:, in a cell that has a seed; got {ref}")
+                want = seed + ref["seed_offset"]
             match = [c for c in candidates if c.params.get("seed") == want and all(
-                c.params.get(k) == v for k, v in ref.items() if k not in ("from_stage", "seed"))]
+                c.params.get(k) == v for k, v in ref.items()
+                if k not in ("from_stage", "seed", "seed_offset"))]
             if len(match) != 1:
                 raise ConfigError(f"{where}: {key}: {ref} with seed {want} matches {len(match)} "
                                   f"cells of stage {stage!r}; it must match exactly one")

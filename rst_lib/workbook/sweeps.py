@@ -71,6 +71,7 @@ class SweepResult:
     skipped: list[str] = field(default_factory=list)    # finished before: not run again
     failed: list[str] = field(default_factory=list)
     interrupted: bool = False
+    left: list[str] = field(default_factory=list)       # not started: --max-cells was reached
 
     @property
     def ok(self) -> bool:
@@ -79,7 +80,8 @@ class SweepResult:
 
 def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
               output_root: str | os.PathLike | None = None, progress: bool = True,
-              retry_failed: bool = True, dry_run: bool = False, log=None) -> SweepResult:
+              retry_failed: bool = True, dry_run: bool = False, log=None,
+              max_cells: int | None = None) -> SweepResult:
     """Run every cell of a sweep that has not finished yet (see the module docstring).
 
     Args:
@@ -89,8 +91,12 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
             ``OMP_NUM_THREADS`` is set.
         retry_failed: also re-run cells that failed before (default); False leaves them.
         dry_run: only report what would run.
+        max_cells: start at most this many cells, then stop once they are done (e.g. one cell
+            at a time under ``flock``, so that other jobs interleave); re-running resumes.
         log: a function for progress lines (default: print / tqdm.write).
     """
+    if max_cells is not None and max_cells < 1:
+        raise ConfigError(f"max_cells={max_cells!r}: give at least 1 (or leave it out: all)")
     sweep = load_sweep(path, overrides, output_root)
     gpus = visible_gpus()
     jobs = jobs or sweep.jobs or max(1, len(gpus))
@@ -152,10 +158,14 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
     followers: dict = {}  # Popen -> its cell's progress lines, printed as they come
     free = list(range(jobs))
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    started = 0
+
+    def may_start() -> bool:
+        return max_cells is None or started < max_cells
     with sigterm_as_interrupt():  # a plain kill stops the children as Ctrl-C does
         try:
-            while pending or running:
-                while pending and free:
+            while running or (pending and may_start()):
+                while pending and free and may_start():
                     cell = next_ready_cell(pending, done_labels, failed_labels, say, result, bar)
                     if cell is None:
                         if not running and pending:  # waiting on nothing: a dependency is missing
@@ -200,6 +210,7 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
                     running[proc] = (cell, slot, logf)
                     if progress:
                         followers[proc] = follow_progress(cell.run_dir, cell.label, say, skip=logf.tell())
+                    started += 1
                     say(f"started  {cell.label}" + (f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else ""))
                 time.sleep(0.3)
                 for proc in [p for p in running if p.poll() is not None]:
@@ -249,6 +260,10 @@ def run_sweep(path: str | os.PathLike, jobs: int | None = None, overrides=(),
             if bar is not None:
                 bar.close()
     done = len(result.finished) + len(result.skipped)
+    result.left = [c.name for c in pending]
+    if result.left and not result.interrupted:
+        say(f"stopped after {started} cell(s) (max_cells={max_cells}): {len(result.left)} left; "
+            "re-run the same command to run the next")
     say(f"sweep {sweep.name}: {done}/{len(sweep.cells)} finished, {len(result.failed)} failed"
         + (", interrupted" if result.interrupted else "")
         + f"; index: {sweep.output_root / 'index.html'}")
