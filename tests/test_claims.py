@@ -435,6 +435,33 @@ def test_the_family_is_the_declared_one_and_unjudged_claims_say_why(tmp_path):
     assert "shown" in rows[3]["claim"] and "**few**" in why_lines(list(out.values()))
 
 
+def test_per_image_outcomes_of_the_records_feed_the_within_seed_variance(tmp_path):
+    from rst_lib.data.outcomes import outcome_record
+    rng = np.random.default_rng(5)
+    dirs = []
+    for seed in range(5):
+        idx = rng.permutation(10_000)[:500]            # each seed its own images
+        base = rng.random(500) < 0.3
+        flip = rng.random(500) < 0.1                   # the arms disagree on ~10 % of the images
+        for stage, right in (("search", base), ("dense", base ^ flip)):
+            final = {**_final(float(right.mean()), examples=500)["final"], "autoattack_acc": float(right.mean()),
+                     "outcomes": outcome_record(idx, 10_000, seed, {"clean": np.ones(500, bool), "pgd": right,
+                                                                   "autoattack": right})}
+            dirs.append(_fake_run(tmp_path, stage, f"seed={seed}", "01_search", seed,
+                                  {"metrics.json": {"final": final, "config": {"seed": seed}}}))
+    records = collect_records(dirs)
+    assert all(r["outcomes"]["robust"]["right"].shape == (500,) for r in records)
+    claim = next(c for c in CLAIMS if c.key == "rst-existence-dense")
+    r = judge_claim(claim, records, planned=set(range(5)))
+    search = {rec["seed"]: rec for rec in records if rec["stage"] == "search"}
+    dense = {rec["seed"]: rec for rec in records if rec["stage"] == "dense"}
+    for s in range(5):  # the library's McNemar estimate of each seed, from the records' bits
+        b, c, m = discordant_counts(search[s]["outcomes"]["robust"]["right"], dense[s]["outcomes"]["robust"]["right"])
+        assert r["within"][s] == pytest.approx(float(within_seed_variance(b, c, m)))
+        assert r["within"][s] > 0
+    assert "share one set" not in r["why"]
+
+
 def test_a_dropped_seed_is_listed_with_its_reason(tmp_path):
     def transfer(stage, seed, whitebox):
         return _fake_run(tmp_path, stage, f"seed={seed}", "03_transferability", seed, {"transfer.json": {

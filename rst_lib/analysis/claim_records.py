@@ -4,9 +4,11 @@ the test images of each and, where the run kept them, each metric's per-image ou
 (:mod:`.claims` judges them, docs/evaluation.md "Verdicts")."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from ..config import RunConfig
+from ..data.outcomes import load_outcomes
 from ..utils.files import read_json
 
 
@@ -120,12 +122,46 @@ def _notebook_metrics(notebook: str, run_dir: Path) -> dict:
             "missing": missing}
 
 
-def _per_image_outcomes(notebook: str, run_dir: Path, metrics: dict) -> dict:
+def _outcomes_of(source, names: dict) -> dict:
+    """``{metric: {"images": SHA-256 of the split indices, "right": per-image booleans}}`` of
+    ``names`` ({record metric: outcome metric}) that ``source`` kept."""
+    out = {}
+    for metric, name in names.items():
+        try:
+            idx, right = load_outcomes(source, name)
+        except KeyError:  # a record written before outcomes were kept, or another metric
+            continue
+        out[metric] = {"images": hashlib.sha256(idx.astype("<i8").tobytes()).hexdigest(), "right": right}
+    return out
+
+
+def _final_names(final: dict | None, prefix: str = "") -> dict:
+    """The outcome metric behind each accuracy of a ``final`` block (robust: AutoAttack's
+    per-example worst case where it ran, else PGD)."""
+    if not final:
+        return {}
+    return {prefix + "clean": "clean", prefix + "pgd": "pgd",
+            prefix + "robust": "autoattack" if "autoattack_acc" in final else "pgd"}
+
+
+def _per_image_outcomes(notebook: str, run_dir: Path) -> dict:
     """``{metric: {"images": key of its image set, "right": per-image booleans}}`` of the
-    metrics whose run kept per-image outcomes. The records of this version keep none yet
-    (the evaluation that writes them lands separately): every metric is judged by the
-    seeds' spread alone, and shared image sets are recognised by their subset hashes."""
-    return {}
+    accuracies whose run kept per-image outcomes (01 and 02: every final evaluation; the
+    transfer ratio and R2S's minimum over attacks have none: they are judged by the seeds'
+    spread alone)."""
+    out: dict = {}
+    if notebook.startswith(("00_", "01_")):
+        final = read_json(run_dir / "metrics.json").get("final")
+        out.update(_outcomes_of(final or {}, _final_names(final)))
+    elif notebook.startswith("02_"):
+        summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
+        for row in summary.get("final") or []:
+            if str(row.get("model", "")).startswith("ticket"):
+                out.update(_outcomes_of(row, _final_names(row, "ticket.")))
+        for sub in sorted(p for p in run_dir.iterdir() if (p / "metrics.json").is_file()):
+            final = read_json(sub / "metrics.json").get("final")
+            out.update(_outcomes_of(final or {}, _final_names(final, f"{sub.name}.")))
+    return out
 
 
 def collect_records(run_dirs) -> list[dict]:
@@ -147,7 +183,7 @@ def collect_records(run_dirs) -> list[dict]:
                         "seed": params.get("seed"), "params": params, "metrics": found["metrics"],
                         "examples": found["examples"], "images": found["images"],
                         "missing": found["missing"],
-                        "outcomes": _per_image_outcomes(notebook, d, found["metrics"])})
+                        "outcomes": _per_image_outcomes(notebook, d)})
     return records
 
 
