@@ -257,11 +257,11 @@ def test_01_04_and_06_attack_the_same_images_of_one_ticket(tmp_path, monkeypatch
     assert metrics["final"]["autoattack"]["subset"]["split_examples"] == 1000
     ticket = str(search / "ticket.pt")
     r2s_dir = run_notebook(nb / "04_r2s.ipynb", overrides={  # R2S of the ticket with itself
-        **{k: v for k, v in same.items() if k != "keep_ratio"}, "tickets": [ticket, ticket], "r2s_examples": 40, "eot_samples": 1, "eval_draws": 1},
+        **{k: v for k, v in same.items() if k not in ("keep_ratio", "precision")}, "tickets": [ticket, ticket], "r2s_examples": 40, "eot_samples": 1, "eval_draws": 1},
         output_root=tmp_path, progress=False)
     r2s = json.loads((r2s_dir / "r2s.json").read_text())
     evaluate = run_notebook(nb / "06_evaluate.ipynb", overrides={
-        **same, "ticket": ticket, "pgd_steps": [2], "eps_curve": [0.1], "curve_examples": 20,
+        **{k: v for k, v in same.items() if k != "precision"}, "ticket": ticket, "pgd_steps": [2], "eps_curve": [0.1], "curve_examples": 20,
         "masking_checks": False}, output_root=tmp_path, progress=False)
     summary = json.loads((evaluate / "summary.json").read_text())
     # the AutoAttack images: 01's final evaluation, 04's AutoAttack (rand), 06's AutoAttack

@@ -78,6 +78,7 @@ def test_masking_eps_curve_at_eps_is_the_checks_own_pgd(tiny_model, data):
     which a separate PGD run with the check's seeds and batches reproduces exactly."""
     from rst_lib.attacks.gradient import PGD
     from rst_lib.engine.checks import CHECK_BATCH, gradient_masking_report
+    from rst_lib.data.datasets import evaluation_images
     from rst_lib.engine.evaluation import count_correct, input_tensors
     from rst_lib.masks.masking import frozen_masks
     from rst_lib.utils.devices import seeded_rng
@@ -87,7 +88,7 @@ def test_masking_eps_curve_at_eps_is_the_checks_own_pgd(tiny_model, data):
     report = gradient_masking_report(model, small, 0.1, 0.025, n_examples=300, steps=3,
                                      more_steps=6, restarts=2, eps_factors=(0.5, 1.0),
                                      progress=False, seed=3)
-    x, y = input_tensors(small, 300)
+    x, y = input_tensors(evaluation_images(small, 300, 3))  # the checks' images, seed 3's order
     correct = 0
     with frozen_masks(model):
         for b, i in enumerate(range(0, len(x), CHECK_BATCH)):
