@@ -342,7 +342,7 @@ def test_working_copy_in_jupyterlab_runs_draws_and_leaves_the_project_clean(lab,
         assert len(runs) == 1 and (runs[0] / "ticket.pt").is_file(), runs
         record = json.loads((runs[0] / "run.json").read_text())
         assert record["status"] == "finished" and record["params"]["name"] == tag, record
-        assert record["working_copy"] == str(project / "work" / f"{tag}.ipynb")
+        assert record["working_copy"] == f"work/{tag}.ipynb"  # in the project: from its root
         assert tag in (project / "outputs" / "index.html").read_text()
         cli("report", str(runs[0]))
         assert (runs[0] / "01_search.ipynb").is_file() and (runs[0] / "report.html").is_file()
