@@ -46,6 +46,25 @@ def tiny_model():
 
 
 @pytest.fixture
+def redrawn_model(tiny_model):
+    """An IteRand model: a tiny conv2 (kaiming-normal weights) re-drawn at each of ``steps``,
+    its scores moved after every event so that re-drawn weights are kept; in eval mode."""
+    from rst_lib.masks import masking, rerandomize
+
+    def make(steps):
+        model = tiny_model(keep_ratio=0.2, weight_init="kaiming_normal")
+        for step in steps:
+            rerandomize.rerandomize(model, step, 1.0, 0.5, 0, "kaiming_normal", True)
+            with torch.no_grad():
+                for _, layer in masking.masked_layers(model):
+                    p = masking.get_mask_param(layer)
+                    p.scores.add_(torch.randn(p.scores.shape,
+                                              generator=torch.Generator().manual_seed(step)))
+        return model.eval()
+    return make
+
+
+@pytest.fixture
 def batch():
     g = torch.Generator().manual_seed(1)
     return torch.rand(16, 1, 12, 12, generator=g), torch.randint(0, 10, (16,), generator=g)

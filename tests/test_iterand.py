@@ -66,16 +66,9 @@ def test_events_depend_on_seed_and_step_only(tiny_model):
     assert not all(torch.equal(p, q) for p, q in zip(wa, wc))
 
 
-def test_a_ticket_with_redrawn_kept_weights_rebuilds_them_in_a_fresh_process(tiny_model, batch,
+def test_a_ticket_with_redrawn_kept_weights_rebuilds_them_in_a_fresh_process(redrawn_model, batch,
                                                                             tmp_path):
-    model = tiny_model(keep_ratio=0.2, weight_init="kaiming_normal")
-    for step in (3, 6, 9):  # events, then scores moved so that re-drawn weights are kept
-        rerandomize.rerandomize(model, step, 1.0, 0.5, 0, "kaiming_normal", True)
-        with torch.no_grad():
-            for _, layer in masking.masked_layers(model):
-                p = masking.get_mask_param(layer)
-                p.scores.add_(torch.randn(p.scores.shape, generator=torch.Generator().manual_seed(step)))
-    model.eval()
+    model = redrawn_model((3, 6, 9))  # events, then scores moved so that re-drawn weights are kept
     x, _ = batch
     logits = model(x)
     redrawn_kept = sum(int(((masking.get_mask_param(m).redrawn_at > 0) & masks).sum())

@@ -221,18 +221,11 @@ def test_a_ticket_written_before_fingerprints_loads_with_one_warning(tmp_path, t
     assert capsys.readouterr().err == ""  # a ticket with its fingerprint: no word
 
 
-def test_an_iterand_ticket_is_fingerprinted_after_its_redraws(tmp_path, tiny_model, batch,
+def test_an_iterand_ticket_is_fingerprinted_after_its_redraws(tmp_path, redrawn_model, batch,
                                                              monkeypatch):
     from rst_lib.masks import rerandomize
     from rst_lib.models.tickets import TicketRebuildError, read_ticket
-    model = tiny_model(keep_ratio=0.2, weight_init="kaiming_normal")
-    for step in (3, 6):  # events, then scores moved so that re-drawn weights are kept
-        rerandomize.rerandomize(model, step, 1.0, 0.5, 0, "kaiming_normal", True)
-        with torch.no_grad():
-            for _, layer in masking.masked_layers(model):
-                p = masking.get_mask_param(layer)
-                p.scores.add_(torch.randn(p.scores.shape, generator=torch.Generator().manual_seed(step)))
-    model.eval()
+    model = redrawn_model((3, 6))  # events, then scores moved so that re-drawn weights are kept
     path = save_ticket(model, tmp_path / "t.pt")
     payload = read_ticket(path)
     assert payload["redraws"] and not any(k.endswith("weight.original") for k in payload["state"])
